@@ -1,0 +1,84 @@
+"""Settings: one frozen dataclass, built from CLI flags and ``CAMINGEST_*`` environment variables
+and passed down explicitly. Every limit of the server is here, with its default and why."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # Largest accepted chunk (one MediaRecorder blob). 250 ms of 1080p VP9 stays well below this;
+    # larger chunks are refused with `too_large`.
+    max_chunk_bytes: int = 8 * 1024 * 1024
+    # Largest accepted snapshot file; larger ones are refused with `too_large`.
+    max_snapshot_bytes: int = 16 * 1024 * 1024
+    # Largest decoded snapshot (width x height) a snapshot may declare; checked from the header
+    # before any decoding, so an image bomb costs nothing.
+    max_snapshot_pixels: int = 40_000_000
+    # Sessions open for recording at once (started, not stopped); `start` beyond it is refused.
+    max_open_sessions: int = 500
+    # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.
+    max_element_bytes: int = 32 * 1024 * 1024
+    # Allowed Origin headers for Socket.IO connections. Empty = same origin as the server only.
+    # "*" allows any origin (only for trusted networks).
+    cors_origins: tuple[str, ...] = ()
+    # Chunks waiting for the store's writer thread across all sessions; beyond it `chunk` handlers
+    # wait (back-pressure on the sockets) instead of queueing memory.
+    max_pending_writes: int = 1024
+    # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
+    shutdown_grace_s: float = 5.0
+
+    # Live analysis (see ingest/pipeline.py). False = ingest only: store and serve, no frames.
+    analysis: bool = True
+    # Worker processes for decoding + landmarks; 0 = one per core.
+    workers: int = 0
+    # Units (chunks) waiting for analysis per session; when full, the oldest unit's frames are
+    # decoded but not landmarked (sent as skipped) so live results never lag behind.
+    live_queue_units: int = 8
+    # Full face detection at least every N frames (between them, faces are tracked).
+    detect_every: int = 30
+    # dlib HOG upsampling for detection: 0 finds faces larger than about 80 px, 1 about 40 px.
+    detect_upsample: int = 0
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Socket.IO message limit: room for the largest chunk/snapshot plus its JSON envelope. A
+        chunk between ``max_chunk_bytes`` and this gets a `too_large` ack; beyond it, the
+        transport drops the message (engine.io's own limit)."""
+        return 2 * max(self.max_chunk_bytes, self.max_snapshot_bytes) + 64 * 1024
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults, then ``CAMINGEST_<FIELD>`` environment variables, then explicit overrides
+        (CLI flags); ``None`` overrides are ignored."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(f"CAMINGEST_{f.name.upper()}")
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "data_dir" in values:
+            values["data_dir"] = Path(str(values["data_dir"]))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(type_name: object, raw: str) -> object:
+    name = str(type_name)
+    if name in ("bool", "<class 'bool'>"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name in ("int", "<class 'int'>"):
+        return int(raw)
+    if name in ("float", "<class 'float'>"):
+        return float(raw)
+    if name.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw

@@ -1,0 +1,69 @@
+"""Errors of camingest.
+
+Every error carries the PROTOCOL.md code that a client is sent for it, so the Socket.IO and HTTP
+layers never guess. Where a built-in fits, the error also inherits it (PyAV's habit:
+``InvalidDataError(FFmpegError, ValueError)``), so generic callers can catch ``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Base class; ``code`` is the PROTOCOL.md error code sent to clients."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadRequestError(IngestError, ValueError):
+    code = "bad_request"
+
+
+class UnauthorizedError(IngestError, PermissionError):
+    code = "unauthorized"
+
+
+class UnknownSessionError(IngestError, LookupError):
+    code = "unknown_session"
+
+
+class GapError(IngestError):
+    code = "gap"
+
+    def __init__(self, message: str, next_seq: int) -> None:
+        super().__init__(message)
+        self.next_seq = next_seq
+
+
+class ConflictError(IngestError):
+    code = "conflict"
+
+
+class TooLargeError(IngestError, ValueError):
+    code = "too_large"
+
+
+class UnsupportedError(IngestError):
+    code = "unsupported"
+
+
+class InvalidMediaError(IngestError, ValueError):
+    """The bytes are not a stream we can read (not WebM, corrupt EBML, undecodable)."""
+
+    code = "invalid_media"
+
+
+class SessionClosedError(IngestError):
+    code = "session_closed"
+
+
+class CapacityError(IngestError):
+    """A documented limit (open sessions) is reached; the client may retry later."""
+
+    code = "too_large"

@@ -1,0 +1,210 @@
+"""HTTP routes of PROTOCOL.md: pages, session listing, raw and per-chunk media, landmarks.
+
+Errors are JSON (``{"error": {"code", "message"}}``) with a matching status. Files are read in
+threads and streamed in pieces; byte ranges are honoured so browsers can seek in recordings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ingest.exceptions import BadRequestError, IngestError, UnknownSessionError
+from ingest.services import SERVICES, Services
+from ingest.webm import build_unit
+from storage.store import validate_session_id
+
+READ_PIECE = 256 * 1024
+STATUS = {
+    "bad_request": 400,
+    "unauthorized": 403,
+    "unknown_session": 404,
+    "not_found": 404,
+    "conflict": 409,
+    "gap": 409,
+    "session_closed": 409,
+    "too_large": 413,
+    "unsupported": 415,
+    "invalid_media": 422,
+    "internal": 500,
+}
+_RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(code: str, message: str, status: int | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status or STATUS.get(code, 400))
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except IngestError as exc:
+        return json_error(exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and request.path.startswith("/api/"):
+            return json_error("not_found" if exc.status == 404 else "bad_request", exc.reason, exc.status)
+        raise
+
+
+def web_root() -> Path:
+    return Path(str(resources.files("web")))
+
+
+async def send_bytes_range(
+    request: web.Request, path: Path, length: int, content_type: str, download_name: str | None = None
+) -> web.StreamResponse:
+    """Stream the first ``length`` bytes of ``path`` (a file may be longer than what is
+    acknowledged), honouring a single ``Range: bytes=a-b``."""
+    start, end, status = 0, length, 200
+    match = _RANGE_RE.match(request.headers.get("Range", ""))
+    if match and (match.group(1) or match.group(2)):
+        if match.group(1):
+            start = int(match.group(1))
+            end = min(length, int(match.group(2)) + 1) if match.group(2) else length
+        else:
+            start = max(0, length - int(match.group(2)))
+        if start >= end:
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{length}"})
+        status = 206
+    response = web.StreamResponse(status=status)
+    response.content_type = content_type
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    if status == 206:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{length}"
+    if download_name:
+        response.headers["Content-Disposition"] = f'attachment; filename="{download_name}"'
+    await response.prepare(request)
+    with open(path, "rb") as f:
+        position = start
+        while position < end:
+            piece = await asyncio.to_thread(_pread, f, position, min(READ_PIECE, end - position))
+            if not piece:
+                break
+            await response.write(piece)
+            position += len(piece)
+    await response.write_eof()
+    return response
+
+
+def _pread(f: Any, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+def _session_id(request: web.Request) -> str:
+    return validate_session_id(request.match_info["session_id"])
+
+
+def _seq(request: web.Request) -> int:
+    raw = request.match_info["seq"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequestError(f"seq must be a non-negative integer, got {raw[:20]!r}")
+    return int(raw)
+
+
+async def index_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(web_root() / "index.html")
+
+
+async def sessions_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(web_root() / "sessions.html")
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    sessions = await asyncio.to_thread(_services(request).store.list_summaries)
+    return web.json_response({"sessions": sessions})
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    store = _services(request).store
+    session_id = _session_id(request)
+
+    def detail() -> dict[str, Any]:
+        result = store.summary(session_id)
+        result["snapshots"] = store.snapshot_rows(session_id)
+        return result
+
+    return web.json_response(await asyncio.to_thread(detail))
+
+
+async def raw_webm(request: web.Request) -> web.StreamResponse:
+    store = _services(request).store
+    session_id = _session_id(request)
+    row = await asyncio.to_thread(store.get_row, session_id)
+    return await send_bytes_range(request, store.paths(session_id).stream, row["bytes"], "video/webm")
+
+
+async def recording_webm(request: web.Request) -> web.StreamResponse:
+    store = _services(request).store
+    session_id = _session_id(request)
+    row = await asyncio.to_thread(store.get_row, session_id)
+    finalized = store.paths(session_id).recording
+    if row["state"] == "stopped" and finalized.exists():
+        return await send_bytes_range(request, finalized, finalized.stat().st_size, "video/webm")
+    # Until finalized, the recording is the stream as sent (plays, but has no Duration or Cues).
+    return await send_bytes_range(request, store.paths(session_id).stream, row["bytes"], "video/webm")
+
+
+async def _chunk_row(request: web.Request) -> tuple[str, dict[str, Any]]:
+    store = _services(request).store
+    session_id, seq = _session_id(request), _seq(request)
+    await asyncio.to_thread(store.get_row, session_id)  # 404 for unknown sessions first
+    row = await asyncio.to_thread(store.chunk_row, session_id, seq)
+    if row is None:
+        raise UnknownSessionError(f"session {session_id} has no chunk {seq}")
+    return session_id, row
+
+
+async def chunk_raw(request: web.Request) -> web.StreamResponse:
+    session_id, row = await _chunk_row(request)
+    data = await asyncio.to_thread(_services(request).store.read_stream, session_id, row["offset"], row["size"])
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def chunk_webm(request: web.Request) -> web.StreamResponse:
+    """The chunk's standalone unit, rebuilt from the block locations stored with it."""
+    session_id, row = await _chunk_row(request)
+    store = _services(request).store
+
+    def unit() -> bytes | None:
+        init = store.init_segment(session_id)
+        if init is None:
+            return None
+        runs = [
+            (timecode, b"".join(store.read_stream(session_id, offset, length) for offset, length in spans))
+            for timecode, spans in json.loads(row["units"])
+        ]
+        return build_unit(init, runs)
+
+    data = await asyncio.to_thread(unit)
+    if data is None:
+        return json_error("not_found", f"session {session_id} has no complete init segment yet", 404)
+    return web.Response(body=data, content_type="video/webm")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index_page)
+    app.router.add_get("/sessions", sessions_page)
+    app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    app.router.add_get("/api/sessions", list_sessions)
+    base = "/api/sessions/{session_id}"
+    app.router.add_get(base, get_session)
+    app.router.add_get(base + "/raw.webm", raw_webm)
+    app.router.add_get(base + "/recording.webm", recording_webm)
+    app.router.add_get(base + "/chunks/{seq:\\d+}.webm", chunk_webm)
+    app.router.add_get(base + "/chunks/{seq}", chunk_raw)

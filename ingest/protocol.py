@@ -1,0 +1,198 @@
+"""The Socket.IO side of PROTOCOL.md: events ``start``, ``chunk``, ``snapshot``, ``stop``.
+
+Every handler returns its ack: ``{"ok": True, ...}`` or ``{"ok": False, "error": {"code",
+"message"}}`` with a contract code. Payloads are validated here, before anything touches a
+session; slow work (parsing, fsync, image checks) runs in threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from ingest.exceptions import (
+    BadRequestError,
+    ConflictError,
+    GapError,
+    IngestError,
+    InvalidMediaError,
+    SessionClosedError,
+    TooLargeError,
+    UnsupportedError,
+)
+from ingest.services import Services
+from ingest.session import LiveSession
+from storage.store import sha256_hex, validate_session_id
+
+log = logging.getLogger(__name__)
+
+# Containers a MediaRecorder may produce that the reader handles; MP4 (Safari) is not one yet.
+SUPPORTED_MIME_PREFIXES = ("video/webm", "audio/webm", "video/x-matroska", "audio/x-matroska")
+MAX_MIME_CHARS = 200
+MAX_META_BYTES = 16 * 1024
+
+Ack = dict[str, Any]
+
+
+def _require_dict(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise BadRequestError(f"payload must be an object, got {type(data).__name__}")
+    return data
+
+
+def _optional_time(payload: dict[str, Any]) -> float | None:
+    t_ms = payload.get("t_ms")
+    if t_ms is None:
+        return None
+    if isinstance(t_ms, bool) or not isinstance(t_ms, int | float) or not math.isfinite(t_ms):
+        raise BadRequestError("t_ms must be a finite number")
+    return float(t_ms)
+
+
+def _require_bytes(payload: dict[str, Any], limit: int, what: str) -> bytes:
+    data = payload.get("data")
+    if not isinstance(data, bytes | bytearray):
+        raise BadRequestError(f"data must be a binary attachment, got {type(data).__name__}")
+    if len(data) > limit:
+        raise TooLargeError(f"{what} of {len(data)} bytes exceeds the limit of {limit} bytes")
+    return bytes(data)
+
+
+def error_ack(exc: IngestError) -> Ack:
+    ack: Ack = {"ok": False, "error": exc.to_dict()}
+    if isinstance(exc, GapError):
+        ack["next_seq"] = exc.next_seq
+    return ack
+
+
+class IngestNamespace(socketio.AsyncNamespace):
+    """Handlers of the default namespace; all state lives in ``services``, none in globals."""
+
+    def __init__(self, services: Services) -> None:
+        super().__init__("/")
+        self.services = services
+
+    async def _answer(self, handler: Callable[[str, dict[str, Any]], Awaitable[Ack]], sid: str, data: object) -> Ack:
+        try:
+            return await handler(sid, _require_dict(data))
+        except IngestError as exc:
+            return error_ack(exc)
+        except Exception:
+            log.exception("internal error in %s", handler.__name__)
+            return {"ok": False, "error": {"code": "internal", "message": "internal server error"}}
+
+    async def on_start(self, sid: str, data: object = None) -> Ack:
+        return await self._answer(self._start, sid, data)
+
+    async def on_chunk(self, sid: str, data: object = None) -> Ack:
+        return await self._answer(self._chunk, sid, data)
+
+    async def on_stop(self, sid: str, data: object = None) -> Ack:
+        return await self._answer(self._stop, sid, data)
+
+    async def on_snapshot(self, sid: str, data: object = None) -> Ack:
+        return await self._answer(self._snapshot, sid, data)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    async def _session(self, sid: str, payload: dict[str, Any]) -> LiveSession:
+        """The session named by the payload, its token checked, this client joined to its room."""
+        session_id = validate_session_id(payload.get("session_id"))
+        session = await self.services.registry.get(session_id)
+        session.check_token(payload.get("token"))
+        await self.enter_room(sid, session.id)
+        return session
+
+    # -- events ----------------------------------------------------------------------------------
+    async def _start(self, sid: str, payload: dict[str, Any]) -> Ack:
+        resume = payload.get("resume")
+        if resume is not None:
+            session = await self._session(sid, _require_dict(resume))
+            if session.state == "stopped":
+                raise SessionClosedError(f"session {session.id} is stopped")
+            if session.state == "failed":
+                raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq}
+
+        mime = payload.get("mime")
+        if not isinstance(mime, str) or not mime or len(mime) > MAX_MIME_CHARS:
+            raise BadRequestError(f"mime must be a non-empty string of at most {MAX_MIME_CHARS} characters")
+        if not mime.lower().startswith(SUPPORTED_MIME_PREFIXES):
+            raise UnsupportedError(f"mime {mime!r} is not supported; send WebM or Matroska (video/webm)")
+        meta = payload.get("meta", {})
+        if not isinstance(meta, dict):
+            raise BadRequestError("meta must be an object")
+        if len(json.dumps(meta)) > MAX_META_BYTES:
+            raise TooLargeError(f"meta exceeds {MAX_META_BYTES} bytes of JSON")
+        session, token = await self.services.registry.create(mime, meta)
+        await self.enter_room(sid, session.id)
+        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
+
+    async def _chunk(self, sid: str, payload: dict[str, Any]) -> Ack:
+        seq = payload.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise BadRequestError("seq must be a non-negative integer")
+        t_ms = _optional_time(payload)
+        data = _require_bytes(payload, self.services.settings.max_chunk_bytes, "chunk")
+        session = await self._session(sid, payload)
+        services = self.services
+        async with session.lock:
+            if session.state == "stopped":
+                raise SessionClosedError(f"session {session.id} is stopped")
+            if session.state == "failed":
+                raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            if seq < session.next_seq:
+                row = await asyncio.to_thread(services.store.chunk_row, session.id, seq)
+                same = (
+                    row is not None
+                    and row["size"] == len(data)
+                    and row["sha256"] == await asyncio.to_thread(sha256_hex, data)
+                )
+                if not same:
+                    raise ConflictError(f"seq {seq} is already stored with different bytes")
+                return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+            if seq > session.next_seq:
+                raise GapError(
+                    f"seq {seq} is ahead of next_seq {session.next_seq}; resend from there", session.next_seq
+                )
+            try:
+                async with services.write_slots:
+                    loop = asyncio.get_running_loop()
+                    staged = await loop.run_in_executor(services.io_pool, session.stage_chunk, seq, data, t_ms)
+                    await asyncio.wrap_future(services.store.index.submit(staged.commit))
+            except BaseException:
+                # Memory may be ahead of what was committed: drop it, reload from the store.
+                services.registry.forget(session.id)
+                raise
+            session.apply(staged)
+            if staged.error is not None:
+                services.registry.forget(session.id)
+                await services.pipeline.fail(session.id, staged.error)
+                raise staged.error
+            await services.pipeline.submit_chunk(session, staged)
+        return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+
+    async def _stop(self, sid: str, payload: dict[str, Any]) -> Ack:
+        session = await self._session(sid, payload)
+        services = self.services
+        async with session.lock:
+            if session.state == "recording":
+                await asyncio.to_thread(services.store.set_state, session.id, "stopped")
+                session.state = "stopped"
+                services.registry.forget(session.id)
+                await services.pipeline.finish(session.id)
+        summary = await asyncio.to_thread(services.store.summary, session.id)
+        return {"ok": True, "session": summary}
+
+    async def _snapshot(self, sid: str, payload: dict[str, Any]) -> Ack:
+        data = _require_bytes(payload, self.services.settings.max_snapshot_bytes, "snapshot")
+        mime = payload.get("mime")
+        t_ms = _optional_time(payload)
+        session = await self._session(sid, payload)
+        snapshot_id = await self.services.snapshots.store_snapshot(session.id, mime, data, t_ms)
+        return {"ok": True, "snapshot_id": snapshot_id}

@@ -1,0 +1,116 @@
+"""The camingest server: aiohttp + python-socketio in one process.
+
+``build_app`` wires the pieces (browser -> Socket.IO -> session -> reader -> store -> pipeline);
+``serve`` runs it until SIGINT/SIGTERM and then shuts down in order: stop taking connections,
+finish in-flight commits, stop the workers, close the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import socketio
+from aiohttp import web
+
+from ingest.config import Settings
+from ingest.http import add_routes, errors_as_json
+from ingest.protocol import IngestNamespace
+from ingest.services import SERVICES, NoAnalysis, Pipeline, Services
+from ingest.session import SessionRegistry
+from ingest.snapshots import SnapshotService
+from storage.store import SessionStore
+
+log = logging.getLogger("camingest")
+
+# Threads writing and fsyncing chunk files; overlapping fsyncs is what lets one disk keep up
+# with hundreds of recorders (see BENCHMARKS.md).
+IO_THREADS = 16
+
+
+def make_socketio(settings: Settings) -> socketio.AsyncServer:
+    origins: str | list[str] | None = None  # None: same origin only (engine.io's default)
+    if "*" in settings.cors_origins:
+        origins = "*"
+    elif settings.cors_origins:
+        origins = list(settings.cors_origins)
+    return socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=origins,
+        max_http_buffer_size=settings.max_message_bytes,
+        ping_interval=10,
+        ping_timeout=20,
+    )
+
+
+def make_pipeline(settings: Settings, store: SessionStore, sio: socketio.AsyncServer) -> Pipeline:
+    if not settings.analysis:
+        return NoAnalysis()
+    from ingest.pipeline import LivePipeline  # imports PyAV and starts worker processes
+
+    return LivePipeline(settings, store, sio)
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.max_message_bytes)
+    sio = make_socketio(settings)
+    sio.attach(app)
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = SessionStore(settings.data_dir, settings.max_pending_writes)
+        for note in await asyncio.to_thread(store.open):
+            log.warning("recovery: %s", note)
+        io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="chunk-io")
+        pipeline = make_pipeline(settings, store, sio)
+        snapshots = SnapshotService(store, settings)
+        services = Services(
+            settings=settings,
+            store=store,
+            registry=SessionRegistry(store, settings),
+            io_pool=io_pool,
+            write_slots=asyncio.Semaphore(settings.max_pending_writes),
+            pipeline=pipeline,
+            snapshots=snapshots,
+        )
+        if hasattr(pipeline, "attach_snapshots"):
+            pipeline.attach_snapshots(snapshots)
+        app[SERVICES] = services
+        sio.register_namespace(IngestNamespace(services))
+        try:
+            yield
+        finally:
+            await snapshots.close()
+            await pipeline.close()
+            io_pool.shutdown(wait=True)
+            services.registry.close_all()
+            await asyncio.to_thread(store.close)
+
+    app.cleanup_ctx.append(services_ctx)
+    add_routes(app)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; prints the URL once listening."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else settings.port
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"camingest serving http://{host}:{port}/ (data: {settings.data_dir})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("camingest shutting down", flush=True)
+        await runner.shutdown()
+        await runner.cleanup()

@@ -1,0 +1,235 @@
+"""Recording sessions held open by this server process, and the registry that owns them.
+
+A ``LiveSession`` is the in-memory side of one session being recorded: its WebM reader, its open
+stream file and counters. Chunks are applied strictly in seq order under ``lock`` (python-socketio
+runs event handlers concurrently). The durable side is ``storage.store``; a LiveSession can always
+be rebuilt from it (after a restart, a resume reloads it without re-reading the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.config import Settings
+from ingest.exceptions import (
+    CapacityError,
+    IngestError,
+    InvalidMediaError,
+    UnauthorizedError,
+    UnknownSessionError,
+)
+from ingest.webm import Unit, WebMReader, build_unit
+from storage.store import SessionStore, hash_token, sha256_hex, write_durably
+
+
+@dataclass(frozen=True)
+class StagedChunk:
+    """A chunk written and flushed to stream.webm, waiting for its index commit."""
+
+    seq: int
+    size: int
+    unit: Unit
+    unit_bytes: bytes | None  # standalone WebM of the blocks it completed (None if none)
+    frames_before: int
+    frames: int
+    first_ts_ms: float | None
+    last_ts_ms: float | None
+    error: IngestError | None  # the stream became unreadable at this chunk
+    commit: Callable[[sqlite3.Connection], None]
+
+
+def units_json(unit: Unit) -> str:
+    """Block locations of a unit in the raw stream, contiguous blocks merged:
+    ``[[cluster_timecode, [[offset, length], ...]], ...]``."""
+    runs = []
+    for run in unit.clusters:
+        spans: list[list[int]] = []
+        for block in run.blocks:
+            if spans and spans[-1][0] + spans[-1][1] == block.offset:
+                spans[-1][1] += len(block.data)
+            else:
+                spans.append([block.offset, len(block.data)])
+        runs.append([run.timecode, spans])
+    return json.dumps(runs, separators=(",", ":"))
+
+
+class LiveSession:
+    def __init__(self, store: SessionStore, row: dict[str, Any], reader: WebMReader) -> None:
+        self.store = store
+        self.id: str = row["id"]
+        self.mime: str = row["mime"]
+        self.token_hash: str = row["token_hash"]
+        self.state: str = row["state"]
+        self.error: str | None = row["error"]
+        self.next_seq: int = row["next_seq"]
+        self.bytes: int = row["bytes"]
+        self.frames: int = row["frames"]
+        self.first_ts_ms: float | None = row["first_ts_ms"]
+        self.last_ts_ms: float | None = row["last_ts_ms"]
+        self.reader = reader
+        self.lock = asyncio.Lock()
+        self._fd: int | None = None
+
+    def check_token(self, token: object) -> None:
+        if not isinstance(token, str) or not hmac.compare_digest(hash_token(token), self.token_hash):
+            raise UnauthorizedError(f"wrong or missing token for session {self.id}")
+
+    def _stream_fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.store.paths(self.id).stream, os.O_WRONLY | os.O_CREAT, 0o644)
+        return self._fd
+
+    def close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- the chunk path (runs in a thread, under self.lock) ---------------------------------------
+    def stage_chunk(self, seq: int, data: bytes, t_ms: float | None) -> StagedChunk:
+        """Parse the chunk, write it durably to stream.webm, and prepare its index commit.
+
+        The bytes are stored even if the parser rejects them: what the client sent is kept, the
+        session is marked failed, and the client is told ``invalid_media``."""
+        error: IngestError | None = None
+        init_before = len(self.reader.init)
+        try:
+            unit = self.reader.feed(data)
+        except InvalidMediaError as exc:
+            unit, error = Unit(), exc
+        except IngestError as exc:  # unsupported
+            unit, error = Unit(), exc
+        offset = self.bytes
+        write_durably(self._stream_fd(), offset, data)
+
+        video = self.reader.video_track
+        frames_before, frames, keyframe = self.frames, 0, None
+        first, last = self.first_ts_ms, self.last_ts_ms
+        for block in unit.blocks:
+            if video is not None and block.track == video.number:
+                if block.keyframe:
+                    keyframe = frames_before + frames
+                frames += 1
+                ts = self.reader.ticks_to_ms(block.timecode)
+                first = ts if first is None else min(first, ts)
+                last = ts if last is None else max(last, ts)
+        unit_bytes = build_unit(bytes(self.reader.init), unit.clusters) if len(unit) else None
+        init = bytes(self.reader.init) if len(self.reader.init) != init_before else None
+        row = (
+            self.id, seq, offset, len(data), sha256_hex(data), time.time(), t_ms,
+            units_json(unit), frames_before, frames, keyframe,
+        )  # fmt: skip
+        reader_state = json.dumps(self.reader.state())
+        state = "failed" if error else self.state
+        message = error.message if error else None
+
+        def commit(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            conn.execute(
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
+                " state=?, error=COALESCE(?, error) WHERE id=?",
+                (
+                    seq + 1,
+                    offset + len(data),
+                    frames_before + frames,
+                    first,
+                    last,
+                    reader_state,
+                    state,
+                    message,
+                    self.id,
+                ),
+            )
+            if init is not None:
+                conn.execute("INSERT OR REPLACE INTO session_init VALUES (?, ?)", (self.id, init))
+
+        return StagedChunk(seq, len(data), unit, unit_bytes, frames_before, frames, first, last, error, commit)
+
+    def apply(self, staged: StagedChunk) -> None:
+        """Reflect a committed chunk in memory."""
+        self.next_seq = staged.seq + 1
+        self.bytes += staged.size
+        self.frames = staged.frames_before + staged.frames
+        self.first_ts_ms, self.last_ts_ms = staged.first_ts_ms, staged.last_ts_ms
+        if staged.error is not None:
+            self.state, self.error = "failed", staged.error.message
+
+
+class SessionRegistry:
+    """The sessions this process has open, by id (application state, never module-level).
+
+    ``max_open_sessions`` bounds how many are recording at once."""
+
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._live: dict[str, LiveSession] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live(self) -> list[LiveSession]:
+        return list(self._live.values())
+
+    def _reader(self) -> WebMReader:
+        return WebMReader(max_element_bytes=self.settings.max_element_bytes)
+
+    async def create(self, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
+        if len(self._live) >= self.settings.max_open_sessions:
+            raise CapacityError(
+                f"{len(self._live)} sessions are recording, the limit (max_open_sessions) is "
+                f"{self.settings.max_open_sessions}; try again later"
+            )
+        row, token = await asyncio.to_thread(self.store.create, mime, meta)
+        session = LiveSession(self.store, row, self._reader())
+        self._live[session.id] = session
+        return session, token
+
+    async def get(self, session_id: str) -> LiveSession:
+        """The live session, loading it from the store if this process has not got it open
+        (first event after a restart). Raises ``UnknownSessionError``."""
+        session = self._live.get(session_id)
+        if session is not None:
+            return session
+        lock = self._loading.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            session = self._live.get(session_id)
+            if session is None:
+                session = await asyncio.to_thread(self._load, session_id)
+                if session.state == "recording":  # stopped/failed ones are answered, not kept
+                    if len(self._live) >= self.settings.max_open_sessions:
+                        raise CapacityError("too many open sessions (max_open_sessions); try again later")
+                    self._live[session_id] = session
+        self._loading.pop(session_id, None)
+        return session
+
+    def _load(self, session_id: str) -> LiveSession:
+        row = self.store.get_row(session_id)
+        init = self.store.init_segment(session_id) or b""
+        if row["reader_state"]:
+            state = json.loads(row["reader_state"])
+            pending = self.store.read_stream(session_id, state["consumed"], row["bytes"] - state["consumed"])
+            reader = WebMReader.restore(state, init, pending, max_element_bytes=self.settings.max_element_bytes)
+        else:
+            reader = self._reader()
+        return LiveSession(self.store, row, reader)
+
+    def forget(self, session_id: str) -> None:
+        session = self._live.pop(session_id, None)
+        if session is not None:
+            session.close_file()
+
+    def close_all(self) -> None:
+        for session_id in list(self._live):
+            self.forget(session_id)
+
+
+__all__ = ["LiveSession", "SessionRegistry", "StagedChunk", "UnknownSessionError"]

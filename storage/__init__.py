@@ -1,0 +1,1 @@
+"""Durable session storage: files under the data folder plus a SQLite index."""

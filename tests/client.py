@@ -1,0 +1,62 @@
+"""A test client speaking PROTOCOL.md with python-socketio's AsyncClient."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import socketio
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: dict[str, list[Any]] = {}
+        for name in ("landmarks", "snapshot_landmarks", "session_error"):
+            self.sio.on(name, self._recorder(name))
+
+    def _recorder(self, name: str):
+        async def record(data: Any) -> None:
+            self.events.setdefault(name, []).append(data)
+
+        return record
+
+    async def __aenter__(self) -> Client:
+        await self.sio.connect(self.url, transports=["websocket"])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sio.disconnect()
+
+    async def call(self, event: str, payload: Any, timeout: float = 30) -> dict[str, Any]:
+        return await self.sio.call(event, payload, timeout=timeout)
+
+    async def start(self, mime: str = "video/webm;codecs=vp8", **extra: Any) -> dict[str, Any]:
+        ack = await self.call("start", {"mime": mime, **extra})
+        assert ack["ok"], ack
+        return ack
+
+    async def chunk(self, session: dict[str, Any], seq: int, data: bytes, **extra: Any) -> dict[str, Any]:
+        payload = {"session_id": session["session_id"], "token": session["token"], "seq": seq, "data": data}
+        return await self.call("chunk", {**payload, **extra})
+
+    async def stop(self, session: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("stop", {"session_id": session["session_id"], "token": session["token"]})
+
+
+async def http_get(url: str) -> tuple[int, bytes, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.read(), response.headers.get("Content-Type", "")
+
+
+async def http_json(url: str) -> tuple[int, Any]:
+    status, body, _ = await http_get(url)
+    import json
+
+    return status, json.loads(body)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

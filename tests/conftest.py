@@ -1,0 +1,126 @@
+"""Shared test fixtures: the real recordings in ../shared/fixtures, and a real server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
+RECORDINGS = SHARED / "fixtures" / "recordings"
+IMAGES = SHARED / "fixtures" / "images"
+
+
+@dataclass(frozen=True)
+class Recording:
+    name: str
+    path: Path
+    chunks: list[bytes]
+    expected: dict
+    meta: dict
+
+    @property
+    def stream(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @property
+    def snapshots(self) -> list[Path]:
+        folder = self.path / "snapshots"
+        return sorted(folder.iterdir()) if folder.exists() else []
+
+
+def load_recording(name: str) -> Recording:
+    path = RECORDINGS / name
+    chunks = [p.read_bytes() for p in sorted(path.glob("chunk_*.webm"))]
+    return Recording(
+        name,
+        path,
+        chunks,
+        json.loads((path / "expected.json").read_text()),
+        json.loads((path / "meta.json").read_text()),
+    )
+
+
+RECORDING_NAMES = sorted(p.name for p in RECORDINGS.iterdir() if (p / "expected.json").exists())
+assert RECORDING_NAMES, f"no fixture recordings under {RECORDINGS}"
+
+
+@pytest.fixture(params=RECORDING_NAMES)
+def recording(request: pytest.FixtureRequest) -> Recording:
+    return load_recording(request.param)
+
+
+class ServerProcess:
+    """``camingest serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, data: Path, *extra: str) -> None:
+        self.data = data
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log = data.parent / f"{data.name}-server.log"
+
+    def start(self) -> ServerProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        logfile = open(self.log, "a")  # noqa: SIM115 -- owned by the child process for its lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ingest.cli", "serve", "--port", "0", "--data", str(self.data), *self.extra],
+            stdout=subprocess.PIPE, stderr=logfile, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            match = re.search(r"(http://\S+?)/ ", line)
+            if match:
+                self.url = match.group(1)
+                return self
+        raise RuntimeError(f"server did not start; log:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    started: list[ServerProcess] = []
+
+    def start(*extra: str, data: Path | None = None) -> ServerProcess:
+        server = ServerProcess(data or tmp_path / "data", *extra).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def ingest_server(server_factory) -> ServerProcess:
+    """A server that stores and serves only (no analysis workers)."""
+    return server_factory("--no-analysis")
