@@ -52,8 +52,11 @@ class UnitDecoder:
     ``skip_until`` lets a decoder rebuilt from an earlier keyframe (after a restart) decode the
     frames it needs for state without yielding them again."""
 
-    def __init__(self, first_index: int = 0, skip_until: int = 0) -> None:
+    def __init__(self, first_index: int = 0, skip_until: int = 0, wait_for_keyframe: bool = False) -> None:
         self._ctx: av.CodecContext | None = None
+        # A decoder started mid-stream (after a restart) must see a keyframe first: inter frames
+        # fed to a fresh decoder give errors or garbage.
+        self._wait_for_keyframe = wait_for_keyframe
         self._time_base: Fraction | None = None
         self.index = first_index
         self.skip_until = skip_until
@@ -76,6 +79,11 @@ class UnitDecoder:
                 for packet in container.demux(video):
                     if packet.size == 0:
                         continue  # demuxer's end-of-stream marker, not a frame
+                    if self._wait_for_keyframe:
+                        if not packet.is_keyframe:
+                            self.index += 1  # its frame exists in the stream: keep indices true
+                            continue
+                        self._wait_for_keyframe = False
                     yield from self._frames(self._ctx.decode(packet))  # type: ignore[union-attr]
             except av.FFmpegError as exc:
                 raise InvalidMediaError(f"video does not decode: {exc}") from exc

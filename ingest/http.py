@@ -197,10 +197,58 @@ async def chunk_webm(request: web.Request) -> web.StreamResponse:
     return web.Response(body=data, content_type="video/webm")
 
 
+async def landmarks(request: web.Request) -> web.StreamResponse:
+    store = _services(request).store
+    session_id = _session_id(request)
+    await asyncio.to_thread(store.get_row, session_id)
+    path = store.paths(session_id).landmarks
+
+    def frames_json() -> bytes:
+        # the stored lines already are the frames' JSON: join them without re-encoding
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        body = b",".join(line for line in lines if line.endswith(b"}"))
+        return b'{"session_id":' + json.dumps(session_id).encode() + b',"frames":[' + body + b"]}"
+
+    return web.Response(body=await asyncio.to_thread(frames_json), content_type="application/json")
+
+
+async def snapshot_image(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    session_id = _session_id(request)
+    snapshot_id = request.match_info["snapshot_id"]
+    path = await asyncio.to_thread(services.snapshots.image_path, session_id, snapshot_id)
+    row = await asyncio.to_thread(services.store.snapshot_row, session_id, snapshot_id)
+    return await send_bytes_range(request, path, row["bytes"], row["mime"])
+
+
+async def snapshot_landmarks(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    session_id = _session_id(request)
+    snapshot_id = request.match_info["snapshot_id"]
+    await asyncio.to_thread(services.snapshots.image_path, session_id, snapshot_id)  # 404s first
+    path = services.snapshots.landmarks_path(session_id, snapshot_id)
+    if not path.exists():
+        return json_error("not_found", f"snapshot {snapshot_id} is not analysed yet", 404)
+    return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    monitor = services.loop_monitor
+    return web.json_response(
+        {
+            "ok": True,
+            "sessions_recording": len(services.registry),
+            "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
+        }
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index_page)
     app.router.add_get("/sessions", sessions_page)
     app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    app.router.add_get("/api/health", health)
     app.router.add_get("/api/sessions", list_sessions)
     base = "/api/sessions/{session_id}"
     app.router.add_get(base, get_session)
@@ -208,3 +256,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(base + "/recording.webm", recording_webm)
     app.router.add_get(base + "/chunks/{seq:\\d+}.webm", chunk_webm)
     app.router.add_get(base + "/chunks/{seq}", chunk_raw)
+    app.router.add_get(base + "/landmarks", landmarks)
+    app.router.add_get(base + "/snapshots/{snapshot_id}", snapshot_image)
+    app.router.add_get(base + "/snapshots/{snapshot_id}/landmarks", snapshot_landmarks)

@@ -19,7 +19,7 @@ from aiohttp import web
 from ingest.config import Settings
 from ingest.http import add_routes, errors_as_json
 from ingest.protocol import IngestNamespace
-from ingest.services import SERVICES, NoAnalysis, Pipeline, Services
+from ingest.services import SERVICES, LoopMonitor, NoAnalysis, Pipeline, Services
 from ingest.session import SessionRegistry
 from ingest.snapshots import SnapshotService
 from storage.store import SessionStore
@@ -66,6 +66,8 @@ def build_app(settings: Settings) -> web.Application:
         io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="chunk-io")
         pipeline = make_pipeline(settings, store, sio)
         snapshots = SnapshotService(store, settings)
+        loop_monitor = LoopMonitor()
+        loop_monitor.start()
         services = Services(
             settings=settings,
             store=store,
@@ -74,14 +76,15 @@ def build_app(settings: Settings) -> web.Application:
             write_slots=asyncio.Semaphore(settings.max_pending_writes),
             pipeline=pipeline,
             snapshots=snapshots,
+            loop_monitor=loop_monitor,
         )
-        if hasattr(pipeline, "attach_snapshots"):
-            pipeline.attach_snapshots(snapshots)
+        pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
         sio.register_namespace(IngestNamespace(services))
         try:
             yield
         finally:
+            loop_monitor.stop()
             await snapshots.close()
             await pipeline.close()
             io_pool.shutdown(wait=True)

@@ -34,6 +34,8 @@ class Pipeline(Protocol):
 
     async def close(self) -> None: ...
 
+    def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None: ...
+
 
 class NoAnalysis:
     """Ingest only (``--no-analysis``): chunks are stored and served, frames are not analysed."""
@@ -50,6 +52,9 @@ class NoAnalysis:
     async def close(self) -> None:
         return None
 
+    def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None:
+        return None
+
 
 @dataclass
 class Services:
@@ -63,6 +68,33 @@ class Services:
     write_slots: asyncio.Semaphore
     pipeline: Pipeline
     snapshots: SnapshotService
+    loop_monitor: LoopMonitor
+
+
+class LoopMonitor:
+    """Measures event-loop lag: how late a 50 ms sleep wakes up. Anything slow on the loop
+    shows here (exposed at GET /api/health)."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.max_lag_ms = 0.0
+        self.last_lag_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.interval)
+            self.last_lag_ms = max(0.0, (loop.time() - before - self.interval) * 1000)
+            self.max_lag_ms = max(self.max_lag_ms, self.last_lag_ms)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 SERVICES = web.AppKey("services", Services)

@@ -301,7 +301,7 @@ class WebMReader:
                 self._check_magic(buf[pos : pos + 8])
             if self._stage == _CLUSTER and self._cluster_end is not None and absolute >= self._cluster_end:
                 self._stage = _TOP
-            if self._stage == _TOP and self._segment_end is not None and absolute >= self._segment_end:
+            if self._stage == _TOP and self._segment_end is not None and absolute >= self._segment_end and pos < end:
                 raise UnsupportedError(f"data after the end of the Segment at byte {absolute} (chained segments)")
             header = _read_header(buf, pos, end)
             if header is None:

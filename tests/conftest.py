@@ -63,15 +63,16 @@ def recording(request: pytest.FixtureRequest) -> Recording:
 class ServerProcess:
     """``camingest serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, data: Path, *extra: str) -> None:
+    def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data = data
         self.extra = extra
+        self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.log = data.parent / f"{data.name}-server.log"
 
     def start(self) -> ServerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         logfile = open(self.log, "a")  # noqa: SIM115 -- owned by the child process for its lifetime
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ingest.cli", "serve", "--port", "0", "--data", str(self.data), *self.extra],
@@ -110,8 +111,8 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator:
     started: list[ServerProcess] = []
 
-    def start(*extra: str, data: Path | None = None) -> ServerProcess:
-        server = ServerProcess(data or tmp_path / "data", *extra).start()
+    def start(*extra: str, data: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(data or tmp_path / "data", *extra, env=env).start()
         started.append(server)
         return server
 
@@ -124,3 +125,12 @@ def server_factory(tmp_path: Path) -> Iterator:
 def ingest_server(server_factory) -> ServerProcess:
     """A server that stores and serves only (no analysis workers)."""
     return server_factory("--no-analysis")
+
+
+@pytest.fixture(scope="module")
+def analysis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with live analysis whose queues never skip (accuracy tests), shared by a module."""
+    data = tmp_path_factory.mktemp("analysis") / "data"
+    server = ServerProcess(data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}).start()
+    yield server
+    server.stop()

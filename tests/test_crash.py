@@ -106,3 +106,45 @@ def test_sigkill_under_load_loses_no_acked_chunk(server_factory, tmp_path):
                 assert raw == recording.stream
 
     run(verify())
+
+
+def test_restart_with_analysis_resumes_decoding_from_a_keyframe(server_factory, tmp_path):
+    """After kill -9 and resume, the rebuilt decoder starts at a stored keyframe: every frame is
+    landmarked exactly once, none twice, none with a face missing for lack of decoder state."""
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+    chunks, expected = recording.chunks, recording.expected["video_frames"]
+    data = tmp_path / "data"
+    env = {"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}
+    server = server_factory(data=data, env=env)
+
+    async def first_half() -> dict:
+        async with Client(server.url) as client:
+            session = await client.start(recording.meta["mime"])
+            for seq in range(10):
+                assert (await client.chunk(session, seq, chunks[seq]))["ok"]
+                await asyncio.sleep(0.1)
+            return session
+
+    session = run(first_half())
+    server.kill()
+    server = server_factory(data=data, env=env)
+
+    async def second_half() -> None:
+        async with Client(server.url) as client:
+            ack = await client.call(
+                "start", {"resume": {"session_id": session["session_id"], "token": session["token"]}}
+            )
+            assert ack["next_seq"] == 10
+            for seq in range(10, len(chunks)):
+                assert (await client.chunk(session, seq, chunks[seq]))["ok"]
+            await client.stop(session)
+            for _ in range(600):
+                _, stored = await http_json(f"{server.url}/api/sessions/{session['session_id']}/landmarks")
+                if len(stored["frames"]) >= expected:
+                    break
+                await asyncio.sleep(0.1)
+        assert [f["index"] for f in stored["frames"]] == list(range(expected))
+        with_face = sum(1 for f in stored["frames"] if f.get("faces"))
+        assert with_face >= 0.95 * expected
+
+    run(second_half())

@@ -1,0 +1,304 @@
+"""Live analysis: committed chunks -> worker processes -> landmarks back to the page and to disk.
+
+Per session, units wait in a queue of at most ``live_queue_units``; one unit per session is in
+flight at a time, so sessions share the workers fairly (a worker serves its sessions in arrival
+order). When a session's queue is over the limit, the unit sent next is decoded but not
+landmarked: its frames come back ``skipped`` at once instead of lag and memory growing; batch
+re-processing fills them later. Decoding never skips: every frame is needed for the next.
+
+After a restart, a session's decoder is rebuilt from the last keyframe at or before the first
+frame without landmarks, from the stored stream; frames already landmarked are decoded for state
+but not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import socketio
+
+from ingest.config import Settings
+from ingest.exceptions import IngestError, InvalidMediaError
+from ingest.landmarks import TrackerSettings
+from ingest.webm import build_unit
+from ingest.workers import worker_main
+from storage.store import SessionStore
+
+if TYPE_CHECKING:
+    from ingest.session import LiveSession, SessionRegistry, StagedChunk
+    from ingest.snapshots import SnapshotService
+
+log = logging.getLogger(__name__)
+SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, accuracy first
+
+
+def tracker_settings(settings: Settings) -> TrackerSettings:
+    return TrackerSettings(detect_every=settings.detect_every, upsample=settings.detect_upsample)
+
+
+class WorkerHandle:
+    """One worker process, with a sender and a receiver thread so the event loop never blocks
+    on a pipe."""
+
+    def __init__(self, index: int, settings: Settings, loop: asyncio.AbstractEventLoop, on_message: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")  # the server has threads: never fork it
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(child, tracker_settings(settings), SNAPSHOT_UPSAMPLE),
+            name=f"camingest-worker-{index}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self.index = index
+        self.sessions = 0
+        # bounded by construction: at most one unit per session plus pending snapshots
+        self._outbox: queue.Queue[Any] = queue.Queue()
+        self._loop = loop
+        self._on_message = on_message
+        threading.Thread(target=self._send_loop, name=f"worker-{index}-send", daemon=True).start()
+        threading.Thread(target=self._recv_loop, name=f"worker-{index}-recv", daemon=True).start()
+
+    def send(self, message: Any) -> None:
+        self._outbox.put_nowait(message)
+
+    def _send_loop(self) -> None:
+        while True:
+            message = self._outbox.get()
+            try:
+                self.conn.send(message)
+            except (BrokenPipeError, OSError):
+                return
+            if message is None:
+                return
+
+    def _recv_loop(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                return
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._on_message, message)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.send(None)
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout)
+
+
+@dataclass
+class SessionPipe:
+    session_id: str
+    worker: WorkerHandle
+    landmarks: Path
+    decoder_opts: dict[str, Any]
+    pending: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+    in_flight: bool = False
+    started: bool = False
+    finishing: bool = False
+    frames_sent: int = 0
+    skipped: int = 0
+
+
+def count_landmark_frames(path: Path) -> int:
+    """Frames in a landmarks file, after cutting a torn last line (a crash mid-append)."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return data.count(b"\n", 0, end)
+
+
+def append_frames(path: Path, frames: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(frame, separators=(",", ":")) + "\n" for frame in frames))
+
+
+class LivePipeline:
+    def __init__(self, settings: Settings, store: SessionStore, sio: socketio.AsyncServer) -> None:
+        self.settings = settings
+        self.store = store
+        self.sio = sio
+        self.registry: SessionRegistry | None = None
+        loop = asyncio.get_running_loop()
+        count = settings.workers or os.cpu_count() or 1
+        self.workers = [WorkerHandle(i, settings, loop, self._on_message) for i in range(count)]
+        self.pipes: dict[str, SessionPipe] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+        self._images: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._image_ids = itertools.count()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None:
+        self.registry = registry
+        snapshots.analyse = self.analyse_image
+        snapshots.emit = self.emit
+
+    async def emit(self, event: str, data: dict[str, Any], room: str) -> None:
+        await self.sio.emit(event, data, room=room)
+
+    # -- chunks ----------------------------------------------------------------------------------
+    async def submit_chunk(self, session: LiveSession, staged: StagedChunk) -> None:
+        if staged.unit_bytes is None:
+            return
+        pipe = self.pipes.get(session.id) or await self._open(session.id, staged.seq, staged.frames_before)
+        pipe.pending.append((staged.seq, staged.unit_bytes))
+        self._dispatch(pipe)
+
+    async def _open(self, session_id: str, seq: int, frames_before: int) -> SessionPipe:
+        lock = self._opening.setdefault(session_id, asyncio.Lock())
+        async with lock:
+            pipe = self.pipes.get(session_id)
+            if pipe is None:
+                pipe = await asyncio.to_thread(self._prepare, session_id, seq, frames_before)
+                pipe.worker.sessions += 1
+                self.pipes[session_id] = pipe
+        self._opening.pop(session_id, None)
+        return pipe
+
+    def _prepare(self, session_id: str, seq: int, frames_before: int) -> SessionPipe:
+        """A pipe for a session this process has not analysed yet: fresh, or resumed after a
+        restart (then primed with the stored units from a keyframe on)."""
+        paths = self.store.paths(session_id)
+        meta = paths.root / "landmarks.meta.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"mode": "live", **tracker_settings(self.settings).describe()}))
+        done = count_landmark_frames(paths.landmarks)
+        worker = min(self.workers, key=lambda w: w.sessions)
+        pipe = SessionPipe(session_id, worker, paths.landmarks, {})
+        if frames_before == 0:
+            return pipe
+        rows = [r for r in self.store.chunk_rows(session_id) if r["seq"] < seq]
+        keyed = [r for r in rows if r["keyframe"] is not None and r["keyframe"] <= done]
+        start = keyed[-1] if keyed else rows[0]
+        init = self.store.init_segment(session_id) or b""
+        for row in rows[rows.index(start) :]:
+            runs = json.loads(row["units"])
+            if runs:
+                blocks = [
+                    (tc, b"".join(self.store.read_stream(session_id, off, n) for off, n in spans)) for tc, spans in runs
+                ]
+                pipe.pending.append((row["seq"], build_unit(init, blocks)))
+        pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
+        pipe.frames_sent = done
+        return pipe
+
+    def _dispatch(self, pipe: SessionPipe) -> None:
+        if pipe.in_flight:
+            return
+        if not pipe.pending:
+            if pipe.finishing:
+                pipe.in_flight = True
+                pipe.worker.send(("flush", pipe.session_id, -1))
+            return
+        seq, unit = pipe.pending.popleft()
+        analyse = len(pipe.pending) < self.settings.live_queue_units
+        opts = {} if pipe.started else pipe.decoder_opts
+        pipe.started = True
+        pipe.in_flight = True
+        pipe.worker.send(("unit", pipe.session_id, seq, unit, analyse, opts))
+
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "frames":
+            task = asyncio.get_running_loop().create_task(self._deliver(*message[1:]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif message[0] == "image":
+            _, request_id, faces, error = message
+            future = self._images.pop(request_id, None)
+            if future is not None and not future.done():
+                if error:
+                    future.set_exception(InvalidMediaError(error))
+                else:
+                    future.set_result(faces)
+
+    async def _deliver(self, session_id: str, seq: int, frames: list[dict[str, Any]], error: str | None) -> None:
+        pipe = self.pipes.get(session_id)
+        if pipe is None:
+            return
+        if error is not None:
+            await self._fail_decoding(pipe, error)
+            return
+        if frames:
+            await asyncio.to_thread(append_frames, pipe.landmarks, frames)
+            pipe.frames_sent += len(frames)
+            pipe.skipped += sum(1 for f in frames if f.get("skipped"))
+            await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
+        pipe.in_flight = False
+        if seq == -1:  # flushed: the session is complete
+            self._close_pipe(pipe)
+            return
+        self._dispatch(pipe)
+
+    async def _fail_decoding(self, pipe: SessionPipe, message: str) -> None:
+        self._close_pipe(pipe)
+        error = InvalidMediaError(f"the video cannot be decoded: {message}")
+        await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message)
+        if self.registry is not None:
+            live = self.registry.live()
+            for session in live:
+                if session.id == pipe.session_id:
+                    session.state, session.error = "failed", error.message
+            self.registry.forget(pipe.session_id)
+        await self._emit_error(pipe.session_id, error)
+
+    async def _emit_error(self, session_id: str, error: IngestError) -> None:
+        await self.emit("session_error", {"session_id": session_id, **error.to_dict()}, session_id)
+
+    def _close_pipe(self, pipe: SessionPipe) -> None:
+        if self.pipes.pop(pipe.session_id, None) is not None:
+            pipe.worker.sessions -= 1
+
+    async def finish(self, session_id: str) -> None:
+        pipe = self.pipes.get(session_id)
+        if pipe is not None:
+            pipe.finishing = True
+            self._dispatch(pipe)
+
+    async def fail(self, session_id: str, error: IngestError) -> None:
+        pipe = self.pipes.get(session_id)
+        if pipe is not None:
+            self._close_pipe(pipe)
+            pipe.worker.send(("drop", session_id))
+        await self._emit_error(session_id, error)
+
+    async def drained(self, session_id: str, timeout: float = 60.0) -> None:
+        """Wait until a finishing session's frames are all delivered (tests, finalize)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while session_id in self.pipes and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    # -- snapshots -------------------------------------------------------------------------------
+    async def analyse_image(self, path: Path) -> list[dict[str, Any]]:
+        request_id = next(self._image_ids)
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._images[request_id] = future
+        worker = min(self.workers, key=lambda w: w.sessions)
+        worker.send(("image", request_id, str(path)))
+        return await future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.to_thread(lambda: [w.close() for w in self.workers])
+        for future in self._images.values():
+            future.cancel()

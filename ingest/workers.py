@@ -1,0 +1,116 @@
+"""Worker processes: decoding and landmarks, off the server's event loop and GIL.
+
+Each worker owns the decoders and face trackers of the sessions assigned to it (sticky: a
+session's decoder state lives in exactly one process), so only compressed units (~40 KB) go in
+and small landmark lists come out; decoded frames never cross a process boundary.
+
+Messages (pickled over a ``multiprocessing`` pipe):
+
+    in:  ("unit", session_id, seq, unit_bytes, analyse, decoder_opts)
+         ("flush", session_id, seq)      end of stream: drain the decoder, forget the session
+         ("drop", session_id)            forget the session (failed/deleted)
+         ("image", request_id, path)     full detection on a snapshot
+         None                            exit
+    out: ("frames", session_id, seq, [frame, ...], error_message | None)
+         ("image", request_id, [face, ...], error_message | None)
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection
+import os
+from typing import Any
+
+from ingest.exceptions import InvalidMediaError
+
+log = logging.getLogger(__name__)
+
+
+def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:
+    if faces is None:
+        return {"index": index, "pts_ms": round(pts_ms, 3), "skipped": True}
+    return {"index": index, "pts_ms": round(pts_ms, 3), "faces": faces}
+
+
+class SessionAnalyser:
+    """Decoder + tracker of one session."""
+
+    def __init__(
+        self, tracker_settings: Any, first_index: int = 0, skip_until: int = 0, wait_key: bool = False
+    ) -> None:
+        from ingest.decode import UnitDecoder
+        from ingest.landmarks import FaceTracker
+
+        self.decoder = UnitDecoder(first_index, skip_until, wait_key)
+        self.tracker = FaceTracker(tracker_settings)
+
+    def unit(self, unit: bytes, analyse: bool) -> list[dict[str, Any]]:
+        return self._results(self.decoder.decode(unit), analyse)
+
+    def flush(self) -> list[dict[str, Any]]:
+        return self._results(self.decoder.flush(), True)
+
+    def _results(self, frames: Any, analyse: bool) -> list[dict[str, Any]]:
+        out = []
+        for frame in frames:
+            faces = self.tracker.process(frame.gray()) if analyse else None
+            out.append(frame_result(frame.index, frame.pts_ms, faces))
+        return out
+
+
+def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: Any, snapshot_upsample: int) -> None:
+    """Entry point of a worker process."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per worker; OpenCV's pool would fight dlib for it
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from ingest.landmarks import detect_faces, models
+
+    models()  # load once, before the first frame arrives
+    sessions: dict[str, SessionAnalyser] = {}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind = message[0]
+        try:
+            if kind == "unit":
+                _, session_id, seq, unit, analyse, opts = message
+                analyser = sessions.get(session_id)
+                if analyser is None:
+                    analyser = sessions[session_id] = SessionAnalyser(tracker_settings, **opts)
+                try:
+                    conn.send(("frames", session_id, seq, analyser.unit(unit, analyse), None))
+                except InvalidMediaError as exc:
+                    sessions.pop(session_id, None)
+                    conn.send(("frames", session_id, seq, [], exc.message))
+            elif kind == "flush":
+                _, session_id, seq = message
+                analyser = sessions.pop(session_id, None)
+                try:
+                    frames = analyser.flush() if analyser else []
+                    conn.send(("frames", session_id, seq, frames, None))
+                except InvalidMediaError as exc:
+                    conn.send(("frames", session_id, seq, [], exc.message))
+            elif kind == "drop":
+                sessions.pop(message[1], None)
+            elif kind == "image":
+                _, request_id, path = message
+                gray = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+                if gray is None:
+                    conn.send(("image", request_id, [], "the image does not decode"))
+                else:
+                    conn.send(("image", request_id, detect_faces(gray, snapshot_upsample), None))
+        except (BrokenPipeError, EOFError):
+            return
+        except Exception as exc:  # report, keep serving the other sessions
+            log.exception("worker failed on %s", kind)
+            if kind in ("unit", "flush"):
+                sessions.pop(message[1], None)
+                conn.send(("frames", message[1], message[2], [], f"internal error: {exc}"))
+            elif kind == "image":
+                conn.send(("image", message[1], [], f"internal error: {exc}"))
