@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -232,6 +233,27 @@ async def snapshot_landmarks(request: web.Request) -> web.StreamResponse:
     return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type="application/json")
 
 
+# A session still "recording" but idle this long was abandoned (tab closed without stop).
+ABANDONED_AFTER_S = 600
+
+
+async def delete_session(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    session_id = _session_id(request)
+    row = await asyncio.to_thread(services.store.get_row, session_id)
+    if row["state"] == "recording":
+        last = await asyncio.to_thread(
+            services.store.index.read,
+            lambda c: c.execute("SELECT MAX(received_at) FROM chunks WHERE session_id=?", (session_id,)).fetchone()[0],
+        )
+        idle = time.time() - (last or 0)
+        if idle < ABANDONED_AFTER_S:
+            return json_error("conflict", f"session {session_id} is recording; stop it first", 409)
+    services.registry.forget(session_id)
+    await asyncio.to_thread(services.store.delete, session_id)
+    return web.json_response({"ok": True, "deleted": session_id})
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     monitor = services.loop_monitor
@@ -252,6 +274,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/sessions", list_sessions)
     base = "/api/sessions/{session_id}"
     app.router.add_get(base, get_session)
+    app.router.add_delete(base, delete_session)
     app.router.add_get(base + "/raw.webm", raw_webm)
     app.router.add_get(base + "/recording.webm", recording_webm)
     app.router.add_get(base + "/chunks/{seq:\\d+}.webm", chunk_webm)

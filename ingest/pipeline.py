@@ -242,6 +242,7 @@ class LivePipeline:
             await asyncio.to_thread(append_frames, pipe.landmarks, frames)
             pipe.frames_sent += len(frames)
             pipe.skipped += sum(1 for f in frames if f.get("skipped"))
+            self.store.count_landmarks(session_id, len(frames), sum(1 for f in frames if f.get("faces")))
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     first_ts_ms   REAL,                       -- first / last video block timestamp
     last_ts_ms    REAL,
     reader_state  TEXT,                       -- JSON of WebMReader.state() after next_seq-1
+    landmark_frames INTEGER NOT NULL DEFAULT 0, -- frames with stored landmark results (incl. skipped)
+    face_frames   INTEGER NOT NULL DEFAULT 0, -- of those, frames with at least one face
     error         TEXT,                       -- why the session failed
     stopped_at    TEXT
 );

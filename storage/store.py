@@ -91,6 +91,8 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
         "frames": row["frames"],
         "duration_ms": 0.0 if first is None or last is None else round(last - first, 3),
         "snapshots": snapshots,
+        "analysed_frames": row["landmark_frames"],
+        "frames_with_faces": row["face_frames"],
     }
     if row["error"]:
         result["error"] = row["error"]
@@ -200,6 +202,22 @@ class SessionStore:
             lambda c: c.execute(
                 "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?) WHERE id=?",
                 (state, error, stopped_at, session_id),
+            )
+        )
+
+    def count_landmarks(self, session_id: str, frames: int, with_faces: int) -> None:
+        """Add to the session's landmark counters (not awaited: derived data, group-committed)."""
+        self.index.submit(
+            lambda c: c.execute(
+                "UPDATE sessions SET landmark_frames=landmark_frames+?, face_frames=face_frames+? WHERE id=?",
+                (frames, with_faces, session_id),
+            )
+        )
+
+    def reset_landmark_counts(self, session_id: str, frames: int, with_faces: int) -> None:
+        self.index.write(
+            lambda c: c.execute(
+                "UPDATE sessions SET landmark_frames=?, face_frames=? WHERE id=?", (frames, with_faces, session_id)
             )
         )
 

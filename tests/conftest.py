@@ -63,8 +63,9 @@ def recording(request: pytest.FixtureRequest) -> Recording:
 class ServerProcess:
     """``camingest serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0) -> None:
         self.data = data
+        self.port = port
         self.extra = extra
         self.env = env or {}
         self.proc: subprocess.Popen[str] | None = None
@@ -75,7 +76,7 @@ class ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         logfile = open(self.log, "a")  # noqa: SIM115 -- owned by the child process for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "serve", "--port", "0", "--data", str(self.data), *self.extra],
+            [sys.executable, "-m", "ingest.cli", "serve", "--port", str(self.port), "--data", str(self.data), *self.extra],
             stdout=subprocess.PIPE, stderr=logfile, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -111,8 +112,8 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator:
     started: list[ServerProcess] = []
 
-    def start(*extra: str, data: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(data or tmp_path / "data", *extra, env=env).start()
+    def start(*extra: str, data: Path | None = None, env: dict[str, str] | None = None, port: int = 0) -> ServerProcess:
+        server = ServerProcess(data or tmp_path / "data", *extra, env=env, port=port).start()
         started.append(server)
         return server
 
@@ -134,3 +135,33 @@ def analysis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     server = ServerProcess(data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}).start()
     yield server
     server.stop()
+
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def ffprobe_frames(path: Path) -> int:
+    """Video frames of a file as FFmpeg's own ffprobe counts them (independent of PyAV)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    return int(out.strip().strip(","))
+
+
+@pytest.fixture(scope="session")
+def face_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A y4m fake camera made from the face photo with the fixture recorder's own tool."""
+    out = tmp_path_factory.mktemp("camera") / "face.y4m"
+    tool = SHARED / "tools" / "fixture-recorder" / "make_camera.py"
+    subprocess.run([sys.executable, str(tool), str(IMAGES / "obama.jpg"), str(out), "640", "480", "4"], check=True)
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,160 @@
+"""The pages end to end in headless Debian chromium with a fake camera showing a face."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.client import Client, run
+from tests.conftest import ARTIFACTS, ffprobe_frames, free_port, load_recording
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+def chromium_args(camera: Path) -> list[str]:
+    return [
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def browser(face_camera):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(face_camera))
+        yield browser
+        browser.close()
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url) as response:
+        return json.loads(response.read())
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url) as response:
+        return response.read()
+
+
+def state(page) -> dict:
+    return page.evaluate(
+        "() => ({...window.camingest, snapshots: window.camingest.snapshots.map(s => ({id: s.snapshot_id, faces: s.faces}))})"
+    )
+
+
+def wait_until(page, condition: str, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(condition, timeout=timeout_ms, polling=100)
+
+
+def test_record_snapshot_stop(server_factory, browser, tmp_path):
+    server = server_factory()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url + "/")
+    page.wait_for_selector("#conn[data-state=up]")
+    page.get_by_test_id("record").click()
+    wait_until(page, "() => window.camingest.ackedChunks >= 10 && window.camingest.landmarkFrames > 30")
+    page.get_by_test_id("snapshot").click()
+    wait_until(page, "() => window.camingest.snapshots.length === 1 && window.camingest.snapshots[0].faces")
+    wait_until(page, "() => window.camingest.ackedChunks >= 20")
+    page.screenshot(path=str(ARTIFACTS / "recorder.png"))
+    page.get_by_test_id("stop").click()
+    wait_until(page, "() => window.camingest.state === 'stopped'")
+    session_id = state(page)["sessionId"]
+    base = f"{server.url}/api/sessions/{session_id}"
+    summary = get_json(base)
+    wait_until(page, f"() => window.camingest.landmarkFrames === {summary['frames']}")
+    s = state(page)
+
+    assert summary["state"] == "stopped"
+    assert summary["chunks"] == s["ackedChunks"] == s["chunksRecorded"] and s["pendingChunks"] == 0
+    raw = tmp_path / "raw.webm"
+    raw.write_bytes(fetch(base + "/raw.webm"))
+    assert raw.stat().st_size == summary["bytes"] == s["bytesSent"]
+    assert ffprobe_frames(raw) == summary["frames"] > 100
+    frames = get_json(base + "/landmarks")["frames"]
+    assert [f["index"] for f in frames] == list(range(summary["frames"]))
+    assert s["landmarkFrames"] == len(frames)
+    with_face = [f for f in frames if f.get("faces")]
+    assert len(with_face) >= 0.9 * len(frames)
+    assert all(len(face["points"]) == 68 for f in with_face for face in f["faces"])
+    (snap,) = summary["snapshots"]
+    assert snap["snapshot_id"] == s["snapshots"][0]["id"] and snap["mime"] == "image/jpeg"
+    snap_faces = get_json(f"{base}/snapshots/{snap['snapshot_id']}/landmarks")["faces"]
+    assert len(snap_faces) == 1 and snap_faces == s["snapshots"][0]["faces"]
+
+    # the sessions page lists it and plays it with the overlay
+    page.goto(server.url + "/sessions")
+    page.locator(f"[data-session-id='{session_id}']").click()
+    page.wait_for_function("() => window.camingestSessions.frames > 0")
+    page.evaluate("() => document.getElementById('player').play()")
+    page.wait_for_function("() => document.getElementById('player').currentTime > 1.0", timeout=20_000)
+    page.screenshot(path=str(ARTIFACTS / "sessions.png"))
+
+
+def test_sessions_page_deletes_a_session(server_factory, browser):
+    server = server_factory()
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+
+    async def make() -> list[str]:
+        ids = []
+        async with Client(server.url) as client:
+            for _ in range(2):
+                session = await client.start(recording.meta["mime"])
+                for seq, chunk in enumerate(recording.chunks):
+                    assert (await client.chunk(session, seq, chunk))["ok"]
+                await client.stop(session)
+                ids.append(session["session_id"])
+        return ids
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        keep, doomed = pool.submit(run, make()).result()
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # phone-sized
+    page.goto(server.url + "/sessions")
+    page.wait_for_selector(f"[data-session-id='{doomed}']")
+    assert page.evaluate("() => window.camingestSessions.listed") == [doomed, keep]  # newest first
+    page.locator(f"[data-session-id='{doomed}']").click()
+    page.wait_for_function(f"() => window.camingestSessions.selected === '{doomed}'")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("delete").click()
+    page.wait_for_function(f"() => !document.querySelector(\"[data-session-id='{doomed}']\")")
+    assert page.locator("#detail").is_hidden()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "sessions-phone.png"))
+    assert [s["id"] for s in get_json(server.url + "/api/sessions")["sessions"]] == [keep]
+    assert not (server.data / "sessions" / doomed).exists()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        fetch(f"{server.url}/api/sessions/{doomed}")
+    assert err.value.code == 404
+
+
+def test_page_resumes_after_server_restart(server_factory, browser, tmp_path):
+    port = free_port()
+    data = tmp_path / "data"
+    server = server_factory(data=data, port=port)
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#conn[data-state=up]")
+    page.get_by_test_id("record").click()
+    wait_until(page, "() => window.camingest.ackedChunks >= 8")
+    server.kill()  # mid-recording: the page keeps recording into its send queue
+    page.wait_for_selector("#conn[data-state=down]")
+    page.wait_for_timeout(1500)
+    server = server_factory(data=data, port=port)
+    page.wait_for_selector("#conn[data-state=up]", timeout=30_000)
+    wait_until(page, "() => window.camingest.pendingChunks === 0 && window.camingest.ackedChunks >= 24")
+    page.get_by_test_id("stop").click()
+    wait_until(page, "() => window.camingest.state === 'stopped'")
+    s = state(page)
+    summary = get_json(f"{server.url}/api/sessions/{s['sessionId']}")
+    assert summary["chunks"] == s["chunksRecorded"] == s["ackedChunks"]
+    raw = tmp_path / "raw.webm"
+    raw.write_bytes(fetch(f"{server.url}/api/sessions/{s['sessionId']}/raw.webm"))
+    assert ffprobe_frames(raw) == summary["frames"] > 50  # ~6 s; the fake camera drops frames under load

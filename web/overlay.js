@@ -1,0 +1,63 @@
+// Drawing landmarks on a canvas laid over a video or image. Shared by both pages.
+// Points are in pixels of the decoded frame; the canvas is sized to that frame.
+
+const JAW = [0, 17], BROW_R = [17, 22], BROW_L = [22, 27], NOSE = [27, 31], NOSE_LOW = [31, 36];
+const EYE_R = [36, 42], EYE_L = [42, 48], LIPS_OUT = [48, 60], LIPS_IN = [60, 68];
+const OPEN = [JAW, BROW_R, BROW_L, NOSE, NOSE_LOW];
+const CLOSED = [EYE_R, EYE_L, LIPS_OUT, LIPS_IN];
+
+function path(ctx, points, [a, b], close) {
+  ctx.moveTo(points[a][0], points[a][1]);
+  for (let i = a + 1; i < b; i++) ctx.lineTo(points[i][0], points[i][1]);
+  if (close) ctx.closePath();
+}
+
+/** The 68 points as lines and dots. */
+export function drawLandmarks(ctx, faces, scale = 1) {
+  ctx.save();
+  ctx.lineWidth = 1.5 / scale;
+  ctx.strokeStyle = "rgba(80, 220, 160, 0.9)";
+  ctx.fillStyle = "rgba(255, 255, 255, 0.95)";
+  for (const face of faces) {
+    ctx.beginPath();
+    for (const r of OPEN) path(ctx, face.points, r, false);
+    for (const r of CLOSED) path(ctx, face.points, r, true);
+    ctx.stroke();
+    for (const [x, y] of face.points) {
+      ctx.beginPath();
+      ctx.arc(x, y, 1.6 / scale, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+  }
+  ctx.restore();
+}
+
+/** Lips recoloured: the outer lip polygon minus the inner one, blurred, blended at ~40%. */
+export function drawLips(ctx, faces, color = "rgb(200, 20, 90)") {
+  ctx.save();
+  ctx.globalAlpha = 0.4;
+  ctx.filter = "blur(3px)";
+  ctx.fillStyle = color;
+  for (const face of faces) {
+    ctx.beginPath();
+    path(ctx, face.points, LIPS_OUT, true);
+    path(ctx, face.points, LIPS_IN, true);
+    ctx.fill("evenodd");
+  }
+  ctx.restore();
+}
+
+export function drawFaces(ctx, faces, mode, scale = 1) {
+  if (mode === "lips") drawLips(ctx, faces);
+  else if (mode === "landmarks") drawLandmarks(ctx, faces, scale);
+}
+
+/** Index of the last frame with pts_ms <= t in frames sorted by pts (binary search). */
+export function frameAt(frames, tMs) {
+  let lo = 0, hi = frames.length - 1, best = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (frames[mid].pts_ms <= tMs) { best = mid; lo = mid + 1; } else hi = mid - 1;
+  }
+  return best;
+}

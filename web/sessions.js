@@ -1,0 +1,113 @@
+// The sessions browser: list, play with the landmark overlay in sync, snapshots, downloads, delete.
+import { drawFaces, frameAt } from "./overlay.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = { list: $("list"), detail: $("detail"), player: $("player"), overlay: $("overlay"), mode: $("mode"),
+  facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message") };
+let selected = null, frames = [];
+window.camingestSessions = { selected: null, frames: 0, listed: [] };
+
+const getJSON = async (url) => {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error((await r.json()).error?.message ?? r.statusText);
+  return r.json();
+};
+const when = (iso) => new Date(iso).toLocaleString();
+const mb = (n) => `${(n / 1048576).toFixed(1)} MiB`;
+
+function say(text, kind = "info") {
+  ui.message.hidden = !text;
+  ui.message.textContent = text || "";
+  ui.message.dataset.kind = kind;
+}
+
+async function loadList() {
+  const { sessions } = await getJSON("/api/sessions");
+  window.camingestSessions.listed = sessions.map((s) => s.id);
+  if (!sessions.length) {
+    ui.list.innerHTML = '<div class="empty">No sessions yet. <a href="/">Record one.</a></div>';
+    return;
+  }
+  ui.list.replaceChildren(...sessions.map((s) => {
+    const card = document.createElement("button");
+    card.className = "card";
+    card.dataset.sessionId = s.id;
+    card.setAttribute("aria-selected", String(s.id === selected?.id));
+    card.innerHTML = `<div class="when"></div><div class="facts"></div>`;
+    card.querySelector(".when").textContent = when(s.created_at);
+    const state = document.createElement("span");
+    state.className = "state";
+    state.dataset.state = s.state;
+    state.textContent = s.state;
+    card.querySelector(".when").append(" ", state);
+    const faces = s.frames_with_faces == null ? "" : ` · faces in ${s.frames_with_faces}`;
+    card.querySelector(".facts").textContent =
+      `${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots`;
+    card.addEventListener("click", () => open(s.id));
+    return card;
+  }));
+}
+
+async function open(id) {
+  selected = await getJSON(`/api/sessions/${id}`);
+  window.camingestSessions.selected = id;
+  for (const c of ui.list.children) c.setAttribute?.("aria-selected", String(c.dataset.sessionId === id));
+  ui.detail.hidden = false;
+  say("");
+  const base = `/api/sessions/${id}`;
+  ui.player.src = `${base}/recording.webm`;
+  const data = await getJSON(`${base}/landmarks`);
+  frames = data.frames.filter((f) => f.faces);
+  window.camingestSessions.frames = data.frames.length;
+  const withFaces = frames.filter((f) => f.faces.length).length;
+  ui.facts.textContent = `${selected.frames} frames · ${data.frames.length} analysed · faces in ${withFaces}`;
+  ui.downloads.replaceChildren(...[
+    ["recording.webm", "Recording"], ["raw.webm", "Raw stream"], ["landmarks", "Landmarks JSON"],
+  ].map(([path, label]) => Object.assign(document.createElement("a"), { href: `${base}/${path}`, textContent: label, download: "" })));
+  ui.gallery.replaceChildren(...(await Promise.all(selected.snapshots.map(async (s) => {
+    const figure = document.createElement("figure");
+    const img = new Image();
+    img.src = `${base}/snapshots/${s.snapshot_id}`;
+    const layer = document.createElement("canvas");
+    const caption = document.createElement("figcaption");
+    figure.append(img, layer, caption);
+    img.onload = async () => {
+      layer.width = img.naturalWidth;
+      layer.height = img.naturalHeight;
+      try {
+        const { faces } = await getJSON(`${base}/snapshots/${s.snapshot_id}/landmarks`);
+        drawFaces(layer.getContext("2d"), faces, "landmarks", 0.5);
+        caption.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"}`;
+      } catch { caption.textContent = "not analysed"; }
+    };
+    return figure;
+  }))));
+  ui.del.disabled = selected.state === "recording";
+  ui.del.title = ui.del.disabled ? "A recording in progress cannot be deleted" : "";
+}
+
+function paint() {
+  const ctx = ui.overlay.getContext("2d");
+  const w = ui.player.videoWidth, h = ui.player.videoHeight;
+  if (w && (ui.overlay.width !== w || ui.overlay.height !== h)) { ui.overlay.width = w; ui.overlay.height = h; }
+  ctx.clearRect(0, 0, ui.overlay.width, ui.overlay.height);
+  // MediaRecorder timestamps start at 0, so the player's time is the frames' pts_ms
+  const i = frameAt(frames, ui.player.currentTime * 1000);
+  if (i >= 0) drawFaces(ctx, frames[i].faces, ui.mode.value);
+}
+const tick = () => { paint(); requestAnimationFrame(tick); };
+
+ui.del.addEventListener("click", async () => {
+  if (!selected || !confirm(`Delete the session of ${when(selected.created_at)}? Its files are removed for good.`)) return;
+  const r = await fetch(`/api/sessions/${selected.id}`, { method: "DELETE" });
+  if (!r.ok) return say((await r.json()).error.message, "error");
+  selected = null;
+  ui.detail.hidden = true;
+  ui.player.removeAttribute("src");
+  await loadList();
+});
+
+await loadList();
+const first = new URLSearchParams(location.search).get("id");
+if (first) await open(first);
+requestAnimationFrame(tick);
