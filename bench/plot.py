@@ -1,0 +1,40 @@
+"""Bar chart of frames/s per configuration from ``landmarks_bench.py pipeline`` output.
+
+    python bench/plot.py bench/results/pipeline.txt bench/results/pipeline.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def main(source: str, out: str) -> None:
+    with open(source) as f:
+        lines = [line for line in f if line.startswith("{")]
+    results = json.loads(lines[-1])
+    names = list(results)
+    configs = [("decode_fps", "decode only"), ("camingest_fps", "camingest (decode + track + 68 pts)"),
+               ("naive_fps", "naive (VideoCapture + detect up1 + 68 pts)")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.27
+    for i, (key, label) in enumerate(configs):
+        values = [results[n][key] for n in names]
+        bars = ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks(range(len(names)), [n.replace("_250ms", "") for n in names], fontsize=8)
+    ax.set_ylabel("frames/s on one core (log)")
+    ax.set_yscale("log")
+    ax.set_title("640x480 fixtures, one core, one run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
