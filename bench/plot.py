@@ -1,6 +1,6 @@
 """Bar chart of frames/s per configuration from ``landmarks_bench.py pipeline`` output.
 
-    python bench/plot.py bench/results/pipeline.txt bench/results/pipeline.png
+python bench/plot.py bench/results/pipeline.txt bench/results/pipeline.png
 """
 
 from __future__ import annotations

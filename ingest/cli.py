@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sessions = commands.add_parser("sessions", help="list stored sessions")
     _add_data(sessions)
+
+    reprocess = commands.add_parser("reprocess", help="landmark every frame of stored sessions on all cores")
+    reprocess.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    reprocess.add_argument("--all", action="store_true", help="every stopped or failed session")
+    reprocess.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_data(reprocess)
+
+    export = commands.add_parser("export", help="re-encode a session with an overlay drawn on every frame")
+    export.add_argument("session_id", metavar="SESSION_ID")
+    export.add_argument("--out", type=Path, required=True, help="FILE.mp4 (H.264) or FILE.webm (VP8)")
+    export.add_argument("--overlay", choices=["landmarks", "lips", "none"], default="landmarks")
+    _add_data(export)
     return parser
 
 
@@ -71,6 +84,54 @@ def cmd_sessions(settings: Settings) -> int:
     return 0
 
 
+def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool) -> int:
+    from tqdm import tqdm
+
+    from ingest.batch import Reprocessor
+    from ingest.pipeline import tracker_settings
+
+    if bool(session_ids) == all_sessions:
+        raise IngestError("name SESSION_IDs or --all, not both or neither")
+    store = _open_store(settings)
+    try:
+        if all_sessions:
+            session_ids = [s["id"] for s in store.list_summaries() if s["state"] != "recording"]
+        for session_id in session_ids:
+            store.get_row(session_id)  # unknown ids fail before any work starts
+        workers = settings.workers or os.cpu_count() or 1
+        with Reprocessor(store, tracker_settings(settings), workers) as reprocessor:
+            for session_id in session_ids:
+                jobs = reprocessor.jobs(session_id)
+                total = sum(job.end - job.start for job in jobs)
+                with tqdm(total=total, unit="frame", desc=session_id, dynamic_ncols=True) as bar:
+                    result = reprocessor.run(session_id, jobs, bar.update)
+                print(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
+    except KeyboardInterrupt:
+        print("camingest reprocess: interrupted; the previous landmarks are kept", file=sys.stderr)
+        return 130
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> int:
+    from tqdm import tqdm
+
+    from ingest.export import check_args, export
+
+    check_args(out, overlay)
+    store = _open_store(settings)
+    try:
+        row = store.get_row(session_id)
+        paths = store.paths(session_id)
+        with tqdm(total=row["frames"] or None, unit="frame", desc=f"export {out.name}", dynamic_ncols=True) as bar:
+            written = export(paths.stream, paths.landmarks, out, overlay, bar.update)
+    finally:
+        store.close()
+    print(f"{out}: {written} frames, overlay {overlay}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "sessions":
             return cmd_sessions(settings)
+        if args.command == "reprocess":
+            return cmd_reprocess(settings, args.session_ids, args.all)
+        if args.command == "export":
+            return cmd_export(settings, args.session_id, args.out, args.overlay)
     except (IngestError, RuntimeError, OSError, ValueError) as exc:
         print(f"camingest {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -118,17 +118,29 @@ class FaceTracker:
         self._thumb: np.ndarray | None = None
         self.detections = 0
 
+    def reset(self) -> None:
+        """Forget the faces: the next frame is not a continuation (frames were skipped)."""
+        self._tracks = []
+        self._thumb = None
+
     def _scene_cut(self, gray: np.ndarray) -> bool:
         thumb = cv2.resize(gray, (64, 48), interpolation=cv2.INTER_AREA).astype(np.int16)
         previous, self._thumb = self._thumb, thumb
         return previous is not None and float(np.abs(thumb - previous).mean()) > self.settings.scene_cut
 
-    def process(self, gray: np.ndarray) -> list[dict[str, Any]]:
+    def process(self, gray: np.ndarray, index: int | None = None) -> list[dict[str, Any]]:
+        """Faces of the next frame. With ``index`` (the frame's index in its stream) periodic
+        detections fall on multiples of ``detect_every``: a tracker started on such a frame
+        (batch re-processing, one job per range) then reproduces the live results exactly."""
         detector, predictor = models()
         image = np.ascontiguousarray(gray)
         height, width = image.shape
         cut = self._scene_cut(image)
-        due = not self._tracks or cut or self._since_detect >= self.settings.detect_every
+        if index is None:
+            periodic = self._since_detect >= self.settings.detect_every
+        else:
+            periodic = index % self.settings.detect_every == 0
+        due = not self._tracks or cut or periodic
         if due:
             self._detect(image, detector, predictor)
             self._since_detect = 0

@@ -186,6 +186,7 @@ class IngestNamespace(socketio.AsyncNamespace):
                 session.state = "stopped"
                 services.registry.forget(session.id)
                 await services.pipeline.finish(session.id)
+                services.finalize_later(session.id)
         summary = await asyncio.to_thread(services.store.summary, session.id)
         return {"ok": True, "session": summary}
 

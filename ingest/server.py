@@ -67,7 +67,6 @@ def build_app(settings: Settings) -> web.Application:
         pipeline = make_pipeline(settings, store, sio)
         snapshots = SnapshotService(store, settings)
         loop_monitor = LoopMonitor()
-        loop_monitor.start()
         services = Services(
             settings=settings,
             store=store,
@@ -81,10 +80,13 @@ def build_app(settings: Settings) -> web.Application:
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
         sio.register_namespace(IngestNamespace(services))
+        loop_monitor.start()  # after start-up (spawning workers), which happens before serving
         try:
             yield
         finally:
             loop_monitor.stop()
+            if services.background:  # let running finalizes complete: they are atomic anyway
+                await asyncio.wait(services.background, timeout=settings.shutdown_grace_s)
             await snapshots.close()
             await pipeline.close()
             io_pool.shutdown(wait=True)

@@ -7,8 +7,9 @@ torn down in ``ingest.server``; handlers receive it, nothing is module-level.
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -69,6 +70,23 @@ class Services:
     pipeline: Pipeline
     snapshots: SnapshotService
     loop_monitor: LoopMonitor
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def finalize_later(self, session_id: str) -> None:
+        """Remux a stopped session into its seekable recording.webm, off the event loop."""
+        from ingest.finalize import finalize
+
+        paths = self.store.paths(session_id)
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(finalize, paths.stream, paths.recording)
+            except Exception as exc:  # recording.webm then stays the stream as sent
+                logging.getLogger(__name__).warning("finalize %s failed: %s", session_id, exc)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
 
 class LoopMonitor:

@@ -52,9 +52,11 @@ class SessionAnalyser:
         return self._results(self.decoder.flush(), True)
 
     def _results(self, frames: Any, analyse: bool) -> list[dict[str, Any]]:
+        if not analyse:
+            self.tracker.reset()  # tracks from before a gap would be stale
         out = []
         for frame in frames:
-            faces = self.tracker.process(frame.gray()) if analyse else None
+            faces = self.tracker.process(frame.gray(), frame.index) if analyse else None
             out.append(frame_result(frame.index, frame.pts_ms, faces))
         return out
 

@@ -97,8 +97,17 @@ class Index:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         conn.executescript(SCHEMA)
+        self._migrate(conn)
         self._writer = threading.Thread(target=self._run, args=(conn,), name="index-writer", daemon=True)
         self._writer.start()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Columns added after a data folder was created (CREATE IF NOT EXISTS keeps old tables)."""
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(sessions)")}
+        for column in ("landmark_frames", "face_frames"):
+            if column not in have:
+                conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -189,7 +189,9 @@ class SessionStore:
 
     def summary(self, session_id: str) -> dict[str, Any]:
         row = self.get_row(session_id)
-        return summary(row, row["n_chunks"], row["n_snapshots"])
+        result = summary(row, row["n_chunks"], row["n_snapshots"])
+        result["finalized"] = self.paths(session_id).recording.exists()
+        return result
 
     def list_summaries(self) -> list[dict[str, Any]]:
         rows = self.index.read(lambda c: c.execute(_SUMMARY_SQL + " ORDER BY s.created_at DESC, s.id DESC").fetchall())

@@ -1,0 +1,167 @@
+"""Batch re-processing: landmarks for every frame of stored sessions, on all cores.
+
+The stream is cut into jobs of ``detect_every``-aligned frame ranges. Each job carries only the
+compressed blocks from the keyframe before its range to its end; the worker decodes them with a
+fresh decoder and tracks the range with a fresh tracker. No decoded frame crosses a process
+boundary, and because a range starts on a frame where the live tracker also runs a full
+detection, the batch result equals the live one wherever live analysed the frame.
+
+Results are written in index order to a temporary file that replaces landmarks.jsonl only when
+complete: an interrupted run leaves the previous landmarks as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.exceptions import InvalidMediaError, SessionClosedError
+from ingest.landmarks import TrackerSettings
+from ingest.webm import WebMReader, build_unit
+from storage.store import SessionStore, utc_now
+
+READ_PIECE = 1024 * 1024
+MAX_JOB_FRAMES_DEFAULT = 60
+
+
+@dataclass(frozen=True)
+class VideoBlock:
+    offset: int
+    length: int
+    cluster_timecode: int
+    keyframe: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str
+    init: bytes
+    blocks: tuple[tuple[int, int, int], ...]  # (cluster_timecode, offset, length) from a keyframe on
+    first_index: int  # index of the first block's frame
+    start: int  # landmark frames [start, end)
+    end: int
+    settings: TrackerSettings
+
+
+def scan_video_blocks(path: Path) -> tuple[bytes, list[VideoBlock]]:
+    """Init segment and the video blocks of a stored stream (locations only, not the bytes)."""
+    reader = WebMReader()
+    blocks: list[VideoBlock] = []
+    with open(path, "rb") as f:
+        while piece := f.read(READ_PIECE):
+            unit = reader.feed(piece)
+            video = reader.video_track
+            for run in unit.clusters:
+                for block in run.blocks:
+                    if video is not None and block.track == video.number:
+                        blocks.append(VideoBlock(block.offset, len(block.data), run.timecode, block.keyframe))
+    return bytes(reader.init), blocks
+
+
+def plan_jobs(path: Path, settings: TrackerSettings, max_frames: int = MAX_JOB_FRAMES_DEFAULT) -> list[Job]:
+    init, blocks = scan_video_blocks(path)
+    step = max(settings.detect_every, (max_frames // settings.detect_every) * settings.detect_every)
+    jobs = []
+    for start in range(0, len(blocks), step):
+        end = min(start + step, len(blocks))
+        key = start
+        while key > 0 and not blocks[key].keyframe:
+            key -= 1
+        span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key:end])
+        jobs.append(Job(str(path), init, span, key, start, end, settings))
+    return jobs
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """In a worker: decode the job's blocks, landmark frames [start, end)."""
+    from ingest.decode import UnitDecoder
+    from ingest.landmarks import FaceTracker
+    from ingest.workers import frame_result
+
+    runs: list[tuple[int, bytes]] = []
+    with open(job.path, "rb") as f:
+        for timecode, offset, length in job.blocks:
+            f.seek(offset)
+            data = f.read(length)
+            if runs and runs[-1][0] == timecode:
+                runs[-1] = (timecode, runs[-1][1] + data)
+            else:
+                runs.append((timecode, data))
+    decoder = UnitDecoder(first_index=job.first_index)
+    tracker = FaceTracker(job.settings)
+    out = []
+    frames = [*decoder.decode(build_unit(job.init, runs)), *decoder.flush()]
+    for frame in frames:
+        if job.start <= frame.index < job.end:
+            out.append(frame_result(frame.index, frame.pts_ms, tracker.process(frame.gray(), frame.index)))
+    if len(out) != job.end - job.start:
+        raise InvalidMediaError(f"frames {job.start}-{job.end}: decoded {len(out)} of {job.end - job.start}")
+    return out
+
+
+def _init_worker() -> None:
+    import cv2
+
+    from ingest.landmarks import models
+
+    cv2.setNumThreads(1)
+    models()
+
+
+class Reprocessor:
+    """Re-landmark sessions with a pool of ``workers`` processes (kept across sessions)."""
+
+    def __init__(self, store: SessionStore, settings: TrackerSettings, workers: int) -> None:
+        self.store = store
+        self.settings = settings
+        self.workers = workers
+        self._pool: Any = None
+
+    def __enter__(self) -> Reprocessor:
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ctx.Pool(self.workers, initializer=_init_worker)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._pool.close()
+        else:
+            self._pool.terminate()
+        self._pool.join()
+
+    def jobs(self, session_id: str) -> list[Job]:
+        row = self.store.get_row(session_id)
+        if row["state"] == "recording":
+            raise SessionClosedError(f"session {session_id} is still recording; stop it first")
+        return plan_jobs(self.store.paths(session_id).stream, self.settings)
+
+    def run(self, session_id: str, jobs: list[Job], progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+        paths = self.store.paths(session_id)
+        tmp = paths.landmarks.with_name("landmarks.jsonl.tmp")
+        frames = with_faces = 0
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)
+                for batch in results:  # imap keeps job order: the file is in index order
+                    out.write("".join(json.dumps(f, separators=(",", ":")) + "\n" for f in batch))
+                    frames += len(batch)
+                    with_faces += sum(1 for f in batch if f["faces"])
+                    progress(len(batch))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, paths.landmarks)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {"mode": "batch", "workers": self.workers, "finished_at": utc_now(), **self.settings.describe()}
+        (paths.root / "landmarks.meta.json").write_text(json.dumps(meta))
+        self.store.reset_landmark_counts(session_id, frames, with_faces)
+        if not paths.recording.exists() and self.store.get_row(session_id)["state"] == "stopped":
+            from ingest.finalize import finalize
+
+            finalize(paths.stream, paths.recording)
+        return {"frames": frames, "frames_with_faces": with_faces}
