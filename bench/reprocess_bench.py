@@ -1,0 +1,139 @@
+"""Batch re-processing benchmark (issue 5), one run, side by side.
+
+    python bench/reprocess_bench.py [--workers 2]
+
+Stores the four 640x480 webcam fixtures as sessions (a --no-analysis server), then times, on
+this machine in one run: decode only (one core); the naive pipeline (OpenCV VideoCapture +
+HOG at upsample 1 + 68 points on every frame, one core, first 60 frames); and ``Reprocessor``
+with N warm workers over all four sessions. Accuracy: every 8th frame of the batch result
+against per-frame full detection (upsample 1). Writes bench/results/reprocess.{txt,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cv2
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from bench.common import chunks_of, machine_notes, start_server
+from bench.landmarks_bench import WEBCAMS
+from ingest.batch import Reprocessor
+from ingest.landmarks import TrackerSettings, detect_faces, models
+from storage.store import SessionStore
+from tests.client import Client
+from tests.media import decoded_frames, match_faces
+
+OUT = Path(__file__).resolve().parent / "results"
+
+
+async def store_sessions(url: str) -> dict[str, str]:
+    ids = {}
+    async with Client(url) as client:
+        for name in WEBCAMS:
+            session = await client.start()
+            for seq, chunk in enumerate(chunks_of(name)):
+                assert (await client.chunk(session, seq, chunk))["ok"]
+            await client.stop(session)
+            ids[name] = session["session_id"]
+    return ids
+
+
+def naive_fps(chunks: list[bytes], limit: int = 60) -> float:
+    detector, predictor = models()
+    with tempfile.NamedTemporaryFile(suffix=".webm") as f:
+        f.write(b"".join(chunks))
+        f.flush()
+        capture = cv2.VideoCapture(f.name)
+        start, done = time.perf_counter(), 0
+        while done < limit:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+            for box in detector(gray, 1):
+                predictor(gray, box)
+            done += 1
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    lines = [f"# {machine_notes()}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        proc, url = start_server(data, "--no-analysis")
+        try:
+            ids = asyncio.run(store_sessions(url))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        frames = {name: sum(1 for _ in decoded_frames(chunks_of(name))) for name in WEBCAMS}
+        total = sum(frames.values())
+
+        start = time.perf_counter()
+        for name in WEBCAMS:
+            for _ in decoded_frames(chunks_of(name)):
+                pass
+        decode = total / (time.perf_counter() - start)
+        naive = float(np.mean([naive_fps(chunks_of(name)) for name in WEBCAMS]))
+
+        store = SessionStore(data)
+        store.open(recover=False)
+        with Reprocessor(store, TrackerSettings(), args.workers) as reprocessor:
+            warm = reprocessor.jobs(ids[WEBCAMS[0]])
+            reprocessor.run(ids[WEBCAMS[0]], warm)  # workers have loaded the model
+            start = time.perf_counter()
+            for name in WEBCAMS:
+                reprocessor.run(ids[name], reprocessor.jobs(ids[name]))
+            batch = total / (time.perf_counter() - start)
+
+        errors: list[float | None] = []
+        for name in WEBCAMS:
+            stored = [json.loads(x) for x in (data / "sessions" / ids[name] / "landmarks.jsonl").read_text().splitlines()]
+            for frame in decoded_frames(chunks_of(name)):
+                if frame.index % 8 == 0:
+                    errors += match_faces(detect_faces(np.array(frame.gray()), 1), stored[frame.index]["faces"])
+        store.close()
+    hits = [e for e in errors if e is not None]
+    result = {
+        "frames": total, "workers": args.workers, "decode_only_fps_1core": decode, "naive_fps_1core": naive,
+        "reprocess_fps": batch, "x_naive": batch / naive, "x_decode_only_2cores": batch / (2 * decode),
+        "recall": len(hits) / len(errors), "median_error_iod": float(np.median(hits)), "sampled_faces": len(errors),
+    }  # fmt: skip
+    lines.append(json.dumps(result))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "reprocess.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    labels = ["naive\n(1 core)", "decode only\n(1 core)", f"decode only\n(x{args.workers}, ideal)",
+              f"camingest reprocess\n({args.workers} workers)"]  # fmt: skip
+    values = [naive, decode, 2 * decode, batch]
+    bars = ax.bar(labels, values, color=["#b0b0b0", "#4c78a8", "#9ecae9", "#f58518"])
+    ax.bar_label(bars, fmt="%.0f")
+    ax.set_yscale("log")
+    ax.set_ylabel("frames/s (log)")
+    ax.set_title(f"640x480 webcam fixtures, {total} frames, one run")
+    fig.tight_layout()
+    fig.savefig(OUT / "reprocess.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
