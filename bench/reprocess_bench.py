@@ -30,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.common import chunks_of, machine_notes, start_server
-from bench.landmarks_bench import WEBCAMS
+from bench.landmarks_bench import WEBCAMS, naive_fps
 from ingest.batch import Reprocessor
-from ingest.landmarks import TrackerSettings, detect_faces, models
+from ingest.landmarks import TrackerSettings, detect_faces
 from storage.store import SessionStore
 from tests.client import Client
 from tests.media import decoded_frames, match_faces
@@ -50,24 +50,6 @@ async def store_sessions(url: str) -> dict[str, str]:
             await client.stop(session)
             ids[name] = session["session_id"]
     return ids
-
-
-def naive_fps(chunks: list[bytes], limit: int = 60) -> float:
-    detector, predictor = models()
-    with tempfile.NamedTemporaryFile(suffix=".webm") as f:
-        f.write(b"".join(chunks))
-        f.flush()
-        capture = cv2.VideoCapture(f.name)
-        start, done = time.perf_counter(), 0
-        while done < limit:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            for box in detector(gray, 1):
-                predictor(gray, box)
-            done += 1
-    return done / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -106,7 +88,9 @@ def main() -> None:
 
         errors: list[float | None] = []
         for name in WEBCAMS:
-            stored = [json.loads(x) for x in (data / "sessions" / ids[name] / "landmarks.jsonl").read_text().splitlines()]
+            stored = [
+                json.loads(x) for x in (data / "sessions" / ids[name] / "landmarks.jsonl").read_text().splitlines()
+            ]
             for frame in decoded_frames(chunks_of(name)):
                 if frame.index % 8 == 0:
                     errors += match_faces(detect_faces(np.array(frame.gray()), 1), stored[frame.index]["faces"])

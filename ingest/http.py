@@ -19,7 +19,6 @@ from aiohttp import web
 
 from ingest.exceptions import BadRequestError, IngestError, UnknownSessionError
 from ingest.services import SERVICES, Services
-from ingest.webm import build_unit
 from storage.store import validate_session_id
 
 READ_PIECE = 256 * 1024
@@ -184,13 +183,7 @@ async def chunk_webm(request: web.Request) -> web.StreamResponse:
 
     def unit() -> bytes | None:
         init = store.init_segment(session_id)
-        if init is None:
-            return None
-        runs = [
-            (timecode, b"".join(store.read_stream(session_id, offset, length) for offset, length in spans))
-            for timecode, spans in json.loads(row["units"])
-        ]
-        return build_unit(init, runs)
+        return None if init is None else store.chunk_unit(session_id, row, init)
 
     data = await asyncio.to_thread(unit)
     if data is None:

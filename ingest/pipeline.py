@@ -32,7 +32,6 @@ import socketio
 from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
 from ingest.landmarks import TrackerSettings
-from ingest.webm import build_unit
 from ingest.workers import worker_main
 from storage.store import SessionStore
 
@@ -192,12 +191,8 @@ class LivePipeline:
         start = keyed[-1] if keyed else rows[0]
         init = self.store.init_segment(session_id) or b""
         for row in rows[rows.index(start) :]:
-            runs = json.loads(row["units"])
-            if runs:
-                blocks = [
-                    (tc, b"".join(self.store.read_stream(session_id, off, n) for off, n in spans)) for tc, spans in runs
-                ]
-                pipe.pending.append((row["seq"], build_unit(init, blocks)))
+            if row["units"] != "[]":
+                pipe.pending.append((row["seq"], self.store.chunk_unit(session_id, row, init)))
         pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
         pipe.frames_sent = done
         return pipe

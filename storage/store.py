@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.exceptions import UnknownSessionError
+from ingest.webm import build_unit
 from storage.index import Index
 
 SESSION_ID_RE = re.compile(r"\A[0-9]{8}-[0-9]{6}-[0-9a-f]{8}\Z")
@@ -268,6 +269,15 @@ class SessionStore:
             lambda c: c.execute("SELECT init FROM session_init WHERE session_id=?", (session_id,)).fetchone()
         )
         return None if row is None else bytes(row["init"])
+
+    def chunk_unit(self, session_id: str, row: dict[str, Any], init: bytes) -> bytes:
+        """The standalone unit of a stored chunk: ``init`` + the blocks that chunk completed,
+        rebuilt from the locations kept in its index row (no re-parsing)."""
+        runs = [
+            (timecode, b"".join(self.read_stream(session_id, offset, length) for offset, length in spans))
+            for timecode, spans in json.loads(row["units"])
+        ]
+        return build_unit(init, runs)
 
     def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
         with open(self.paths(session_id).stream, "rb") as f:
