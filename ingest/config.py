@@ -35,6 +35,9 @@ class Settings:
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
 
+    # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
+    max_previews: int = 4
+
     # Live analysis (see ingest/pipeline.py). False = ingest only: store and serve, no frames.
     analysis: bool = True
     # Worker processes for decoding + landmarks; 0 = one per core.

@@ -18,6 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from ingest.exceptions import BadRequestError, IngestError, UnknownSessionError
+from ingest.overlay import OVERLAYS
+from ingest.preview import BOUNDARY, WAIT, annotated_frames, part
 from ingest.services import SERVICES, Services
 from storage.store import validate_session_id
 
@@ -226,6 +228,44 @@ async def snapshot_landmarks(request: web.Request) -> web.StreamResponse:
     return web.Response(body=await asyncio.to_thread(path.read_bytes), content_type="application/json")
 
 
+async def preview_mjpg(request: web.Request) -> web.StreamResponse:
+    """multipart/x-mixed-replace JPEGs of annotated frames; ends when the client goes away."""
+    services = _services(request)
+    session_id = _session_id(request)
+    await asyncio.to_thread(services.store.get_row, session_id)
+    overlay = request.query.get("overlay", "landmarks")
+    if overlay not in OVERLAYS:
+        raise BadRequestError(f"overlay must be one of {', '.join(OVERLAYS)}")
+    if services.preview_slots.locked():
+        return json_error("too_large", "too many preview viewers (max_previews); try again later", 503)
+    async with services.preview_slots:
+        loop = asyncio.get_running_loop()
+        frames = annotated_frames(services.store, session_id, overlay)
+        response = web.StreamResponse(headers={"Cache-Control": "no-store"})
+        response.content_type = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+        await response.prepare(request)
+        started, first_pts = loop.time(), None
+        try:
+            while True:
+                item = await loop.run_in_executor(services.preview_pool, next, frames, StopIteration)
+                if item is StopIteration:
+                    break
+                if item is WAIT:
+                    await asyncio.sleep(0.1)
+                    continue
+                pts_ms, jpeg = item
+                first_pts = pts_ms if first_pts is None else first_pts
+                delay = started + (pts_ms - first_pts) / 1000 - loop.time()
+                if delay > 0:  # replay at the recording's own pace
+                    await asyncio.sleep(delay)
+                await response.write(part(jpeg))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the viewer went away
+        finally:
+            await loop.run_in_executor(services.preview_pool, frames.close)
+    return response
+
+
 # A session still "recording" but idle this long was abandoned (tab closed without stop).
 ABANDONED_AFTER_S = 600
 
@@ -273,5 +313,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(base + "/chunks/{seq:\\d+}.webm", chunk_webm)
     app.router.add_get(base + "/chunks/{seq}", chunk_raw)
     app.router.add_get(base + "/landmarks", landmarks)
+    app.router.add_get(base + "/preview.mjpg", preview_mjpg)
     app.router.add_get(base + "/snapshots/{snapshot_id}", snapshot_image)
     app.router.add_get(base + "/snapshots/{snapshot_id}/landmarks", snapshot_landmarks)

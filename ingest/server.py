@@ -76,6 +76,8 @@ def build_app(settings: Settings) -> web.Application:
             pipeline=pipeline,
             snapshots=snapshots,
             loop_monitor=loop_monitor,
+            preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
+            preview_slots=asyncio.Semaphore(settings.max_previews),
         )
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
@@ -90,6 +92,7 @@ def build_app(settings: Settings) -> web.Application:
             await snapshots.close()
             await pipeline.close()
             io_pool.shutdown(wait=True)
+            services.preview_pool.shutdown(wait=False, cancel_futures=True)
             services.registry.close_all()
             await asyncio.to_thread(store.close)
 

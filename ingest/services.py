@@ -70,6 +70,9 @@ class Services:
     pipeline: Pipeline
     snapshots: SnapshotService
     loop_monitor: LoopMonitor
+    # MJPEG viewers: each holds one thread of preview_pool while it decodes
+    preview_pool: ThreadPoolExecutor
+    preview_slots: asyncio.Semaphore
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def finalize_later(self, session_id: str) -> None:

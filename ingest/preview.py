@@ -1,0 +1,90 @@
+"""MJPEG preview of annotated frames (``GET /api/sessions/{id}/preview.mjpg``).
+
+A stopped session is replayed at its own pace; a recording one is followed live: decoding starts
+at its last stored keyframe and continues as chunks arrive, each frame drawn with the landmarks
+stored for it so far. Frames are decoded in the server process here (a viewer costs about one
+decode, ~1-2 ms per frame), in a small dedicated thread pool whose size bounds the viewers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from ingest.decode import UnitDecoder
+from ingest.overlay import draw
+from storage.store import SessionStore
+
+BOUNDARY = "frame"
+WAIT = None  # yielded when a followed recording has nothing new yet
+
+
+class LandmarkTail:
+    """Landmarks of a session by frame index, read incrementally as the file grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.faces: dict[int, list[dict[str, Any]]] = {}
+
+    def refresh(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            frame = json.loads(line)
+            self.faces[frame["index"]] = frame.get("faces") or []
+        self.offset += end
+
+
+def annotated_frames(store: SessionStore, session_id: str, overlay: str) -> Iterator[tuple[float, bytes] | None]:
+    """(pts_ms, JPEG) per frame; ``WAIT`` while a recording session has no new chunk."""
+    rows = store.chunk_rows(session_id)
+    recording = store.get_row(session_id)["state"] == "recording"
+    start = 0
+    if recording:
+        keyed = [i for i, r in enumerate(rows) if r["keyframe"] is not None]
+        start = keyed[-1] if keyed else 0
+    first_index = rows[start]["frames_before"] if rows else 0
+    decoder = UnitDecoder(first_index=first_index, wait_for_keyframe=recording)
+    landmarks = LandmarkTail(store.paths(session_id).landmarks)
+    init = store.init_segment(session_id)
+    next_seq = rows[start]["seq"] if rows else 0
+
+    def render(frame: Any) -> tuple[float, bytes]:
+        bgr = frame.frame.to_ndarray(format="bgr24")
+        draw(bgr, landmarks.faces.get(frame.index, []), overlay)
+        ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding of frame {frame.index} failed")
+        return frame.pts_ms, jpeg.tobytes()
+
+    while True:
+        init = init or store.init_segment(session_id)
+        pending = store.chunk_rows(session_id, next_seq) if init is not None else []
+        if pending:
+            for row in pending:  # one chunk at a time: memory stays at one chunk's frames
+                next_seq = row["seq"] + 1
+                if row["units"] == "[]":
+                    continue
+                landmarks.refresh()
+                for frame in decoder.decode(store.chunk_unit(session_id, row, init)):
+                    yield render(frame)
+            continue
+        if store.get_row(session_id)["state"] != "recording":
+            landmarks.refresh()
+            for frame in decoder.flush():
+                yield render(frame)
+            return
+        yield WAIT
+
+
+def part(jpeg: bytes) -> bytes:
+    return f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg + b"\r\n"
