@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="FILE.mp4 (H.264) or FILE.webm (VP8)")
     export.add_argument("--overlay", choices=["landmarks", "lips", "none"], default="landmarks")
     _add_data(export)
+    importer = commands.add_parser("import", help="store a video file (WebM, MP4, MOV) as a session and landmark it")
+    importer.add_argument("file", type=Path, metavar="FILE")
+    importer.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_data(importer)
     return parser
 
 
@@ -114,6 +118,24 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
     return 0
 
 
+def cmd_import(settings: Settings, source: Path) -> int:
+    from tqdm import tqdm
+
+    from ingest.importer import import_video
+
+    if not source.is_file():
+        raise IngestError(f"no such file: {source}")
+    store = SessionStore(settings.data_dir)
+    store.open(recover=False)
+    try:
+        with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:
+            session_id = import_video(store, source, settings.max_import_bytes, bar.update)
+    finally:
+        store.close()
+    print(f"imported {source} as session {session_id}")
+    return cmd_reprocess(settings, [session_id], False)
+
+
 def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> int:
     from tqdm import tqdm
 
@@ -146,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sessions(settings)
         if args.command == "reprocess":
             return cmd_reprocess(settings, args.session_ids, args.all)
+        if args.command == "import":
+            return cmd_import(settings, args.file)
         if args.command == "export":
             return cmd_export(settings, args.session_id, args.out, args.overlay)
     except (IngestError, RuntimeError, OSError, ValueError) as exc:

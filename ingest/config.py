@@ -35,6 +35,8 @@ class Settings:
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
 
+    # Largest video file `camingest import` accepts.
+    max_import_bytes: int = 4 * 1024 * 1024 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
 

@@ -17,12 +17,13 @@ from ingest.exceptions import InvalidMediaError
 WEBM_CODECS = frozenset({"vp8", "vp9", "av1", "opus", "vorbis"})
 
 
-def finalize(stream: Path, out: Path) -> dict[str, float | int]:
-    """Write ``out`` from ``stream``; returns the packets written and the duration in ms."""
+def finalize(stream: Path, out: Path, input_format: str | None = "matroska") -> dict[str, float | int]:
+    """Write ``out`` from ``stream``; returns the packets written and the duration in ms.
+    ``input_format=None`` lets FFmpeg detect the input (imports of MP4/MOV)."""
     tmp = out.with_name(out.name + ".tmp")
     packets = 0
     try:
-        with av.open(str(stream), format="matroska") as src:
+        with av.open(str(stream), format=input_format) as src:
             streams = [s for s in src.streams if s.type in ("video", "audio")]
             if not streams:
                 raise InvalidMediaError("nothing to finalize: no audio or video stream")

@@ -25,6 +25,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError
 
 log = logging.getLogger(__name__)
+WORKER_NICENESS = 10
 
 
 def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -67,6 +68,9 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
 
     cv2.setNumThreads(1)  # one core per worker; OpenCV's pool would fight dlib for it
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Analysis is best-effort, acks and pings are not: when the cores are busy, the server's
+    # event loop must win (a skipped frame is refilled by reprocess; a late ack is not undone).
+    os.nice(WORKER_NICENESS)
     from ingest.landmarks import detect_faces, models
 
     models()  # load once, before the first frame arrives

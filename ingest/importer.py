@@ -1,0 +1,58 @@
+"""Import an existing video file (WebM, MP4, MOV, MKV) as a stopped session.
+
+The file is remuxed without re-encoding into Matroska/WebM (the form every session is stored
+in), then stored through the same chunk path as a live recording, in 1 MiB chunks, so index,
+units and counters are exactly those of a recorded session. Its frames then go through
+``reprocess``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ingest.exceptions import IngestError, TooLargeError
+from ingest.finalize import finalize
+from ingest.session import LiveSession
+from ingest.webm import WebMReader
+from storage.store import SessionStore
+
+IMPORT_CHUNK_BYTES = 1024 * 1024
+
+
+def import_video(
+    store: SessionStore, source: Path, max_bytes: int, progress: Callable[[int], None] = lambda n: None
+) -> str:
+    size = source.stat().st_size
+    if size > max_bytes:
+        raise TooLargeError(f"{source.name} is {size} bytes, more than max_import_bytes={max_bytes}")
+    with tempfile.TemporaryDirectory(dir=store.data_dir) as tmp:
+        remuxed = Path(tmp) / "import.mkv"
+        finalize(source, remuxed, input_format=None)
+        with open(remuxed, "rb") as f:
+            doc_type = b"webm" if b"webm" in f.read(64) else b"matroska"
+        mime = "video/webm" if doc_type == b"webm" else "video/x-matroska"
+        row, _token = store.create(mime, {"imported_from": source.name, "source_bytes": size})
+        session = LiveSession(store, row, WebMReader())
+        try:
+            with open(remuxed, "rb") as f:
+                seq = 0
+                while piece := f.read(IMPORT_CHUNK_BYTES):
+                    staged = session.stage_chunk(seq, piece, None)
+                    store.index.write(staged.commit)
+                    session.apply(staged)
+                    if staged.error is not None:
+                        raise staged.error
+                    progress(len(piece))
+                    seq += 1
+        except IngestError as exc:
+            store.set_state(session.id, "failed", exc.message)
+            raise
+        finally:
+            session.close_file()
+        store.set_state(session.id, "stopped")
+        paths = store.paths(session.id)
+        os.replace(remuxed, paths.recording)  # already remuxed with Duration and Cues
+    return session.id
