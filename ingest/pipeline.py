@@ -250,11 +250,7 @@ class LivePipeline:
         error = InvalidMediaError(f"the video cannot be decoded: {message}")
         await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message)
         if self.registry is not None:
-            live = self.registry.live()
-            for session in live:
-                if session.id == pipe.session_id:
-                    session.state, session.error = "failed", error.message
-            self.registry.forget(pipe.session_id)
+            self.registry.mark_failed(pipe.session_id, error.message)
         await self._emit_error(pipe.session_id, error)
 
     async def _emit_error(self, session_id: str, error: IngestError) -> None:

@@ -24,7 +24,6 @@ from ingest.exceptions import (
     IngestError,
     InvalidMediaError,
     UnauthorizedError,
-    UnknownSessionError,
 )
 from ingest.webm import Unit, WebMReader, build_unit
 from storage.store import SessionStore, hash_token, sha256_hex, write_durably
@@ -222,6 +221,13 @@ class SessionRegistry:
             reader = self._reader()
         return LiveSession(self.store, row, reader)
 
+    def mark_failed(self, session_id: str, message: str) -> None:
+        """A failure found outside the chunk path (decoding): later chunks get invalid_media."""
+        session = self._live.get(session_id)
+        if session is not None:
+            session.state, session.error = "failed", message
+        self.forget(session_id)
+
     def forget(self, session_id: str) -> None:
         session = self._live.pop(session_id, None)
         if session is not None:
@@ -230,6 +236,3 @@ class SessionRegistry:
     def close_all(self) -> None:
         for session_id in list(self._live):
             self.forget(session_id)
-
-
-__all__ = ["LiveSession", "SessionRegistry", "StagedChunk", "UnknownSessionError"]
