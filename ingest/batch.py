@@ -23,6 +23,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError, SessionClosedError
 from ingest.landmarks import TrackerSettings
 from ingest.webm import WebMReader, build_unit
+from storage.landmarks import frame_lines
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
@@ -148,7 +149,7 @@ class Reprocessor:
             with open(tmp, "w", encoding="utf-8") as out:
                 results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)
                 for batch in results:  # imap keeps job order: the file is in index order
-                    out.write("".join(json.dumps(f, separators=(",", ":")) + "\n" for f in batch))
+                    out.write(frame_lines(batch))
                     frames += len(batch)
                     with_faces += sum(1 for f in batch if f["faces"])
                     progress(len(batch))

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 
 from ingest.exceptions import BadRequestError, InvalidMediaError
 from ingest.overlay import OVERLAYS, draw
+from storage.landmarks import LandmarkTail
 
 ENCODERS = {".mp4": ("libx264", "mp4"), ".webm": ("libvpx", "webm")}
-
-
-def load_landmarks(path: Path) -> dict[int, list[dict[str, Any]]]:
-    faces: dict[int, list[dict[str, Any]]] = {}
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.endswith("}\n"):
-                    frame = json.loads(line)
-                    faces[frame["index"]] = frame.get("faces") or []
-    return faces
 
 
 def check_args(out: Path, overlay: str) -> None:
@@ -41,7 +29,7 @@ def export(
     """Write ``out`` (.mp4 H.264 or .webm VP8); returns the number of frames written."""
     check_args(out, overlay)
     codec, container_format = ENCODERS[out.suffix.lower()]
-    faces = load_landmarks(landmarks) if overlay != "none" else {}
+    faces = LandmarkTail(landmarks).refresh().faces if overlay != "none" else {}
     tmp = out.with_name(out.name + ".tmp")
     written = 0
     try:

@@ -33,6 +33,7 @@ from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
 from ingest.landmarks import TrackerSettings
 from ingest.workers import worker_main
+from storage.landmarks import append_frames, count_frames
 from storage.store import SessionStore
 
 if TYPE_CHECKING:
@@ -111,25 +112,6 @@ class SessionPipe:
     in_flight: bool = False
     started: bool = False
     finishing: bool = False
-    frames_sent: int = 0
-    skipped: int = 0
-
-
-def count_landmark_frames(path: Path) -> int:
-    """Frames in a landmarks file, after cutting a torn last line (a crash mid-append)."""
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return data.count(b"\n", 0, end)
-
-
-def append_frames(path: Path, frames: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(frame, separators=(",", ":")) + "\n" for frame in frames))
 
 
 class LivePipeline:
@@ -181,7 +163,7 @@ class LivePipeline:
         meta = paths.root / "landmarks.meta.json"
         if not meta.exists():
             meta.write_text(json.dumps({"mode": "live", **tracker_settings(self.settings).describe()}))
-        done = count_landmark_frames(paths.landmarks)
+        done = count_frames(paths.landmarks)
         worker = min(self.workers, key=lambda w: w.sessions)
         pipe = SessionPipe(session_id, worker, paths.landmarks, {})
         if frames_before == 0:
@@ -194,7 +176,6 @@ class LivePipeline:
             if row["units"] != "[]":
                 pipe.pending.append((row["seq"], self.store.chunk_unit(session_id, row, init)))
         pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
-        pipe.frames_sent = done
         return pipe
 
     def _dispatch(self, pipe: SessionPipe) -> None:
@@ -235,8 +216,6 @@ class LivePipeline:
             return
         if frames:
             await asyncio.to_thread(append_frames, pipe.landmarks, frames)
-            pipe.frames_sent += len(frames)
-            pipe.skipped += sum(1 for f in frames if f.get("skipped"))
             self.store.count_landmarks(session_id, len(frames), sum(1 for f in frames if f.get("faces")))
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
         pipe.in_flight = False
@@ -272,12 +251,6 @@ class LivePipeline:
             self._close_pipe(pipe)
             pipe.worker.send(("drop", session_id))
         await self._emit_error(session_id, error)
-
-    async def drained(self, session_id: str, timeout: float = 60.0) -> None:
-        """Wait until a finishing session's frames are all delivered (tests, finalize)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while session_id in self.pipes and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
 
     # -- snapshots -------------------------------------------------------------------------------
     async def analyse_image(self, path: Path) -> list[dict[str, Any]]:

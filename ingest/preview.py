@@ -8,40 +8,18 @@ decode, ~1-2 ms per frame), in a small dedicated thread pool whose size bounds t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import cv2
 
 from ingest.decode import UnitDecoder
 from ingest.overlay import draw
+from storage.landmarks import LandmarkTail
 from storage.store import SessionStore
 
 BOUNDARY = "frame"
 WAIT = None  # yielded when a followed recording has nothing new yet
-
-
-class LandmarkTail:
-    """Landmarks of a session by frame index, read incrementally as the file grows."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.faces: dict[int, list[dict[str, Any]]] = {}
-
-    def refresh(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
-            frame = json.loads(line)
-            self.faces[frame["index"]] = frame.get("faces") or []
-        self.offset += end
 
 
 def annotated_frames(store: SessionStore, session_id: str, overlay: str) -> Iterator[tuple[float, bytes] | None]:

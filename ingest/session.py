@@ -22,7 +22,6 @@ from ingest.config import Settings
 from ingest.exceptions import (
     CapacityError,
     IngestError,
-    InvalidMediaError,
     UnauthorizedError,
 )
 from ingest.webm import Unit, WebMReader, build_unit
@@ -64,7 +63,6 @@ class LiveSession:
     def __init__(self, store: SessionStore, row: dict[str, Any], reader: WebMReader) -> None:
         self.store = store
         self.id: str = row["id"]
-        self.mime: str = row["mime"]
         self.token_hash: str = row["token_hash"]
         self.state: str = row["state"]
         self.error: str | None = row["error"]
@@ -101,9 +99,7 @@ class LiveSession:
         init_before = len(self.reader.init)
         try:
             unit = self.reader.feed(data)
-        except InvalidMediaError as exc:
-            unit, error = Unit(), exc
-        except IngestError as exc:  # unsupported
+        except IngestError as exc:  # invalid_media or unsupported: the stream is unreadable
             unit, error = Unit(), exc
         offset = self.bytes
         write_durably(self._stream_fd(), offset, data)

@@ -19,7 +19,7 @@ from ingest.exceptions import BadRequestError, InvalidMediaError, TooLargeError,
 from ingest.images import EXTENSIONS, probe_image
 from storage.store import SNAPSHOT_ID_RE, SessionStore, utc_now, write_durably
 
-# analyse(path, session_id, snapshot_id) -> faces; provided by the live pipeline
+# analyse(image path) -> faces; provided by the live pipeline (full detection in a worker)
 Analyse = Callable[[Path], Awaitable[list[dict[str, Any]]]]
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
