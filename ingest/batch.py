@@ -12,9 +12,9 @@ complete: an interrupted run leaves the previous landmarks as they were.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError, SessionClosedError
 from ingest.landmarks import TrackerSettings
 from ingest.webm import WebMReader, build_unit
-from storage.landmarks import frame_lines
+from storage.landmarks import LandmarkRewrite
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
@@ -96,8 +96,8 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     decoder = UnitDecoder(first_index=job.first_index)
     tracker = FaceTracker(job.settings)
     out = []
-    frames = [*decoder.decode(build_unit(job.init, runs)), *decoder.flush()]
-    for frame in frames:
+    # frames are consumed as they are decoded: a long run from a distant keyframe holds one
+    for frame in itertools.chain(decoder.decode(build_unit(job.init, runs)), decoder.flush()):
         if job.start <= frame.index < job.end:
             out.append(frame_result(frame.index, frame.pts_ms, tracker.process(frame.gray(), frame.index)))
     if len(out) != job.end - job.start:
@@ -143,26 +143,17 @@ class Reprocessor:
 
     def run(self, session_id: str, jobs: list[Job], progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
         paths = self.store.paths(session_id)
-        tmp = paths.landmarks.with_name("landmarks.jsonl.tmp")
-        frames = with_faces = 0
-        try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)
-                for batch in results:  # imap keeps job order: the file is in index order
-                    out.write(frame_lines(batch))
-                    frames += len(batch)
-                    with_faces += sum(1 for f in batch if f["faces"])
-                    progress(len(batch))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, paths.landmarks)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with LandmarkRewrite(paths.landmarks) as rewrite:
+            results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)
+            for batch in results:  # imap keeps job order: results come in index order
+                rewrite.write(batch)
+                progress(len(batch))
+            counts = rewrite.commit()
         meta = {"mode": "batch", "workers": self.workers, "finished_at": utc_now(), **self.settings.describe()}
         (paths.root / "landmarks.meta.json").write_text(json.dumps(meta))
-        self.store.reset_landmark_counts(session_id, frames, with_faces)
+        self.store.reset_landmark_counts(session_id, counts)
         if not paths.recording.exists() and self.store.get_row(session_id)["state"] == "stopped":
             from ingest.finalize import finalize
 
             finalize(paths.stream, paths.recording)
-        return {"frames": frames, "frames_with_faces": with_faces}
+        return {"frames": counts.frames, "frames_with_faces": counts.with_faces}

@@ -31,9 +31,10 @@ import socketio
 
 from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
+from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
 from ingest.workers import worker_main
-from storage.landmarks import append_frames, count_frames
+from storage.landmarks import LandmarkCounts, append_frames, count_frames
 from storage.store import SessionStore
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ingest.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
+REPLIED = ("unit", "flush", "image", "job")  # worker messages answered with exactly one reply
 SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, accuracy first
 
 
@@ -64,7 +66,8 @@ class WorkerHandle:
         self.process.start()
         child.close()
         self.index = index
-        self.sessions = 0
+        self.sessions = 0  # live sessions assigned (sticky)
+        self.outstanding = 0  # messages sent whose reply has not come back (event-loop thread only)
         # bounded by construction: at most one unit per session plus pending snapshots
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._loop = loop
@@ -73,6 +76,8 @@ class WorkerHandle:
         threading.Thread(target=self._recv_loop, name=f"worker-{index}-recv", daemon=True).start()
 
     def send(self, message: Any) -> None:
+        if message is not None and message[0] in REPLIED:
+            self.outstanding += 1
         self._outbox.put_nowait(message)
 
     def _send_loop(self) -> None:
@@ -92,7 +97,7 @@ class WorkerHandle:
             except (EOFError, OSError):
                 return
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                self._loop.call_soon_threadsafe(self._on_message, message)
+                self._loop.call_soon_threadsafe(self._on_message, self, message)
 
     def close(self, timeout: float = 5.0) -> None:
         self.send(None)
@@ -112,6 +117,7 @@ class SessionPipe:
     in_flight: bool = False
     started: bool = False
     finishing: bool = False
+    skipped: int = 0
 
 
 class LivePipeline:
@@ -128,6 +134,9 @@ class LivePipeline:
         self._images: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
         self._image_ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.filler = Filler(store, tracker_settings(settings), self.workers, self._filled)
+        self.filler.start()
+        self._spawn(self._refill_after_restart())
 
     def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None:
         self.registry = registry
@@ -193,11 +202,18 @@ class LivePipeline:
         pipe.in_flight = True
         pipe.worker.send(("unit", pipe.session_id, seq, unit, analyse, opts))
 
-    def _on_message(self, message: tuple[Any, ...]) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
+        worker.outstanding -= 1
+        self.filler.poke()
         if message[0] == "frames":
-            task = asyncio.get_running_loop().create_task(self._deliver(*message[1:]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._deliver(*message[1:]))
+        elif message[0] == "job":
+            self.filler.on_result(*message[1:])
         elif message[0] == "image":
             _, request_id, faces, error = message
             future = self._images.pop(request_id, None)
@@ -216,11 +232,15 @@ class LivePipeline:
             return
         if frames:
             await asyncio.to_thread(append_frames, pipe.landmarks, frames)
-            self.store.count_landmarks(session_id, len(frames), sum(1 for f in frames if f.get("faces")))
+            counts = LandmarkCounts.of(frames)
+            pipe.skipped += counts.skipped
+            self.store.count_landmarks(session_id, counts)
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete
             self._close_pipe(pipe)
+            if pipe.skipped:
+                self.filler.request(session_id)
             return
         self._dispatch(pipe)
 
@@ -238,6 +258,7 @@ class LivePipeline:
     def _close_pipe(self, pipe: SessionPipe) -> None:
         if self.pipes.pop(pipe.session_id, None) is not None:
             pipe.worker.sessions -= 1
+            self.filler.poke()
 
     async def finish(self, session_id: str) -> None:
         pipe = self.pipes.get(session_id)
@@ -261,7 +282,20 @@ class LivePipeline:
         worker.send(("image", request_id, str(path)))
         return await future
 
+    # -- filling -------------------------------------------------------------------------------
+    def fill(self, session_id: str) -> None:
+        """Landmark a stopped session's frames that have none (skipped live, or imported)."""
+        self.filler.request(session_id)
+
+    async def _refill_after_restart(self) -> None:
+        for session_id in await asyncio.to_thread(self.store.sessions_to_fill):
+            self.filler.request(session_id, analysed_only=True)
+
+    async def _filled(self, session_id: str, counts: LandmarkCounts) -> None:
+        await self.emit("landmarks_filled", {"session_id": session_id, **counts.to_dict()}, session_id)
+
     async def close(self) -> None:
+        await self.filler.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.to_thread(lambda: [w.close() for w in self.workers])

@@ -33,6 +33,8 @@ class Pipeline(Protocol):
 
     async def fail(self, session_id: str, error: IngestError) -> None: ...
 
+    def fill(self, session_id: str) -> None: ...
+
     async def close(self) -> None: ...
 
     def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None: ...
@@ -48,6 +50,9 @@ class NoAnalysis:
         return None
 
     async def fail(self, session_id: str, error: IngestError) -> None:
+        return None
+
+    def fill(self, session_id: str) -> None:
         return None
 
     async def close(self) -> None:

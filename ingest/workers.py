@@ -10,9 +10,11 @@ Messages (pickled over a ``multiprocessing`` pipe):
          ("flush", session_id, seq)      end of stream: drain the decoder, forget the session
          ("drop", session_id)            forget the session (failed/deleted)
          ("image", request_id, path)     full detection on a snapshot
+         ("job", job_id, batch.Job)      landmarks of a frame range of a stored stream (filling)
          None                            exit
     out: ("frames", session_id, seq, [frame, ...], error_message | None)
          ("image", request_id, [face, ...], error_message | None)
+         ("job", job_id, [frame, ...], error_message | None)
 """
 
 from __future__ import annotations
@@ -104,6 +106,13 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
                     conn.send(("frames", session_id, seq, [], exc.message))
             elif kind == "drop":
                 sessions.pop(message[1], None)
+            elif kind == "job":
+                from ingest.batch import run_job
+
+                try:
+                    conn.send(("job", message[1], run_job(message[2]), None))
+                except InvalidMediaError as exc:
+                    conn.send(("job", message[1], [], exc.message))
             elif kind == "image":
                 _, request_id, path = message
                 gray = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
@@ -118,5 +127,5 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
             if kind in ("unit", "flush"):
                 sessions.pop(message[1], None)
                 conn.send(("frames", message[1], message[2], [], f"internal error: {exc}"))
-            elif kind == "image":
-                conn.send(("image", message[1], [], f"internal error: {exc}"))
+            elif kind in ("image", "job"):
+                conn.send((kind, message[1], [], f"internal error: {exc}"))

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     reader_state  TEXT,                       -- JSON of WebMReader.state() after next_seq-1
     landmark_frames INTEGER NOT NULL DEFAULT 0, -- frames with stored landmark results (incl. skipped)
     face_frames   INTEGER NOT NULL DEFAULT 0, -- of those, frames with at least one face
+    skipped_frames INTEGER NOT NULL DEFAULT 0, -- of those, frames live analysis skipped (not yet filled)
     error         TEXT,                       -- why the session failed
     stopped_at    TEXT
 );
@@ -105,7 +106,7 @@ class Index:
     def _migrate(conn: sqlite3.Connection) -> None:
         """Columns added after a data folder was created (CREATE IF NOT EXISTS keeps old tables)."""
         have = {row["name"] for row in conn.execute("PRAGMA table_info(sessions)")}
-        for column in ("landmark_frames", "face_frames"):
+        for column in ("landmark_frames", "face_frames", "skipped_frames"):
             if column not in have:
                 conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 

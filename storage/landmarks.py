@@ -8,8 +8,46 @@ middle of an append) are defined once.
 from __future__ import annotations
 
 import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# frame_lines writes "index" first and no spaces, so a stored line can be classified without
+# parsing its 68 x 2 coordinates (a one-hour session has ~100k lines)
+_INDEX = re.compile(rb'^\{"index":(\d+),')
+_SKIPPED = b'"skipped":true'
+_WITH_FACE = b'"faces":[{'
+
+
+@dataclass
+class LandmarkCounts:
+    """What the index keeps about a session's landmarks (see storage/index.py)."""
+
+    frames: int = 0
+    with_faces: int = 0
+    skipped: int = 0
+
+    @classmethod
+    def of(cls, frames: Iterable[dict[str, Any]]) -> LandmarkCounts:
+        counts = cls()
+        for frame in frames:
+            counts.frames += 1
+            counts.skipped += bool(frame.get("skipped"))
+            counts.with_faces += bool(frame.get("faces"))
+        return counts
+
+    def to_dict(self) -> dict[str, int]:
+        """Named as in the session summary (PROTOCOL.md)."""
+        return {"analysed_frames": self.frames, "frames_with_faces": self.with_faces, "skipped_frames": self.skipped}
+
+    def add_line(self, line: bytes) -> None:
+        self.frames += 1
+        self.skipped += _SKIPPED in line
+        self.with_faces += _WITH_FACE in line
 
 
 def frame_lines(frames: list[dict[str, Any]]) -> str:
@@ -40,12 +78,16 @@ class LandmarkTail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self.inode = 0
         self.faces: dict[int, list[dict[str, Any]]] = {}
 
     def refresh(self) -> LandmarkTail:
         if not self.path.exists():
             return self
         with open(self.path, "rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
+            if inode != self.inode:  # replaced by a fill or a reprocess: read it from the start
+                self.inode, self.offset = inode, 0
             f.seek(self.offset)
             data = f.read()
         end = data.rfind(b"\n") + 1
@@ -54,3 +96,80 @@ class LandmarkTail:
             self.faces[frame["index"]] = frame.get("faces") or []
         self.offset += end
         return self
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(index, line) of every complete line of the file, in file order."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                return  # torn by a crash mid-append
+            match = _INDEX.match(line)
+            yield (int(match.group(1)) if match else json.loads(line)["index"]), line
+
+
+def scan(path: Path, total: int) -> tuple[list[int], LandmarkCounts]:
+    """Indices in [0, total) with no stored result or a skipped one (ascending), and the
+    counters of the stored results."""
+    counts = LandmarkCounts()
+    done = set()
+    for index, line in _lines(path):
+        counts.add_line(line)
+        if _SKIPPED not in line:
+            done.add(index)
+    return [i for i in range(total) if i not in done], counts
+
+
+class LandmarkRewrite:
+    """Replaces the results of some frame ranges in landmarks.jsonl, streaming.
+
+    ``write`` takes new results in ascending index order; stored lines outside them are copied.
+    Everything goes to a temporary file that replaces the real one only in ``commit`` (after
+    fsync), so readers and an interrupted run see the previous file, never a mix.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # a unique name: the server's fill and a `camingest reprocess` may rewrite at once
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        self.tmp = Path(tmp)
+        self._out = os.fdopen(fd, "wb")
+        self.counts = LandmarkCounts()
+        self._old = _lines(path)
+        self._ahead: tuple[int, bytes] | None = next(self._old, None)
+
+    def __enter__(self) -> LandmarkRewrite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._out.close()
+        self._old.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def _advance(self, end: int, keep: bool) -> None:
+        while self._ahead is not None and self._ahead[0] < end:
+            if keep:
+                self._out.write(self._ahead[1])
+                self.counts.add_line(self._ahead[1])
+            self._ahead = next(self._old, None)
+
+    def write(self, frames: list[dict[str, Any]]) -> None:
+        if not frames:
+            return
+        self._advance(frames[0]["index"], keep=True)
+        self._advance(frames[-1]["index"] + 1, keep=False)
+        self._out.write(frame_lines(frames).encode())
+        new = LandmarkCounts.of(frames)
+        self.counts.frames += new.frames
+        self.counts.with_faces += new.with_faces
+        self.counts.skipped += new.skipped
+
+    def commit(self) -> LandmarkCounts:
+        self._advance(1 << 62, keep=True)
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        os.replace(self.tmp, self.path)
+        return self.counts

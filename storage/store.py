@@ -32,6 +32,7 @@ from typing import Any
 from ingest.exceptions import UnknownSessionError
 from ingest.webm import build_unit
 from storage.index import Index
+from storage.landmarks import LandmarkCounts
 
 SESSION_ID_RE = re.compile(r"\A[0-9]{8}-[0-9]{6}-[0-9a-f]{8}\Z")
 SNAPSHOT_ID_RE = re.compile(r"\A[0-9]{6}-[0-9a-f]{6}\Z")
@@ -94,6 +95,8 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
         "snapshots": snapshots,
         "analysed_frames": row["landmark_frames"],
         "frames_with_faces": row["face_frames"],
+        # frames live analysis had no time for; the server fills them after `stop` (0 = complete)
+        "skipped_frames": row["skipped_frames"],
     }
     if row["error"]:
         result["error"] = row["error"]
@@ -208,21 +211,34 @@ class SessionStore:
             )
         )
 
-    def count_landmarks(self, session_id: str, frames: int, with_faces: int) -> None:
+    def count_landmarks(self, session_id: str, counts: LandmarkCounts) -> None:
         """Add to the session's landmark counters (not awaited: derived data, group-committed)."""
         self.index.submit(
             lambda c: c.execute(
-                "UPDATE sessions SET landmark_frames=landmark_frames+?, face_frames=face_frames+? WHERE id=?",
-                (frames, with_faces, session_id),
+                "UPDATE sessions SET landmark_frames=landmark_frames+?, face_frames=face_frames+?,"
+                " skipped_frames=skipped_frames+? WHERE id=?",
+                (counts.frames, counts.with_faces, counts.skipped, session_id),
             )
         )
 
-    def reset_landmark_counts(self, session_id: str, frames: int, with_faces: int) -> None:
+    def reset_landmark_counts(self, session_id: str, counts: LandmarkCounts) -> None:
         self.index.write(
             lambda c: c.execute(
-                "UPDATE sessions SET landmark_frames=?, face_frames=? WHERE id=?", (frames, with_faces, session_id)
+                "UPDATE sessions SET landmark_frames=?, face_frames=?, skipped_frames=? WHERE id=?",
+                (counts.frames, counts.with_faces, counts.skipped, session_id),
             )
         )
+
+    def sessions_to_fill(self) -> list[str]:
+        """Stopped sessions whose landmark counters say some frames have no results (skipped, or
+        counters behind the file after a crash), oldest first."""
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT id FROM sessions WHERE state='stopped' AND (skipped_frames>0 OR landmark_frames<frames)"
+                " ORDER BY created_at"
+            ).fetchall()
+        )
+        return [row["id"] for row in rows]
 
     def delete(self, session_id: str) -> None:
         paths = self.paths(session_id)

@@ -14,7 +14,7 @@ class Client:
         self.url = url
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: dict[str, list[Any]] = {}
-        for name in ("landmarks", "snapshot_landmarks", "session_error"):
+        for name in ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error"):
             self.sio.on(name, self._recorder(name))
 
     def _recorder(self, name: str):

@@ -1,0 +1,179 @@
+"""Filling the frames live analysis skipped, once a session has stopped.
+
+Live analysis skips frames rather than fall behind (ingest/pipeline.py), yet whoever opens a
+stopped session expects landmarks on every frame. The filler plans batch jobs (ingest/batch.py)
+for only the ranges that hold skipped or missing frames, runs them on the live workers, and
+rewrites landmarks.jsonl once, atomically, in index order. Batch jobs start on frames where the
+live tracker also runs a full detection, so filled frames equal what live analysis would have
+produced. Uploaded videos are filled the same way: all their frames are missing.
+
+Live work goes first: a worker takes a fill job only while it serves no live session and has
+nothing in flight. Sessions wait in a FIFO, one entry each; at most ``window`` jobs of the
+session being filled are in flight or waiting to be written, so memory stays bounded whatever
+the session's length. After a restart, stopped sessions with skipped frames are queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from ingest.batch import Job, plan_jobs
+from ingest.exceptions import InvalidMediaError
+from ingest.landmarks import TrackerSettings
+from storage.landmarks import LandmarkCounts, LandmarkRewrite, scan
+from storage.store import SessionStore, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class FillWorker(Protocol):
+    sessions: int  # live sessions assigned to the worker
+    outstanding: int  # messages sent that still await their reply
+
+    def send(self, message: Any) -> None: ...
+
+
+def jobs_to_fill(store: SessionStore, session_id: str, settings: TrackerSettings, analysed_only: bool) -> list[Job]:
+    """The jobs covering a stopped session's frames without results (none: nothing to do).
+    ``analysed_only``: only if live analysis ran on the session (a restart's sweep must not
+    start analysing sessions recorded with analysis off)."""
+    row = store.get_row(session_id)
+    paths = store.paths(session_id)
+    if row["state"] != "stopped" or (analysed_only and not paths.landmarks.exists()):
+        return []
+    need, counts = scan(paths.landmarks, row["frames"])
+    if not need:
+        # counters are group-committed without waiting: a crash can leave them behind the file
+        if (counts.frames, counts.with_faces, counts.skipped) != (
+            row["landmark_frames"], row["face_frames"], row["skipped_frames"]
+        ):
+            store.reset_landmark_counts(session_id, counts)
+        return []
+    jobs, i = [], 0
+    for job in plan_jobs(paths.stream, settings):
+        while i < len(need) and need[i] < job.start:
+            i += 1
+        if i < len(need) and need[i] < job.end:
+            jobs.append(job)
+    return jobs
+
+
+class Filler:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: TrackerSettings,
+        workers: Sequence[FillWorker],
+        on_filled: Callable[[str, LandmarkCounts], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.workers = workers
+        self.window = 2 * len(workers)
+        self.on_filled = on_filled
+        # (session_id, analysed_only), one entry per session
+        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._results: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._job_ids = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+        self.current: str | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def request(self, session_id: str, analysed_only: bool = False) -> None:
+        if not self.pending(session_id):
+            self._queue.append((session_id, analysed_only))
+            self._wake.set()
+
+    def pending(self, session_id: str) -> bool:
+        """Whether the session is queued or being filled."""
+        return session_id == self.current or any(queued == session_id for queued, _ in self._queue)
+
+    def poke(self) -> None:
+        """A worker may have become free."""
+        self._wake.set()
+
+    def on_result(self, job_id: int, frames: list[dict[str, Any]], error: str | None) -> None:
+        future = self._results.pop(job_id, None)
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(frames)
+            else:
+                future.set_exception(InvalidMediaError(error))
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+    async def _run(self) -> None:
+        while True:
+            while not self._queue:
+                await self._sleep()
+            self.current, analysed_only = self._queue.popleft()
+            try:
+                await self._fill(self.current, analysed_only)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # deleted meanwhile, undecodable, disk full: the rest go on
+                log.warning("filling the landmarks of %s failed: %s", self.current, exc)
+            finally:
+                self.current = None
+
+    def _free_worker(self) -> FillWorker | None:
+        return next((w for w in self.workers if w.sessions == 0 and w.outstanding == 0), None)
+
+    def _send(self, worker: FillWorker, job: Job) -> asyncio.Future[list[dict[str, Any]]]:
+        job_id = next(self._job_ids)
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._results[job_id] = future
+        worker.send(("job", job_id, job))
+        return future
+
+    async def _fill(self, session_id: str, analysed_only: bool) -> None:
+        jobs = await asyncio.to_thread(jobs_to_fill, self.store, session_id, self.settings, analysed_only)
+        if not jobs:
+            return
+        paths = self.store.paths(session_id)
+        rewrite = await asyncio.to_thread(LandmarkRewrite, paths.landmarks)
+        pending: collections.deque[asyncio.Future[list[dict[str, Any]]]] = collections.deque()
+        try:
+            queued = iter(jobs)
+            job = next(queued, None)
+            while job is not None or pending:
+                while job is not None and len(pending) < self.window and (worker := self._free_worker()):
+                    pending.append(self._send(worker, job))
+                    job = next(queued, None)
+                if pending and pending[0].done():
+                    await asyncio.to_thread(rewrite.write, pending.popleft().result())
+                    continue
+                await self._sleep()
+            counts = await asyncio.to_thread(rewrite.commit)
+        finally:
+            for future in pending:
+                future.cancel()
+            await asyncio.to_thread(rewrite.__exit__, None, None, None)
+        filled = sum(job.end - job.start for job in jobs)
+        await asyncio.to_thread(self._record, session_id, counts, filled)
+        log.info("filled %d frames of %s", filled, session_id)
+        await self.on_filled(session_id, counts)
+
+    def _record(self, session_id: str, counts: LandmarkCounts, filled: int) -> None:
+        meta_path = self.store.paths(session_id).root / "landmarks.meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta.update({"filled_frames": filled, "filled_at": utc_now()})
+        meta_path.write_text(json.dumps(meta))
+        self.store.reset_landmark_counts(session_id, counts)
