@@ -35,8 +35,11 @@ class Settings:
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
 
-    # Largest video file `camingest import` accepts.
+    # Largest video file `camingest import` and the upload form (POST /api/sessions) accept.
     max_import_bytes: int = 4 * 1024 * 1024 * 1024
+    # Uploads received and imported at once (each holds a temporary file of up to
+    # max_import_bytes in the data folder); more get HTTP 503.
+    max_uploads: int = 2
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
 

@@ -84,6 +84,7 @@ class Filler:
         self._job_ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.current: str | None = None
+        self._progress = (0, 0)  # frames of the current session written, to write
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -101,6 +102,15 @@ class Filler:
     def pending(self, session_id: str) -> bool:
         """Whether the session is queued or being filled."""
         return session_id == self.current or any(queued == session_id for queued, _ in self._queue)
+
+    def status(self, session_id: str) -> dict[str, Any] | None:
+        """For the session summary: queued, or filling with frames done/total; None otherwise."""
+        if session_id == self.current:
+            done, total = self._progress
+            return {"state": "filling", "frames_done": done, "frames_total": total}
+        if self.pending(session_id):
+            return {"state": "queued"}
+        return None
 
     def poke(self) -> None:
         """A worker may have become free."""
@@ -150,6 +160,7 @@ class Filler:
         paths = self.store.paths(session_id)
         rewrite = await asyncio.to_thread(LandmarkRewrite, paths.landmarks)
         pending: collections.deque[asyncio.Future[list[dict[str, Any]]]] = collections.deque()
+        self._progress = (0, sum(job.end - job.start for job in jobs))
         try:
             queued = iter(jobs)
             job = next(queued, None)
@@ -158,7 +169,9 @@ class Filler:
                     pending.append(self._send(worker, job))
                     job = next(queued, None)
                 if pending and pending[0].done():
-                    await asyncio.to_thread(rewrite.write, pending.popleft().result())
+                    frames = pending.popleft().result()
+                    await asyncio.to_thread(rewrite.write, frames)
+                    self._progress = (self._progress[0] + len(frames), self._progress[1])
                     continue
                 await self._sleep()
             counts = await asyncio.to_thread(rewrite.commit)

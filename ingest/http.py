@@ -21,6 +21,7 @@ from ingest.exceptions import BadRequestError, IngestError, UnknownSessionError
 from ingest.overlay import OVERLAYS
 from ingest.preview import BOUNDARY, WAIT, annotated_frames, part
 from ingest.services import SERVICES, Services
+from ingest.upload import upload_session
 from storage.store import validate_session_id
 
 READ_PIECE = 256 * 1024
@@ -128,8 +129,9 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
 
 
 async def list_sessions(request: web.Request) -> web.StreamResponse:
-    sessions = await asyncio.to_thread(_services(request).store.list_summaries)
-    return web.json_response({"sessions": sessions})
+    services = _services(request)
+    sessions = await asyncio.to_thread(services.store.list_summaries)
+    return web.json_response({"sessions": [services.with_fill(s) for s in sessions]})
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
@@ -141,7 +143,7 @@ async def get_session(request: web.Request) -> web.StreamResponse:
         result["snapshots"] = store.snapshot_rows(session_id)
         return result
 
-    return web.json_response(await asyncio.to_thread(detail))
+    return web.json_response(_services(request).with_fill(await asyncio.to_thread(detail)))
 
 
 async def raw_webm(request: web.Request) -> web.StreamResponse:
@@ -305,6 +307,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/sessions", list_sessions)
+    app.router.add_post("/api/sessions", upload_session)
     base = "/api/sessions/{session_id}"
     app.router.add_get(base, get_session)
     app.router.add_delete(base, delete_session)

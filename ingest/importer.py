@@ -23,8 +23,14 @@ IMPORT_CHUNK_BYTES = 1024 * 1024
 
 
 def import_video(
-    store: SessionStore, source: Path, max_bytes: int, progress: Callable[[int], None] = lambda n: None
+    store: SessionStore,
+    source: Path,
+    max_bytes: int,
+    progress: Callable[[int], None] = lambda n: None,
+    name: str | None = None,
 ) -> str:
+    """Store ``source`` as a stopped session; returns its id. ``name``: the file's name to record
+    (an upload's own name rather than its temporary file's)."""
     size = source.stat().st_size
     if size > max_bytes:
         raise TooLargeError(f"{source.name} is {size} bytes, more than max_import_bytes={max_bytes}")
@@ -34,7 +40,7 @@ def import_video(
         with open(remuxed, "rb") as f:
             doc_type = b"webm" if b"webm" in f.read(64) else b"matroska"
         mime = "video/webm" if doc_type == b"webm" else "video/x-matroska"
-        row, _token = store.create(mime, {"imported_from": source.name, "source_bytes": size})
+        row, _token = store.create(mime, {"imported_from": name or source.name, "source_bytes": size})
         session = LiveSession(store, row, WebMReader())
         try:
             with open(remuxed, "rb") as f:

@@ -287,6 +287,9 @@ class LivePipeline:
         """Landmark a stopped session's frames that have none (skipped live, or imported)."""
         self.filler.request(session_id)
 
+    def fill_status(self, session_id: str) -> dict[str, Any] | None:
+        return self.filler.status(session_id)
+
     async def _refill_after_restart(self) -> None:
         for session_id in await asyncio.to_thread(self.store.sessions_to_fill):
             self.filler.request(session_id, analysed_only=True)

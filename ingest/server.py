@@ -22,6 +22,7 @@ from ingest.protocol import IngestNamespace
 from ingest.services import SERVICES, LoopMonitor, NoAnalysis, Pipeline, Services
 from ingest.session import SessionRegistry
 from ingest.snapshots import SnapshotService
+from ingest.upload import clear_leftovers
 from storage.store import SessionStore
 
 log = logging.getLogger("camingest")
@@ -63,6 +64,7 @@ def build_app(settings: Settings) -> web.Application:
         store = SessionStore(settings.data_dir, settings.max_pending_writes)
         for note in await asyncio.to_thread(store.open):
             log.warning("recovery: %s", note)
+        await asyncio.to_thread(clear_leftovers, settings.data_dir)
         io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="chunk-io")
         pipeline = make_pipeline(settings, store, sio)
         snapshots = SnapshotService(store, settings)
@@ -78,6 +80,7 @@ def build_app(settings: Settings) -> web.Application:
             loop_monitor=loop_monitor,
             preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
             preview_slots=asyncio.Semaphore(settings.max_previews),
+            upload_slots=asyncio.Semaphore(settings.max_uploads),
         )
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -35,6 +35,8 @@ class Pipeline(Protocol):
 
     def fill(self, session_id: str) -> None: ...
 
+    def fill_status(self, session_id: str) -> dict[str, Any] | None: ...
+
     async def close(self) -> None: ...
 
     def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None: ...
@@ -53,6 +55,9 @@ class NoAnalysis:
         return None
 
     def fill(self, session_id: str) -> None:
+        return None
+
+    def fill_status(self, session_id: str) -> dict[str, Any] | None:
         return None
 
     async def close(self) -> None:
@@ -78,7 +83,16 @@ class Services:
     # MJPEG viewers: each holds one thread of preview_pool while it decodes
     preview_pool: ThreadPoolExecutor
     preview_slots: asyncio.Semaphore
+    upload_slots: asyncio.Semaphore
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """A session summary plus ``fill`` (queued, or filling with frames done/total) while the
+        server fills its landmarks (ingest/fill.py)."""
+        status = self.pipeline.fill_status(summary["id"])
+        if status is not None:
+            summary["fill"] = status
+        return summary
 
     def finalize_later(self, session_id: str) -> None:
         """Remux a stopped session into its seekable recording.webm, off the event loop."""

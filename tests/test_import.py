@@ -1,35 +1,129 @@
-"""camingest import: an MP4 becomes a session whose frames and landmarks are complete."""
+"""Import of existing videos: `camingest import` and uploads (POST /api/sessions) give sessions
+whose frames and landmarks are complete."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import aiohttp
+import pytest
+
+from tests.client import http_json, run
 from tests.conftest import ROOT, ffprobe_frames, load_recording
 
 
-def test_import_mp4(tmp_path):
-    source, mp4 = tmp_path / "in.webm", tmp_path / "clip.mp4"
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """An H.264 MP4 made from a webcam fixture (not WebM: the import must remux it)."""
+    folder = tmp_path_factory.mktemp("clip")
+    source, mp4 = folder / "in.webm", folder / "clip.mp4"
     source.write_bytes(load_recording("webcam_vp8_kf1s_250ms").stream)
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                     "-fps_mode", "passthrough", str(mp4)], check=True)  # fmt: skip
-    expected = ffprobe_frames(mp4)
-    data = tmp_path / "data"
-    result = subprocess.run([sys.executable, "-m", "ingest.cli", "import", str(mp4), "--workers", "2", "--data",
+    return mp4
+
+
+@pytest.fixture(scope="module")
+def cli_imported(clip, tmp_path_factory) -> list[dict]:
+    """The landmarks `camingest import` stores for the clip."""
+    data = tmp_path_factory.mktemp("cli") / "data"
+    result = subprocess.run([sys.executable, "-m", "ingest.cli", "import", str(clip), "--workers", "2", "--data",
                              str(data)], capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     (session_dir,) = (data / "sessions").iterdir()
-    frames = [json.loads(x) for x in (session_dir / "landmarks.jsonl").read_text().splitlines()]
-    assert [f["index"] for f in frames] == list(range(expected))
-    assert sum(1 for f in frames if f["faces"]) >= 0.95 * expected
-    assert ffprobe_frames(session_dir / "recording.webm") == expected
+    assert ffprobe_frames(session_dir / "recording.webm") == ffprobe_frames(clip)
     listing = subprocess.run([sys.executable, "-m", "ingest.cli", "sessions", "--data", str(data)],
                              capture_output=True, text=True, cwd=ROOT, check=True).stdout  # fmt: skip
-    assert session_dir.name in listing and f" {expected} " in listing
+    assert session_dir.name in listing and f" {ffprobe_frames(clip)} " in listing
+    return [json.loads(x) for x in (session_dir / "landmarks.jsonl").read_text().splitlines()]
+
+
+def test_cli_import_mp4(clip, cli_imported, tmp_path):
+    expected = ffprobe_frames(clip)
+    assert [f["index"] for f in cli_imported] == list(range(expected))
+    assert sum(1 for f in cli_imported if f["faces"]) >= 0.95 * expected
 
     text = tmp_path / "notes.txt"
     text.write_text("not a video\n")
-    bad = subprocess.run([sys.executable, "-m", "ingest.cli", "import", str(text), "--data", str(data)],
+    bad = subprocess.run([sys.executable, "-m", "ingest.cli", "import", str(text), "--data", str(tmp_path / "d")],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert bad.returncode == 1 and "cannot finalize notes.txt" in bad.stderr.splitlines()[-1]
+
+
+async def post(url: str, body: bytes | aiohttp.FormData, **headers: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def wait_filled(url: str) -> dict:
+    for _ in range(1200):
+        _, detail = await http_json(url)
+        if detail["analysed_frames"] == detail["frames"] and "fill" not in detail:
+            return detail
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"landmarks not complete: {detail}")
+
+
+def test_upload_raw_and_multipart(server_factory, clip, cli_imported):
+    server = server_factory()
+    expected = ffprobe_frames(clip)
+
+    async def scenario() -> list[dict]:
+        raw = await post(f"{server.url}/api/sessions?filename=clip.mp4", clip.read_bytes(),
+                         **{"Content-Type": "video/mp4"})  # fmt: skip
+        form = aiohttp.FormData()
+        form.add_field("file", clip.read_bytes(), filename="clip.mp4", content_type="video/mp4")
+        multipart = await post(f"{server.url}/api/sessions", form)
+        details = []
+        for status, summary in (raw, multipart):
+            assert status == 201, summary
+            assert summary["state"] == "stopped" and summary["frames"] == expected
+            assert summary["fill"]["state"] in ("queued", "filling")
+            details.append(await wait_filled(f"{server.url}/api/sessions/{summary['id']}"))
+            _, stored = await http_json(f"{server.url}/api/sessions/{summary['id']}/landmarks")
+            # the workers landmark it exactly as `camingest import` does
+            assert stored["frames"] == cli_imported
+        return details
+
+    for detail in run(scenario()):
+        assert detail["skipped_frames"] == 0
+        assert detail["frames_with_faces"] == sum(1 for f in cli_imported if f["faces"])
+    assert not list((server.data / "uploads").iterdir())
+
+
+def test_bad_uploads_are_refused_and_leave_nothing(server_factory, clip, tmp_path):
+    server = server_factory("--no-analysis", env={"CAMINGEST_MAX_IMPORT_BYTES": "100000"})
+    url = f"{server.url}/api/sessions"
+
+    async def scenario() -> None:
+        status, body = await post(url, clip.read_bytes())  # Content-Length over the limit
+        assert (status, body["error"]["code"]) == (413, "too_large")
+
+        async def chunked():  # no Content-Length: cut off while streaming
+            data = clip.read_bytes()
+            for i in range(0, len(data), 16384):
+                yield data[i : i + 16384]
+
+        async with aiohttp.ClientSession() as http, http.post(url, data=chunked()) as response:
+            assert response.status == 413 and (await response.json())["error"]["code"] == "too_large"
+        status, body = await post(url, b"not a video\n" * 100, **{"Content-Type": "video/mp4"})
+        assert (status, body["error"]["code"]) == (422, "invalid_media")
+        status, body = await post(url, b"")
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        form = aiohttp.FormData(default_to_multipart=True)
+        form.add_field("other", "x")
+        status, body = await post(url, form)
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        status, body = await post(url, clip.read_bytes()[:1000], Origin="http://evil.example")
+        assert (status, body["error"]["code"]) == (403, "unauthorized")
+        _, listing = await http_json(url)
+        assert listing["sessions"] == []
+        _, health = await http_json(f"{server.url}/api/health")
+        assert health["ok"]
+
+    run(scenario())
+    assert not list((server.data / "uploads").iterdir())

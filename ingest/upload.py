@@ -1,0 +1,105 @@
+"""Uploads: ``POST /api/sessions`` stores an existing video (WebM, MP4, MOV, MKV) as a session;
+the sessions page's upload form, ``camingest import`` from a browser.
+
+The body, raw (``?filename=`` names it) or the ``file`` field of a multipart form, is streamed
+in 1 MiB pieces to a temporary file in the data folder, each piece written off the event loop.
+A declared Content-Length over ``max_import_bytes`` is refused before reading; an undeclared
+one is cut off with ``too_large`` as soon as it passes the limit. Then the importer of the CLI
+runs in a thread, and the session's frames are queued for the workers (``ingest/fill.py``):
+the response does not wait for landmarks; the session's ``analysed_frames`` tells when they
+are done. ``max_uploads`` uploads run at once; more get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from aiohttp import BodyPartReader, web
+
+from ingest.exceptions import BadRequestError, TooLargeError, UnauthorizedError
+from ingest.importer import import_video
+from ingest.services import SERVICES
+
+PIECE = 1024 * 1024
+UPLOADS_DIR = "uploads"
+
+
+def clear_leftovers(data_dir: Path) -> None:
+    """Bodies of uploads a crash interrupted (never acknowledged: nothing is lost)."""
+    shutil.rmtree(data_dir / UPLOADS_DIR, ignore_errors=True)
+
+
+def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """A form POST is a "simple" cross-site request; only same-origin pages may upload."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed or origin in allowed:
+        return
+    if origin != f"{request.scheme}://{request.host}":
+        raise UnauthorizedError(f"uploads from origin {origin} are not allowed (setting cors_origins)")
+
+
+async def _body(request: web.Request) -> tuple[str, web.StreamReader | BodyPartReader]:
+    """The uploaded file's name and a reader of its bytes."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                return part.filename or "upload", part
+            if part is not None:
+                await part.release()
+        raise BadRequestError("the form has no 'file' field")
+    return request.query.get("filename", "upload"), request.content
+
+
+async def _save(source: web.StreamReader | BodyPartReader, out: BinaryIO, limit: int) -> int:
+    size = 0
+    while True:
+        if isinstance(source, BodyPartReader):
+            piece = await source.read_chunk(PIECE)
+        else:
+            piece = await source.read(PIECE)
+        if not piece:
+            return size
+        size += len(piece)
+        if size > limit:
+            raise TooLargeError(f"the upload is larger than max_import_bytes={limit}")
+        await asyncio.to_thread(out.write, piece)
+
+
+async def upload_session(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    settings = services.settings
+    _check_origin(request, settings.cors_origins)
+    if request.content_length is not None and request.content_length > settings.max_import_bytes:
+        raise TooLargeError(f"the upload is {request.content_length} bytes, max_import_bytes={settings.max_import_bytes}")
+    if services.upload_slots.locked():
+        return web.json_response(
+            {"error": {"code": "busy", "message": f"{settings.max_uploads} uploads are running; retry later"}},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    async with services.upload_slots:
+        name, source = await _body(request)
+        name = Path(name).name[:200] or "upload"  # a label only: never part of a path
+        folder = settings.data_dir / UPLOADS_DIR
+        folder.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".upload")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                size = await _save(source, out, settings.max_import_bytes)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            if size == 0:
+                raise BadRequestError("the upload is empty")
+            session_id = await asyncio.to_thread(
+                import_video, services.store, Path(tmp), settings.max_import_bytes, name=name
+            )
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    services.pipeline.fill(session_id)
+    summary = await asyncio.to_thread(services.store.summary, session_id)
+    return web.json_response(services.with_fill(summary), status=201)
