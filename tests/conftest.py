@@ -165,3 +165,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """An H.264 MP4 made from a webcam fixture (not WebM: the import must remux it)."""
+    folder = tmp_path_factory.mktemp("clip")
+    source, mp4 = folder / "in.webm", folder / "clip.mp4"
+    source.write_bytes(load_recording("webcam_vp8_kf1s_250ms").stream)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                    "-fps_mode", "passthrough", str(mp4)], check=True)  # fmt: skip
+    return mp4

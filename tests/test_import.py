@@ -7,24 +7,12 @@ import asyncio
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.client import http_json, run
-from tests.conftest import ROOT, ffprobe_frames, load_recording
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    """An H.264 MP4 made from a webcam fixture (not WebM: the import must remux it)."""
-    folder = tmp_path_factory.mktemp("clip")
-    source, mp4 = folder / "in.webm", folder / "clip.mp4"
-    source.write_bytes(load_recording("webcam_vp8_kf1s_250ms").stream)
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-                    "-fps_mode", "passthrough", str(mp4)], check=True)  # fmt: skip
-    return mp4
+from tests.conftest import ROOT, ffprobe_frames
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,8 @@ def test_record_snapshot_stop(server_factory, browser, tmp_path):
     assert s["landmarkFrames"] == summary["frames"]  # live results or `skipped`, one per frame
     # frames live analysis skipped (a busy machine) are filled by the server after stop
     summary = wait_for_summary(base, lambda d: d["analysed_frames"] == d["frames"] and d["skipped_frames"] == 0)
+    if s["skippedFrames"]:  # the page hears about the fill
+        wait_until(page, f"() => window.camingest.filledFrames === {s['skippedFrames']}")
     frames = get_json(base + "/landmarks")["frames"]
     assert [f["index"] for f in frames] == list(range(summary["frames"]))
     with_face = [f for f in frames if f.get("faces")]
@@ -170,3 +172,30 @@ def test_page_resumes_after_server_restart(server_factory, browser, tmp_path):
     raw = tmp_path / "raw.webm"
     raw.write_bytes(fetch(f"{server.url}/api/sessions/{s['sessionId']}/raw.webm"))
     assert ffprobe_frames(raw) == summary["frames"] > 30  # ~6 s; the fake camera drops frames under load
+
+
+def test_sessions_page_uploads_a_video(server_factory, browser, clip, tmp_path):
+    server = server_factory()
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # phone-sized
+    page.goto(server.url + "/sessions")
+    page.get_by_test_id("upload-file").set_input_files(str(clip))
+    page.get_by_test_id("upload").click()
+    wait_until(page, "() => window.camingestSessions.upload.state === 'done'")
+    upload = page.evaluate("() => window.camingestSessions.upload")
+    base = f"{server.url}/api/sessions/{upload['sessionId']}"
+    summary = wait_for_summary(base, lambda d: "fill" not in d and d["analysed_frames"] == d["frames"])
+    assert summary["frames"] == ffprobe_frames(clip) and summary["skipped_frames"] == 0
+    assert get_json(base)["state"] == "stopped"
+    # the page follows the fill and then shows the session's landmarks
+    wait_until(page, f"() => window.camingestSessions.frames === {summary['frames']}")
+    card = page.locator(f"[data-session-id='{upload['sessionId']}']")
+    assert f"{summary['frames']} frames · faces in {summary['frames_with_faces']}" in card.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "sessions-upload.png"), full_page=True)
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n")
+    page.get_by_test_id("upload-file").set_input_files(str(notes))
+    page.get_by_test_id("upload").click()
+    wait_until(page, "() => window.camingestSessions.upload.state === 'failed'")
+    assert page.locator("#upload-status").inner_text().startswith("Upload failed: cannot finalize")
+    assert [s["id"] for s in get_json(server.url + "/api/sessions")["sessions"]] == [upload["sessionId"]]

@@ -22,7 +22,7 @@ const ui = {
 // State the browser tests read (PROTOCOL.md page hooks), plus a few extras.
 const state = (window.camingest = {
   sessionId: null, ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0,
-  chunksRecorded: 0, analysedFrames: 0, skippedFrames: 0, snapshots: [], state: "idle", error: null,
+  chunksRecorded: 0, analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], state: "idle", error: null,
 });
 
 let stream = null, recorder = null, sender = null, recStart = 0, autoTimer = null;
@@ -110,6 +110,13 @@ socket.on("snapshot_landmarks", (msg) => {
   item.faces = msg.faces;
   item.draw?.();
 });
+socket.on("landmarks_filled", (msg) => {
+  // after stop, the server filled the frames live analysis had no time for
+  if (msg.session_id !== state.sessionId || !state.skippedFrames) return;
+  state.filledFrames = state.skippedFrames;
+  say(`All ${msg.analysed_frames} frames now have landmarks (${state.skippedFrames} skipped live were filled; ` +
+    `faces in ${msg.frames_with_faces}).`, "ok");
+});
 socket.on("session_error", (msg) => {
   if (msg.session_id === state.sessionId) say(`The server stopped analysing this session: ${msg.message}`, "error");
 });
@@ -140,7 +147,7 @@ async function record() {
 
   frames = [];
   Object.assign(state, { ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0, chunksRecorded: 0,
-    analysedFrames: 0, skippedFrames: 0, snapshots: [], error: null });
+    analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], error: null });
   ui.gallery.replaceChildren();
   sender = new ChunkSender({
     emit,

@@ -2,10 +2,12 @@
 import { drawFaces, frameAt } from "./overlay.js";
 
 const $ = (id) => document.getElementById(id);
-const ui = { list: $("list"), detail: $("detail"), player: $("player"), overlay: $("overlay"), mode: $("mode"),
+const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("upload-button"),
+  progress: $("upload-progress"), uploadStatus: $("upload-status"), list: $("list"), detail: $("detail"), player: $("player"), overlay: $("overlay"), mode: $("mode"),
   facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message") };
 let selected = null, frames = [];
-window.camingestSessions = { selected: null, frames: 0, listed: [] };
+window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" } };
+let refresh = null;
 
 const getJSON = async (url) => {
   const r = await fetch(url);
@@ -21,9 +23,18 @@ function say(text, kind = "info") {
   ui.message.dataset.kind = kind;
 }
 
+// landmarks the server is still filling (skipped live, or an uploaded video)
+const fillText = (fill) => !fill ? "" : fill.state === "queued" ? " · landmarks queued"
+  : ` · landmarks ${Math.floor((100 * fill.frames_done) / Math.max(1, fill.frames_total))}%`;
+
 async function loadList() {
   const { sessions } = await getJSON("/api/sessions");
   window.camingestSessions.listed = sessions.map((s) => s.id);
+  // while landmarks are being filled, follow them; reload the open session once they are done
+  clearTimeout(refresh);
+  if (sessions.some((s) => s.fill)) refresh = setTimeout(loadList, 1000);
+  const current = sessions.find((s) => s.id === selected?.id);
+  if (current && selected.fill && !current.fill) open(current.id);
   if (!sessions.length) {
     ui.list.innerHTML = '<div class="empty">No sessions yet. <a href="/">Record one.</a></div>';
     return;
@@ -42,7 +53,7 @@ async function loadList() {
     card.querySelector(".when").append(" ", state);
     const faces = s.frames_with_faces == null ? "" : ` · faces in ${s.frames_with_faces}`;
     card.querySelector(".facts").textContent =
-      `${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots`;
+      `${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots${fillText(s.fill)}`;
     card.addEventListener("click", () => open(s.id));
     return card;
   }));
@@ -60,7 +71,9 @@ async function open(id) {
   frames = data.frames.filter((f) => f.faces);
   window.camingestSessions.frames = data.frames.length;
   const withFaces = frames.filter((f) => f.faces.length).length;
-  ui.facts.textContent = `${selected.frames} frames · ${data.frames.length} analysed · faces in ${withFaces}`;
+  const skipped = data.frames.length - frames.length;
+  ui.facts.textContent = `${selected.frames} frames · ${data.frames.length - skipped} analysed · faces in ${withFaces}`
+    + (skipped ? ` · ${skipped} skipped` : "") + fillText(selected.fill);
   ui.downloads.replaceChildren(...[
     ["recording.webm", "Recording"], ["raw.webm", "Raw stream"], ["landmarks", "Landmarks JSON"],
   ].map(([path, label]) => Object.assign(document.createElement("a"), { href: `${base}/${path}`, textContent: label, download: "" })));
@@ -105,6 +118,45 @@ ui.del.addEventListener("click", async () => {
   ui.detail.hidden = true;
   ui.player.removeAttribute("src");
   await loadList();
+});
+
+// Upload: the file is the raw request body (streamed by the browser, no form encoding), and
+// XHR because fetch has no upload progress.
+function upload(file) {
+  const state = window.camingestSessions.upload = { state: "uploading", name: file.name };
+  ui.uploadButton.disabled = true;
+  ui.progress.hidden = false;
+  ui.progress.value = 0;
+  ui.uploadStatus.dataset.kind = "info";
+  ui.uploadStatus.textContent = `Uploading ${file.name} (${mb(file.size)})…`;
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `/api/sessions?filename=${encodeURIComponent(file.name)}`);
+  xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+  xhr.upload.onprogress = (e) => {
+    if (!e.lengthComputable) return;
+    ui.progress.value = e.loaded / e.total;
+    if (e.loaded === e.total) ui.uploadStatus.textContent = `Importing ${file.name}…`;
+  };
+  const done = async (ok, text, session) => {
+    ui.uploadButton.disabled = false;
+    ui.progress.hidden = true;
+    Object.assign(state, { state: ok ? "done" : "failed", sessionId: session?.id, error: ok ? undefined : text });
+    ui.uploadStatus.dataset.kind = ok ? "info" : "error";
+    ui.uploadStatus.textContent = text;
+    if (ok) { ui.upload.reset(); await loadList(); await open(session.id); }
+  };
+  xhr.onload = () => {
+    let body = {};
+    try { body = JSON.parse(xhr.responseText); } catch { /* not JSON: a proxy's page */ }
+    if (xhr.status === 201) done(true, `Imported ${file.name}: ${body.frames} frames; landmarks follow.`, body);
+    else done(false, `Upload failed: ${body.error?.message ?? `HTTP ${xhr.status}`}`);
+  };
+  xhr.onerror = () => done(false, "Upload failed: the connection to the server was lost.");
+  xhr.send(file);
+}
+ui.upload.addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (ui.file.files[0]) upload(ui.file.files[0]);
 });
 
 await loadList();
