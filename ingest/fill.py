@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from ingest.batch import Job, plan_jobs
 from ingest.exceptions import InvalidMediaError
 from ingest.landmarks import TrackerSettings
+from ingest.workers import WORKER_CRASHED
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, scan
 from storage.store import SessionStore, utc_now
 
@@ -85,6 +86,7 @@ class Filler:
         self._task: asyncio.Task[None] | None = None
         self.current: str | None = None
         self._progress = (0, 0)  # frames of the current session written, to write
+        self._retried: set[str] = set()  # sessions whose fill a worker crash interrupted once
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -140,6 +142,9 @@ class Filler:
                 raise
             except Exception as exc:  # deleted meanwhile, undecodable, disk full: the rest go on
                 log.warning("filling the landmarks of %s failed: %s", self.current, exc)
+                if str(exc) == WORKER_CRASHED and self.current not in self._retried:
+                    self._retried.add(self.current)  # once: the job itself may be what crashes
+                    self._queue.append((self.current, analysed_only))
             finally:
                 self.current = None
 

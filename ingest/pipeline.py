@@ -8,7 +8,8 @@ re-processing fills them later. Decoding never skips: every frame is needed for 
 
 After a restart, a session's decoder is rebuilt from the last keyframe at or before the first
 frame without landmarks, from the stored stream; frames already landmarked are decoded for state
-but not sent again.
+but not sent again. A worker that dies is replaced the same way: a new process takes its slot
+and its sessions are re-primed from the store, so no frame is lost or landmarked twice.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
 from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
-from ingest.workers import worker_main
+from ingest.workers import WORKER_CRASHED, worker_main
 from storage.landmarks import LandmarkCounts, append_frames, count_frames
 from storage.store import SessionStore
 
@@ -42,7 +43,10 @@ if TYPE_CHECKING:
     from ingest.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
-REPLIED = ("unit", "flush", "image", "job")  # worker messages answered with exactly one reply
+REPLIED = ("unit", "flush", "image", "job")
+# a session is re-primed on a new worker this many times; after that its analysis stops (the
+# recording itself goes on: chunks are stored and acked as always)
+MAX_CRASHES_PER_SESSION = 2  # worker messages answered with exactly one reply
 SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, accuracy first
 
 
@@ -54,7 +58,9 @@ class WorkerHandle:
     """One worker process, with a sender and a receiver thread so the event loop never blocks
     on a pipe."""
 
-    def __init__(self, index: int, settings: Settings, loop: asyncio.AbstractEventLoop, on_message: Any) -> None:
+    def __init__(
+        self, index: int, settings: Settings, loop: asyncio.AbstractEventLoop, on_message: Any, on_exit: Any
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # the server has threads: never fork it
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
@@ -68,6 +74,9 @@ class WorkerHandle:
         self.index = index
         self.sessions = 0  # live sessions assigned (sticky)
         self.outstanding = 0  # messages sent whose reply has not come back (event-loop thread only)
+        self.awaiting: set[tuple[str, int]] = set()  # ("image" | "job", id) sent, not answered
+        self.closing = False
+        self._on_exit = on_exit
         # bounded by construction: at most one unit per session plus pending snapshots
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._loop = loop
@@ -78,6 +87,8 @@ class WorkerHandle:
     def send(self, message: Any) -> None:
         if message is not None and message[0] in REPLIED:
             self.outstanding += 1
+            if message[0] in ("image", "job"):
+                self.awaiting.add((message[0], message[1]))
         self._outbox.put_nowait(message)
 
     def _send_loop(self) -> None:
@@ -94,12 +105,17 @@ class WorkerHandle:
         while True:
             try:
                 message = self.conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # the process ended: killed, crashed, or closed by us
+                if not self.closing:
+                    self.process.join(5)  # reaped, for its exit code (this thread, not the loop)
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(self._on_exit, self)
                 return
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._on_message, self, message)
 
     def close(self, timeout: float = 5.0) -> None:
+        self.closing = True
         self.send(None)
         self.process.join(timeout)
         if self.process.is_alive():
@@ -118,6 +134,9 @@ class SessionPipe:
     started: bool = False
     finishing: bool = False
     skipped: int = 0
+    crashes: int = 0  # workers that died while analysing this session
+    primed_through: int = -1  # units up to this seq came from the store, not from submit_chunk
+    delivering: asyncio.Task[None] | None = None
 
 
 class LivePipeline:
@@ -128,7 +147,7 @@ class LivePipeline:
         self.registry: SessionRegistry | None = None
         loop = asyncio.get_running_loop()
         count = settings.workers or os.cpu_count() or 1
-        self.workers = [WorkerHandle(i, settings, loop, self._on_message) for i in range(count)]
+        self.workers = [self._start_worker(i, loop) for i in range(count)]
         self.pipes: dict[str, SessionPipe] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._images: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
@@ -137,6 +156,37 @@ class LivePipeline:
         self.filler = Filler(store, tracker_settings(settings), self.workers, self._filled)
         self.filler.start()
         self._spawn(self._refill_after_restart())
+
+    def _start_worker(self, index: int, loop: asyncio.AbstractEventLoop) -> WorkerHandle:
+        return WorkerHandle(index, self.settings, loop, self._on_message, self._worker_exited)
+
+    def _worker_exited(self, dead: WorkerHandle) -> None:
+        """A worker died (killed, out of memory, a crash in native code): start another in its
+        place and move its sessions there, each re-primed from its last stored keyframe as after
+        a restart; snapshots and fill jobs it had in hand fail with a clear error."""
+        log.error(
+            "analysis worker %d (pid %s) exited with %s; starting a new one",
+            dead.index, dead.process.pid, dead.process.exitcode,
+        )  # fmt: skip
+        self.workers[self.workers.index(dead)] = self._start_worker(dead.index, asyncio.get_running_loop())
+        for kind, request_id in list(dead.awaiting):
+            self._on_message(dead, (kind, request_id, [], WORKER_CRASHED))
+        for pipe in [p for p in self.pipes.values() if p.worker is dead]:
+            self._spawn(self._reopen(pipe))
+
+    async def _reopen(self, old: SessionPipe) -> None:
+        if old.delivering is not None:  # results received before the crash are written first
+            await asyncio.gather(old.delivering, return_exceptions=True)
+        self._close_pipe(old)
+        if old.crashes + 1 > MAX_CRASHES_PER_SESSION:  # the stream itself may be what kills them
+            log.error("stopped analysing %s: %d workers died on it", old.session_id, old.crashes + 1)
+            await self._emit_error(old.session_id, IngestError(f"{WORKER_CRASHED} on this stream; analysis stopped"))
+            return
+        pipe = await self._open(old.session_id, None, 1)
+        pipe.finishing = pipe.finishing or old.finishing
+        pipe.skipped += old.skipped
+        pipe.crashes = old.crashes + 1
+        self._dispatch(pipe)
 
     def attach(self, registry: SessionRegistry, snapshots: SnapshotService) -> None:
         self.registry = registry
@@ -151,10 +201,12 @@ class LivePipeline:
         if staged.unit_bytes is None:
             return
         pipe = self.pipes.get(session.id) or await self._open(session.id, staged.seq, staged.frames_before)
+        if staged.seq <= pipe.primed_through:
+            return  # already queued from the store (a pipe re-opened after a worker crash)
         pipe.pending.append((staged.seq, staged.unit_bytes))
         self._dispatch(pipe)
 
-    async def _open(self, session_id: str, seq: int, frames_before: int) -> SessionPipe:
+    async def _open(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe:
         lock = self._opening.setdefault(session_id, asyncio.Lock())
         async with lock:
             pipe = self.pipes.get(session_id)
@@ -165,9 +217,10 @@ class LivePipeline:
         self._opening.pop(session_id, None)
         return pipe
 
-    def _prepare(self, session_id: str, seq: int, frames_before: int) -> SessionPipe:
+    def _prepare(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe:
         """A pipe for a session this process has not analysed yet: fresh, or resumed after a
-        restart (then primed with the stored units from a keyframe on)."""
+        restart or a worker crash (then primed with the stored units before ``seq``, all of
+        them if None, from a keyframe on)."""
         paths = self.store.paths(session_id)
         meta = paths.root / "landmarks.meta.json"
         if not meta.exists():
@@ -177,7 +230,10 @@ class LivePipeline:
         pipe = SessionPipe(session_id, worker, paths.landmarks, {})
         if frames_before == 0:
             return pipe
-        rows = [r for r in self.store.chunk_rows(session_id) if r["seq"] < seq]
+        rows = [r for r in self.store.chunk_rows(session_id) if seq is None or r["seq"] < seq]
+        if not rows:
+            return pipe
+        pipe.primed_through = rows[-1]["seq"]
         keyed = [r for r in rows if r["keyframe"] is not None and r["keyframe"] <= done]
         start = keyed[-1] if keyed else rows[0]
         init = self.store.init_segment(session_id) or b""
@@ -202,23 +258,30 @@ class LivePipeline:
         pipe.in_flight = True
         pipe.worker.send(("unit", pipe.session_id, seq, unit, analyse, opts))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _on_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         worker.outstanding -= 1
         self.filler.poke()
         if message[0] == "frames":
-            self._spawn(self._deliver(*message[1:]))
-        elif message[0] == "job":
+            task = self._spawn(self._deliver(*message[1:]))
+            if (pipe := self.pipes.get(message[1])) is not None:
+                pipe.delivering = task
+            return
+        worker.awaiting.discard((message[0], message[1]))
+        if message[0] == "job":
             self.filler.on_result(*message[1:])
         elif message[0] == "image":
             _, request_id, faces, error = message
             future = self._images.pop(request_id, None)
             if future is not None and not future.done():
-                if error:
+                if error == WORKER_CRASHED:
+                    future.set_exception(IngestError(error))
+                elif error:
                     future.set_exception(InvalidMediaError(error))
                 else:
                     future.set_result(faces)

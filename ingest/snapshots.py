@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, InvalidMediaError, TooLargeError, UnknownSessionError
+from ingest.exceptions import BadRequestError, IngestError, InvalidMediaError, TooLargeError, UnknownSessionError
 from ingest.images import EXTENSIONS, probe_image
 from storage.store import SNAPSHOT_ID_RE, SessionStore, utc_now, write_durably
+
+log = logging.getLogger(__name__)
 
 # analyse(image path) -> faces; provided by the live pipeline (full detection in a worker)
 Analyse = Callable[[Path], Awaitable[list[dict[str, Any]]]]
@@ -90,7 +93,14 @@ class SnapshotService:
     async def _analyse(self, session_id: str, snapshot_id: str, mime: str) -> None:
         assert self.analyse is not None
         path = self.store.paths(session_id).snapshots / f"{snapshot_id}.{EXTENSIONS[mime]}"
-        faces = await self.analyse(path)
+        try:
+            faces = await self.analyse(path)
+        except IngestError as exc:  # stored all the same; `reprocess` does not cover snapshots
+            log.warning("snapshot %s of %s not analysed: %s", snapshot_id, session_id, exc.message)
+            if self.emit is not None:
+                error = {"session_id": session_id, "snapshot_id": snapshot_id, "faces": [], "error": exc.to_dict()}
+                await self.emit("snapshot_landmarks", error, session_id)
+            return
         result = {"session_id": session_id, "snapshot_id": snapshot_id, "faces": faces}
         out = self.landmarks_path(session_id, snapshot_id)
         await asyncio.to_thread(_write_json_atomically, out, {"faces": faces})

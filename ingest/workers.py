@@ -28,6 +28,7 @@ from ingest.exceptions import InvalidMediaError
 
 log = logging.getLogger(__name__)
 WORKER_NICENESS = 10
+WORKER_CRASHED = "the analysis worker crashed"  # the error of requests a dead worker had in hand
 
 
 def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+from pathlib import Path
 
 from ingest.decode import UnitDecoder
 from tests.client import Client, http_get, http_json, run
-from tests.conftest import load_recording
+from tests.conftest import IMAGES, load_recording
 
 
 def test_sigkill_mid_recording_then_resume(server_factory, tmp_path):
@@ -148,3 +151,58 @@ def test_restart_with_analysis_resumes_decoding_from_a_keyframe(server_factory, 
         assert with_face >= 0.95 * expected
 
     run(second_half())
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's analysis worker processes (multiprocessing spawn children)."""
+    pids = []
+    for child in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline:
+            pids.append(int(child))
+    return pids
+
+
+def test_killed_workers_are_replaced_and_sessions_go_on(server_factory, tmp_path):
+    """kill -9 of every analysis worker mid-session: new workers take over, each frame still gets
+    exactly one result, snapshots are analysed, and the server stays healthy."""
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+    chunks, expected = recording.chunks, recording.expected["video_frames"]
+    server = server_factory(env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000", "CAMINGEST_WORKERS": "2"})
+    assert server.proc is not None
+    before = worker_pids(server.proc.pid)
+    assert len(before) == 2
+
+    async def scenario() -> tuple[dict, list[dict]]:
+        async with Client(server.url) as client:
+            session = await client.start(recording.meta["mime"])
+            for seq, chunk in enumerate(chunks):
+                assert (await client.chunk(session, seq, chunk))["ok"]
+                if seq == 8:
+                    for pid in before:
+                        os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(0.05)
+            snapshot = await client.call(
+                "snapshot", {**{k: session[k] for k in ("session_id", "token")}, "mime": "image/jpeg",
+                             "data": (IMAGES / "obama.jpg").read_bytes()},
+            )  # fmt: skip
+            assert snapshot["ok"], snapshot
+            await client.stop(session)
+            url = f"{server.url}/api/sessions/{session['session_id']}"
+            for _ in range(600):
+                _, detail = await http_json(url)
+                if detail["analysed_frames"] == expected and client.events.get("snapshot_landmarks"):
+                    break
+                await asyncio.sleep(0.1)
+            _, stored = await http_json(url + "/landmarks")
+            _, health = await http_json(f"{server.url}/api/health")
+            assert health["ok"]
+            return client.events["snapshot_landmarks"][0], stored["frames"]
+
+    snapshot, frames = run(scenario())
+    assert [f["index"] for f in frames] == list(range(expected))
+    assert sum(1 for f in frames if f.get("faces")) >= 0.95 * expected
+    assert len(snapshot["faces"]) == 1 and "error" not in snapshot
+    after = worker_pids(server.proc.pid)
+    assert len(after) == 2 and not set(after) & set(before)
+    assert server.log.read_text().count("exited with -9; starting a new one") == 2
