@@ -183,7 +183,7 @@ class Filler:
         finally:
             for future in pending:
                 future.cancel()
-            await asyncio.to_thread(rewrite.__exit__, None, None, None)
+            await asyncio.to_thread(rewrite.close)
         filled = sum(job.end - job.start for job in jobs)
         await asyncio.to_thread(self._record, session_id, counts, filled)
         log.info("filled %d frames of %s", filled, session_id)

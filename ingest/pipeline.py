@@ -43,10 +43,10 @@ if TYPE_CHECKING:
     from ingest.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
-REPLIED = ("unit", "flush", "image", "job")
+REPLIED = ("unit", "flush", "image", "job")  # worker messages answered with exactly one reply
 # a session is re-primed on a new worker this many times; after that its analysis stops (the
 # recording itself goes on: chunks are stored and acked as always)
-MAX_CRASHES_PER_SESSION = 2  # worker messages answered with exactly one reply
+MAX_CRASHES_PER_SESSION = 2
 SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, accuracy first
 
 
@@ -172,12 +172,12 @@ class LivePipeline:
         for kind, request_id in list(dead.awaiting):
             self._on_message(dead, (kind, request_id, [], WORKER_CRASHED))
         for pipe in [p for p in self.pipes.values() if p.worker is dead]:
+            self._close_pipe(pipe)  # unregistered: it dispatches nothing more
             self._spawn(self._reopen(pipe))
 
     async def _reopen(self, old: SessionPipe) -> None:
         if old.delivering is not None:  # results received before the crash are written first
             await asyncio.gather(old.delivering, return_exceptions=True)
-        self._close_pipe(old)
         if old.crashes + 1 > MAX_CRASHES_PER_SESSION:  # the stream itself may be what kills them
             log.error("stopped analysing %s: %d workers died on it", old.session_id, old.crashes + 1)
             await self._emit_error(old.session_id, IngestError(f"{WORKER_CRASHED} on this stream; analysis stopped"))
@@ -244,7 +244,7 @@ class LivePipeline:
         return pipe
 
     def _dispatch(self, pipe: SessionPipe) -> None:
-        if pipe.in_flight:
+        if pipe.in_flight or self.pipes.get(pipe.session_id) is not pipe:
             return
         if not pipe.pending:
             if pipe.finishing:
@@ -268,9 +268,8 @@ class LivePipeline:
         worker.outstanding -= 1
         self.filler.poke()
         if message[0] == "frames":
-            task = self._spawn(self._deliver(*message[1:]))
             if (pipe := self.pipes.get(message[1])) is not None:
-                pipe.delivering = task
+                pipe.delivering = self._spawn(self._deliver(pipe, *message[2:]))
             return
         worker.awaiting.discard((message[0], message[1]))
         if message[0] == "job":
@@ -286,10 +285,8 @@ class LivePipeline:
                 else:
                     future.set_result(faces)
 
-    async def _deliver(self, session_id: str, seq: int, frames: list[dict[str, Any]], error: str | None) -> None:
-        pipe = self.pipes.get(session_id)
-        if pipe is None:
-            return
+    async def _deliver(self, pipe: SessionPipe, seq: int, frames: list[dict[str, Any]], error: str | None) -> None:
+        session_id = pipe.session_id
         if error is not None:
             await self._fail_decoding(pipe, error)
             return
@@ -301,8 +298,8 @@ class LivePipeline:
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete
-            self._close_pipe(pipe)
-            if pipe.skipped:
+            # (a pipe already closed was replaced after a worker crash: its successor finishes)
+            if self._close_pipe(pipe) and pipe.skipped:
                 self.filler.request(session_id)
             return
         self._dispatch(pipe)
@@ -318,10 +315,14 @@ class LivePipeline:
     async def _emit_error(self, session_id: str, error: IngestError) -> None:
         await self.emit("session_error", {"session_id": session_id, **error.to_dict()}, session_id)
 
-    def _close_pipe(self, pipe: SessionPipe) -> None:
-        if self.pipes.pop(pipe.session_id, None) is not None:
-            pipe.worker.sessions -= 1
-            self.filler.poke()
+    def _close_pipe(self, pipe: SessionPipe) -> bool:
+        """Unregister the pipe; False if it was not (already closed, or replaced)."""
+        if self.pipes.get(pipe.session_id) is not pipe:
+            return False
+        del self.pipes[pipe.session_id]
+        pipe.worker.sessions -= 1
+        self.filler.poke()
+        return True
 
     async def finish(self, session_id: str) -> None:
         pipe = self.pipes.get(session_id)

@@ -144,6 +144,10 @@ class LandmarkRewrite:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the files; without a ``commit`` before, the stored file stays as it was."""
         self._out.close()
         self._old.close()
         self.tmp.unlink(missing_ok=True)
