@@ -118,8 +118,8 @@ class WorkerHandle:
         self.closing = True
         self.send(None)
         self.process.join(timeout)
-        if self.process.is_alive():
-            self.process.terminate()
+        if self.process.is_alive():  # stuck in native code; it ignores SIGTERM (ingest/workers.py)
+            self.process.kill()
             self.process.join(timeout)
 
 
@@ -362,6 +362,8 @@ class LivePipeline:
         await self.emit("landmarks_filled", {"session_id": session_id, **counts.to_dict()}, session_id)
 
     async def close(self) -> None:
+        for worker in self.workers:
+            worker.closing = True  # from here on, a worker's exit is not a crash
         await self.filler.close()
         for task in list(self._tasks):
             task.cancel()

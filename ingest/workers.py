@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import multiprocessing.connection
 import os
+import signal
 from typing import Any
 
 from ingest.exceptions import InvalidMediaError
@@ -74,6 +75,11 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
     # Analysis is best-effort, acks and pings are not: when the cores are busy, the server's
     # event loop must win (a skipped frame is refilled by reprocess; a late ack is not undone).
     os.nice(WORKER_NICENESS)
+    # The server owns this process's lifetime: it sends None to stop it, and if the server dies
+    # the pipe's EOF does. Ctrl-C in a terminal, `timeout` or systemd signal the whole process
+    # group; a worker dying of that before the server has shut down would look like a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from ingest.landmarks import detect_faces, models
 
     models()  # load once, before the first frame arrives
