@@ -78,15 +78,15 @@ class Filler:
         self.workers = workers
         self.window = 2 * len(workers)
         self.on_filled = on_filled
-        # (session_id, analysed_only), one entry per session
-        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        # (session_id, analysed_only, retry), one entry per session; retry: a worker crash
+        # interrupted this session's fill once already
+        self._queue: collections.deque[tuple[str, bool, bool]] = collections.deque()
         self._wake = asyncio.Event()
         self._results: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
         self._job_ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self.current: str | None = None
         self._progress = (0, 0)  # frames of the current session written, to write
-        self._retried: set[str] = set()  # sessions whose fill a worker crash interrupted once
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -98,12 +98,12 @@ class Filler:
 
     def request(self, session_id: str, analysed_only: bool = False) -> None:
         if not self.pending(session_id):
-            self._queue.append((session_id, analysed_only))
+            self._queue.append((session_id, analysed_only, False))
             self._wake.set()
 
     def pending(self, session_id: str) -> bool:
         """Whether the session is queued or being filled."""
-        return session_id == self.current or any(queued == session_id for queued, _ in self._queue)
+        return session_id == self.current or any(entry[0] == session_id for entry in self._queue)
 
     def status(self, session_id: str) -> dict[str, Any] | None:
         """For the session summary: queued, or filling with frames done/total; None otherwise."""
@@ -135,16 +135,15 @@ class Filler:
         while True:
             while not self._queue:
                 await self._sleep()
-            self.current, analysed_only = self._queue.popleft()
+            self.current, analysed_only, retry = self._queue.popleft()
             try:
                 await self._fill(self.current, analysed_only)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # deleted meanwhile, undecodable, disk full: the rest go on
                 log.warning("filling the landmarks of %s failed: %s", self.current, exc)
-                if str(exc) == WORKER_CRASHED and self.current not in self._retried:
-                    self._retried.add(self.current)  # once: the job itself may be what crashes
-                    self._queue.append((self.current, analysed_only))
+                if str(exc) == WORKER_CRASHED and not retry:  # once: the job itself may be what crashes
+                    self._queue.append((self.current, analysed_only, True))
             finally:
                 self.current = None
 

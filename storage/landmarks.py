@@ -34,11 +34,14 @@ class LandmarkCounts:
     @classmethod
     def of(cls, frames: Iterable[dict[str, Any]]) -> LandmarkCounts:
         counts = cls()
-        for frame in frames:
-            counts.frames += 1
-            counts.skipped += bool(frame.get("skipped"))
-            counts.with_faces += bool(frame.get("faces"))
+        counts.add(frames)
         return counts
+
+    def add(self, frames: Iterable[dict[str, Any]]) -> None:
+        for frame in frames:
+            self.frames += 1
+            self.skipped += bool(frame.get("skipped"))
+            self.with_faces += bool(frame.get("faces"))
 
     def to_dict(self) -> dict[str, int]:
         """Named as in the session summary (PROTOCOL.md)."""
@@ -165,10 +168,7 @@ class LandmarkRewrite:
         self._advance(frames[0]["index"], keep=True)
         self._advance(frames[-1]["index"] + 1, keep=False)
         self._out.write(frame_lines(frames).encode())
-        new = LandmarkCounts.of(frames)
-        self.counts.frames += new.frames
-        self.counts.with_faces += new.with_faces
-        self.counts.skipped += new.skipped
+        self.counts.add(frames)
 
     def commit(self) -> LandmarkCounts:
         self._advance(1 << 62, keep=True)

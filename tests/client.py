@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -56,6 +57,16 @@ async def http_json(url: str) -> tuple[int, Any]:
     import json
 
     return status, json.loads(body)
+
+
+async def wait_for_summary(url: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """Poll a session summary until ``done`` says so (2 minutes at most)."""
+    for _ in range(1200):
+        _, detail = await http_json(url)
+        if done(detail):
+            return detail
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: {detail}")
 
 
 def run(coro: Any) -> Any:

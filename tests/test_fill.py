@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.client import Client, http_json, run
+from tests.client import Client, run, wait_for_summary
 from tests.conftest import load_recording
 from tests.test_batch import NO_SKIP, read_landmarks, record_live
 
@@ -15,12 +15,9 @@ RECORDING = "webcam_vp8_kf1s_250ms"
 
 
 async def wait_complete(url: str, frames: int) -> dict:
-    for _ in range(1200):
-        _, detail = await http_json(url)
-        if detail["analysed_frames"] == frames and detail["skipped_frames"] == 0:
-            return detail
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"landmarks were not filled: {detail}")
+    return await wait_for_summary(
+        url, lambda d: d["analysed_frames"] == frames and d["skipped_frames"] == 0, "landmarks were not filled"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ whose frames and landmarks are complete."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import aiohttp
 import pytest
 
-from tests.client import http_json, run
+from tests.client import http_json, run, wait_for_summary
 from tests.conftest import ROOT, ffprobe_frames
 
 
@@ -48,12 +47,9 @@ async def post(url: str, body: bytes | aiohttp.FormData, **headers: str) -> tupl
 
 
 async def wait_filled(url: str) -> dict:
-    for _ in range(1200):
-        _, detail = await http_json(url)
-        if detail["analysed_frames"] == detail["frames"] and "fill" not in detail:
-            return detail
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"landmarks not complete: {detail}")
+    return await wait_for_summary(
+        url, lambda d: d["analysed_frames"] == d["frames"] and "fill" not in d, "landmarks not complete"
+    )
 
 
 def test_upload_raw_and_multipart(server_factory, clip, cli_imported):
