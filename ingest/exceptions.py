@@ -67,3 +67,12 @@ class CapacityError(IngestError):
     """A documented limit (open sessions) is reached; the client may retry later."""
 
     code = "too_large"
+
+
+class ModelError(IngestError, ValueError):
+    """A model file (dlib's landmark model) is missing, truncated or not what it should be. An
+    operator's problem, not a client's: clients see ``internal``; the message names the file."""
+
+
+class EngineUnavailableError(IngestError, RuntimeError):
+    """The configured landmark engine cannot run here (numba missing or unsupported)."""
