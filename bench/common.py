@@ -32,10 +32,10 @@ def machine_notes() -> str:
     )
 
 
-def start_server(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest.cli", "serve", "--port", "0", "--data", str(data), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -1,13 +1,16 @@
 """Landmark benchmarks (issue 3), all measured in one run.
 
+    python bench/landmarks_bench.py engine        # ms per face: numba kernel vs dlib, A/B
     python bench/landmarks_bench.py pipeline      # frames/s on one core: decode-only, tracker, naive
-    python bench/landmarks_bench.py live --sessions 4 6 8 10
+    python bench/landmarks_bench.py live --sessions 10 20 --engine numba dlib
 
 ``pipeline`` times, side by side on the 640x480 fixtures: decoding alone; decoding + the live
 tracker (camingest); and the naive pipeline (OpenCV VideoCapture + HOG detection at upsample 1
 + 68 points on every frame). ``live`` starts a server with analysis and N clients that replay a
 640x480 fixture at the pace it was recorded (blob times from meta.json), and reports skipped
-frames and the lag from capture (pts_ms) to landmarks at the client.
+frames and the lag from capture (pts_ms) to landmarks at the client. ``engine`` fits the
+same faces with the numba kernel and dlib's shape_predictor, interleaved (A, B, A, B ...): in a
+tight loop on one image, and between decodes (each frame decoded, then fitted: cold caches).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cv2
+import numpy as np
 import socketio
 
 from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, start_server
-from ingest.landmarks import FaceTracker, TrackerSettings, models
+from ingest.landmarks import FaceTracker, TrackerSettings, detect_boxes, detector
+from ingest.predictor import predictor
 from tests.media import decoded_frames
 
 WEBCAMS = ["webcam_vp8_opus_250ms", "webcam_vp9_opus_250ms", "webcam_h264_250ms", "webcam_vp8_kf1s_250ms"]
@@ -36,7 +41,7 @@ WEBCAMS = ["webcam_vp8_opus_250ms", "webcam_vp9_opus_250ms", "webcam_h264_250ms"
 def naive_fps(chunks: list[bytes], limit: int = 60) -> float:
     """The tutorial pipeline: OpenCV VideoCapture + HOG detection (upsample 1) + 68 points on
     every frame, over the first ``limit`` frames."""
-    detector, predictor = models()
+    detect, fit = detector(), predictor("dlib")
     with tempfile.NamedTemporaryFile(suffix=".webm") as f:
         f.write(b"".join(chunks))
         f.flush()
@@ -47,8 +52,8 @@ def naive_fps(chunks: list[bytes], limit: int = 60) -> float:
             if not ok:
                 break
             gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-            for box in detector(gray, 1):
-                predictor(gray, box)
+            boxes = [(b.left(), b.top(), b.right(), b.bottom()) for b in detect(gray, 1)]
+            fit.fit(gray, np.array(boxes, dtype=np.int64).reshape(-1, 4))
             done += 1
     return done / (time.perf_counter() - start)
 
@@ -70,8 +75,36 @@ def pipeline(limit_naive: int) -> dict:
 
         naive = naive_fps(chunks, limit_naive)
         results[name] = {"frames": n, "decode_fps": decode, "camingest_fps": tracked, "naive_fps": naive,
-                         "detections": tracker.detections}  # fmt: skip
+                         "sweeps": tracker.sweeps, "refreshes": tracker.refreshes,
+                         "searches": tracker.searches}  # fmt: skip
     return results
+
+
+def engine(rounds: int) -> dict:
+    """ms per face, numba vs dlib, interleaved in one run: tight loop, and between decodes."""
+    engines = [predictor("numba"), predictor("dlib")]
+    frames = [np.ascontiguousarray(f.gray()) for f in decoded_frames(chunks_of("webcam_vp8_opus_250ms"))]
+    boxes = np.array(detect_boxes(frames[0], 0), dtype=np.int64)
+    tight = {e.name: [] for e in engines}
+    for _ in range(rounds):
+        for e in engines:
+            start = time.perf_counter()
+            for _ in range(100):
+                e.fit(frames[0], boxes)
+            tight[e.name].append((time.perf_counter() - start) / 100 / len(boxes) * 1000)
+    between = {e.name: [] for e in engines}
+    for _ in range(rounds // 4 or 1):
+        for e in engines:
+            for frame in decoded_frames(chunks_of("webcam_vp8_opus_250ms")):  # decoding evicts the caches
+                gray = np.ascontiguousarray(frame.gray())
+                start = time.perf_counter()
+                e.fit(gray, boxes)
+                between[e.name].append((time.perf_counter() - start) * 1000 / len(boxes))
+    out = {f"{k}_tight_ms": float(np.median(v)) for k, v in tight.items()}
+    out |= {f"{k}_between_decodes_ms": float(np.median(v)) for k, v in between.items()}
+    out["speedup_tight"] = out["dlib_tight_ms"] / out["numba_tight_ms"]
+    out["speedup_between_decodes"] = out["dlib_between_decodes_ms"] / out["numba_between_decodes_ms"]
+    return out
 
 
 async def live_client(url: str, name: str, lags: list[float], counts: dict) -> None:
@@ -99,10 +132,10 @@ async def live_client(url: str, name: str, lags: list[float], counts: dict) -> N
     await sio.disconnect()
 
 
-async def live(sessions: int, workers: int) -> dict:
+async def live(sessions: int, workers: int, engine: str = "numba") -> dict:
     name = "webcam_vp8_opus_250ms"
     with tempfile.TemporaryDirectory() as data:
-        proc, url = start_server(Path(data), "--workers", str(workers))
+        proc, url = start_server(Path(data), "--workers", str(workers), env={"CAMINGEST_LANDMARK_ENGINE": engine})
         await asyncio.sleep(3)  # workers load the predictor
         try:
             lags: list[float] = []
@@ -112,7 +145,7 @@ async def live(sessions: int, workers: int) -> dict:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     expected = json.loads((RECORDINGS / name / "expected.json").read_text())["video_frames"] * sessions
-    return {"sessions": sessions, "workers": workers, "frames": expected, **counts,
+    return {"sessions": sessions, "workers": workers, "engine": engine, "frames": expected, **counts,
             "lag_p50_ms": percentile(lags, 50), "lag_p95_ms": percentile(lags, 95), "lag_max_ms": max(lags)}  # fmt: skip
 
 
@@ -124,13 +157,19 @@ def main() -> None:
     lv = sub.add_parser("live")
     lv.add_argument("--sessions", type=int, nargs="+", default=[2, 4, 6, 8, 10])
     lv.add_argument("--workers", type=int, default=2)
+    lv.add_argument("--engine", nargs="+", default=["numba"], choices=["numba", "dlib"])
+    en = sub.add_parser("engine")
+    en.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     print(f"# {machine_notes()}", flush=True)
     if args.what == "pipeline":
         print(json.dumps(pipeline(args.naive_frames)))
+    elif args.what == "engine":
+        print(json.dumps(engine(args.rounds)))
     else:
         for n in args.sessions:
-            print(json.dumps(asyncio.run(live(n, args.workers))), flush=True)
+            for name in args.engine:  # side by side, one session count at a time
+                print(json.dumps(asyncio.run(live(n, args.workers, name))), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Batch re-processing: landmarks for every frame of stored sessions, on all cores.
 
-The stream is cut into jobs of ``detect_every``-aligned frame ranges. Each job carries only the
+The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Each job carries only the
 compressed blocks from the keyframe before its range to its end; the worker decodes them with a
 fresh decoder and tracks the range with a fresh tracker. No decoded frame crosses a process
 boundary, and because a range starts on a frame where the live tracker also runs a full
@@ -27,7 +27,7 @@ from storage.landmarks import LandmarkRewrite
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
-MAX_JOB_FRAMES_DEFAULT = 60
+MAX_JOB_FRAMES_DEFAULT = 150
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,8 @@ def scan_video_blocks(path: Path) -> tuple[bytes, list[VideoBlock]]:
 
 def plan_jobs(path: Path, settings: TrackerSettings, max_frames: int = MAX_JOB_FRAMES_DEFAULT) -> list[Job]:
     init, blocks = scan_video_blocks(path)
-    step = max(settings.detect_every, (max_frames // settings.detect_every) * settings.detect_every)
+    # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
+    step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     jobs = []
     for start in range(0, len(blocks), step):
         end = min(start + step, len(blocks))
@@ -105,13 +106,13 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     return out
 
 
-def _init_worker() -> None:
+def _init_worker(engine: str) -> None:
     import cv2
 
-    from ingest.landmarks import models
+    from ingest.predictor import predictor
 
     cv2.setNumThreads(1)
-    models()
+    predictor(engine)  # model loaded and kernel compiled once per process, before the first job
 
 
 class Reprocessor:
@@ -125,7 +126,7 @@ class Reprocessor:
 
     def __enter__(self) -> Reprocessor:
         ctx = multiprocessing.get_context("spawn")
-        self._pool = ctx.Pool(self.workers, initializer=_init_worker)
+        self._pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(self.settings.engine,))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -159,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = _settings(args)
+        if args.command in ("serve", "reprocess", "import") and settings.analysis:
+            from ingest.predictor import prepare_engine
+
+            prepare_engine(settings.landmark_engine)
         if args.command == "serve":
             from ingest.server import serve
 

@@ -1,90 +1,146 @@
-"""dlib 68-point face landmarks, fast enough for every frame of a live stream.
+"""dlib 68-point face landmarks for every frame of a stream, at about the cost of decoding it.
 
-Detection (HOG, ~22 ms per 640x480 frame at upsample 0) dominates; fitting 68 points to a box is
-~1-2 ms. So a ``FaceTracker`` runs full detection only when needed — the first frame, every
-``detect_every`` frames (new faces), after a scene cut, when a face was lost — and in between fits
-each face on a box carried over from the previous frame's landmarks. The box is kept in the
-detector's own geometry (the predictor was trained on detector boxes): at detection time the
-tracker records where the box sits relative to the landmarks' extent and re-applies that.
+Fitting 68 points to a box costs ~0.25 ms (ingest/predictor.py); finding the boxes is what is
+dear: dlib's HOG detector at upsample 1, which finds faces from ~40 px, costs 50-70 ms on a
+640x480 frame. So a ``FaceTracker`` finds faces at three costs:
+
+- a **sweep** (full detection at ``upsample``, default 1) on the first frame, every
+  ``sweep_every`` frames and after a scene cut: it finds faces of every size and replaces all
+  tracks. Sweeps are the tracker's reset points: its state after a sweep depends on nothing
+  before it, which is what lets batch jobs (one per sweep period) reproduce live results exactly;
+- a **refresh** every ``detect_every`` frames: HOG on the half-size frame (~5-8 ms) finds new
+  faces from ~160 px, and each tracked face it did not re-find is looked for in a crop around it,
+  scaled so the face is ~100 px wide (~1 ms), so small faces are re-anchored without a full-frame
+  search. A tracked face found nowhere is dropped;
+- in between, each face is **tracked**: its 68 points are fitted to a box carried over from its
+  previous points (the box kept in the detector's geometry relative to them). A fit that jumps in
+  size or leaves the frame is lost and looked for in a crop around it the same way.
 
 Models come from the face-recognition-models wheel: nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import cv2
 import dlib
-import face_recognition_models
 import numpy as np
+
+from ingest.predictor import Predictor, predictor
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # iBUG-300W indices
 JAW, RIGHT_EYE, LEFT_EYE = slice(0, 17), slice(36, 42), slice(42, 48)
 OUTER_LIPS, INNER_LIPS = slice(48, 60), slice(60, 68)
+WINDOW = 80  # dlib's frontal face detector finds faces from about its window's size
+Box = tuple[int, int, int, int]  # left, top, right, bottom: dlib.rectangle, inclusive
 
 
 @dataclass(frozen=True)
 class TrackerSettings:
-    detect_every: int = 30  # frames between full detections, at most
-    upsample: int = 0  # HOG upsampling: 0 finds faces from ~80 px, 1 from ~40 px (4x slower)
-    scene_cut: float = 28.0  # mean absolute difference (0-255) of 64x48 thumbnails that counts as a cut
-    match_iou: float = 0.3  # a detection this close to a tracked face replaces it
+    detect_every: int = 30  # frames between refreshes (half-size detection for new faces)
+    anchor_every: int = 5  # frames between re-anchoring faces under 160 px on a detection in a crop around them
+    sweep_every: int = 150  # frames between sweeps (full detection at `upsample`); a multiple of detect_every
+    upsample: int = 1  # HOG upsampling of sweeps: 1 finds faces from ~40 px, 0 from ~80 px (4x cheaper)
+    scene_cut: float = 18.0  # mean absolute difference (0-255) of 64x48 thumbnails that counts as a cut
+    # (measured on the scene fixture: its cuts score 23-26, fast motion at most 12)
+    match_iou: float = 0.3  # a detection this close to a tracked face replaces its box
+    # searches in a row that may fail before a face is given up (HOG misses a face for a few
+    # frames when it turns or blurs; the fit stays on it). A face whose anchor failed is looked
+    # for again on every frame until it is found or given up (then looked for at every anchor).
+    max_misses: int = 3
+    engine: str = "numba"  # landmark engine: numba (dlib's model, same points) or dlib
+
+    def __post_init__(self) -> None:
+        if self.anchor_every < 1 or self.detect_every < 1 or self.sweep_every < self.detect_every or self.sweep_every % self.detect_every:
+            raise ValueError(
+                f"sweep_every ({self.sweep_every}) must be a positive multiple of detect_every ({self.detect_every})"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {
             "detector": "dlib.get_frontal_face_detector (HOG)",
             "predictor": PREDICTOR_FILE,
+            "engine": self.engine,
             "detect_every": self.detect_every,
+            "anchor_every": self.anchor_every,
+            "sweep_every": self.sweep_every,
             "upsample": self.upsample,
             "scene_cut": self.scene_cut,
         }
 
 
 @cache
-def models() -> tuple[Any, Any]:
-    """(detector, shape predictor), loaded once per process (the predictor file is 95 MB)."""
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(
-        face_recognition_models.pose_predictor_model_location()
-    )
+def detector() -> Any:
+    return dlib.get_frontal_face_detector()
 
 
-def face_dict(box: dlib.rectangle, points: np.ndarray) -> dict[str, Any]:
-    return {
-        "box": [box.left(), box.top(), box.width(), box.height()],
-        "points": np.round(points, 1).tolist(),
-    }
+def face_dict(box: Box, points: np.ndarray) -> dict[str, Any]:
+    left, top, right, bottom = box
+    return {"box": [left, top, right - left + 1, bottom - top + 1], "points": points.tolist()}
 
 
-def shape_points(shape: dlib.full_object_detection) -> np.ndarray:
-    return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+def detect_boxes(gray: np.ndarray, upsample: int) -> list[Box]:
+    return [(r.left(), r.top(), r.right(), r.bottom()) for r in detector()(gray, upsample)]
 
 
-def detect_faces(gray: np.ndarray, upsample: int = 1) -> list[dict[str, Any]]:
+def detect_faces(gray: np.ndarray, upsample: int = 1, engine: str = "numba") -> list[dict[str, Any]]:
     """Full detection + 68 points for every face: the reference, and what snapshots get."""
-    detector, predictor = models()
     image = np.ascontiguousarray(gray)
-    return [face_dict(box, shape_points(predictor(image, box))) for box in detector(image, upsample)]
+    boxes = detect_boxes(image, upsample)
+    points = predictor(engine).fit(image, np.array(boxes, dtype=np.int64).reshape(-1, 4))
+    return [face_dict(box, p) for box, p in zip(boxes, points, strict=True)]
 
 
-def iou(a: dlib.rectangle, b: dlib.rectangle) -> float:
-    inter = a.intersect(b)
-    if inter.is_empty():
+def iou(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if w <= 0 or h <= 0:
         return 0.0
-    union = a.area() + b.area() - inter.area()
-    return inter.area() / union if union else 0.0
+    area = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+    return w * h / (area - w * h)
+
+
+def detect_near(gray: np.ndarray, box: Box, target: int = 100, reach: float = 1.0) -> Box | None:
+    """The detection closest to ``box`` in a crop around it (``reach`` x its size on each side of
+    its centre), scaled so that the face is ~``target`` px wide (dlib's window is 80): ~2 ms
+    whatever the face's size."""
+    height, width = gray.shape
+    side = max(box[2] - box[0] + 1, 1)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x0, y0 = max(int(cx - reach * side), 0), max(int(cy - reach * side), 0)
+    x1, y1 = min(int(cx + reach * side) + 1, width), min(int(cy + reach * side) + 1, height)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    scale = target / side
+    crop = cv2.resize(gray[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    found = [
+        (round(b[0] / scale) + x0, round(b[1] / scale) + y0, round(b[2] / scale) + x0, round(b[3] / scale) + y0)
+        for b in detect_boxes(crop, 0)
+    ]
+    best = max(found, key=lambda b: iou(b, box), default=None)
+    return best if best is not None and iou(best, box) > 0 else None
 
 
 @dataclass
 class _Track:
-    box: dlib.rectangle
-    # detector box relative to the landmarks' extent: (dx, dy) of its centre in units of the
-    # extent's size, and its side over the extent's width
-    offset: tuple[float, float, float]
+    box: Box
+    # the detector box relative to the points: its centre's offset from their mean, in units of
+    # its side. Between anchors the box keeps the detector's size and follows the points' mean:
+    # deriving the size from the fitted points too would feed a fit's error back into the next
+    # box, and small faces would shrink or slide away within a few frames.
+    offset: tuple[float, float]
     points: np.ndarray
+    misses: int = 0  # searches in a row that found no face here
+
+    @property
+    def small(self) -> bool:
+        """Too small for the half-size refresh to see, and the quickest to drift: anchored often."""
+        return self.box[2] - self.box[0] < 2 * WINDOW
 
 
 def _extent(points: np.ndarray) -> tuple[float, float, float, float]:
@@ -93,79 +149,142 @@ def _extent(points: np.ndarray) -> tuple[float, float, float, float]:
     return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
-def _offset(box: dlib.rectangle, points: np.ndarray) -> tuple[float, float, float]:
-    x, y, w, h = _extent(points)
-    cx, cy = (box.left() + box.right()) / 2, (box.top() + box.bottom()) / 2
-    w, h = max(w, 1.0), max(h, 1.0)
-    return ((cx - (x + w / 2)) / w, (cy - (y + h / 2)) / h, box.width() / w)
+def _offset(box: Box, points: np.ndarray) -> tuple[float, float]:
+    side = max(box[2] - box[0], 1)
+    mx, my = points.mean(axis=0)
+    return (((box[0] + box[2]) / 2 - float(mx)) / side, ((box[1] + box[3]) / 2 - float(my)) / side)
 
 
-def _box_from(points: np.ndarray, offset: tuple[float, float, float]) -> dlib.rectangle:
-    x, y, w, h = _extent(points)
-    w, h = max(w, 1.0), max(h, 1.0)
-    cx, cy = x + w / 2 + offset[0] * w, y + h / 2 + offset[1] * h
-    half = offset[2] * w / 2
-    return dlib.rectangle(round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+def _box_from(track: _Track) -> Box:
+    side = track.box[2] - track.box[0]
+    mx, my = track.points.mean(axis=0)
+    cx, cy = float(mx) + track.offset[0] * side, float(my) + track.offset[1] * side
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    return (left, top, left + side, top + (track.box[3] - track.box[1]))
 
 
 class FaceTracker:
     """Landmarks for consecutive frames of one stream (one instance per session)."""
 
-    def __init__(self, settings: TrackerSettings | None = None) -> None:
+    def __init__(self, settings: TrackerSettings | None = None, engine: Predictor | None = None) -> None:
         self.settings = settings or TrackerSettings()
+        self.engine = engine or predictor(self.settings.engine)
         self._tracks: list[_Track] = []
-        self._since_detect = 0
+        # where faces were lost since the last sweep: searched again at every anchor, so a small
+        # face that HOG missed for a moment is found again without waiting for the next sweep
+        self._lost: list[Box] = []
+        self._frames = 0  # frames seen, for streams processed without indices
         self._thumb: np.ndarray | None = None
-        self.detections = 0
+        self.sweeps = 0
+        self.refreshes = 0
+        self.searches = 0  # crops searched around a face
 
     def reset(self) -> None:
         """Forget the faces: the next frame is not a continuation (frames were skipped)."""
-        self._tracks = []
+        self._tracks, self._lost = [], []
         self._thumb = None
 
     def _scene_cut(self, gray: np.ndarray) -> bool:
         thumb = cv2.resize(gray, (64, 48), interpolation=cv2.INTER_AREA).astype(np.int16)
         previous, self._thumb = self._thumb, thumb
-        return previous is not None and float(np.abs(thumb - previous).mean()) > self.settings.scene_cut
+        return previous is None or float(np.abs(thumb - previous).mean()) > self.settings.scene_cut
 
     def process(self, gray: np.ndarray, index: int | None = None) -> list[dict[str, Any]]:
-        """Faces of the next frame. With ``index`` (the frame's index in its stream) periodic
-        detections fall on multiples of ``detect_every``: a tracker started on such a frame
-        (batch re-processing, one job per range) then reproduces the live results exactly."""
-        detector, predictor = models()
+        """Faces of the next frame. With ``index`` (the frame's index in its stream) sweeps,
+        refreshes and anchors fall on multiples of their periods: a tracker started on a sweep
+        frame (batch re-processing, one job per sweep period) then reproduces the live results
+        exactly."""
         image = np.ascontiguousarray(gray)
-        height, width = image.shape
-        cut = self._scene_cut(image)
-        if index is None:
-            periodic = self._since_detect >= self.settings.detect_every
-        else:
-            periodic = index % self.settings.detect_every == 0
-        due = not self._tracks or cut or periodic
-        if due:
-            self._detect(image, detector, predictor)
-            self._since_detect = 0
-        else:
-            self._since_detect += 1
-            kept = []
-            for track in self._tracks:
-                box = _box_from(track.points, track.offset)
-                points = shape_points(predictor(image, box))
-                if self._plausible(points, track, width, height):
-                    kept.append(_Track(box, track.offset, points))
-            if len(kept) < len(self._tracks):  # lost one: look again now
-                self._detect(image, detector, predictor)
-                self._since_detect = 0
-            else:
-                self._tracks = kept
+        position = self._frames if index is None else index
+        self._frames += 1
+        settings = self.settings
+        cut = self._scene_cut(image)  # always: the next frame compares with this one
+        if cut or position % settings.sweep_every == 0:
+            self._sweep(image)
+            return self._faces()
+        if self._tracks:
+            self._track(image)
+        if position % settings.detect_every == 0:
+            self._refresh(image)
+        elif position % settings.anchor_every == 0:
+            self._anchor(image, lambda t: t.misses > 0 or t.small, [], search_lost=True)
+        elif any(t.misses for t in self._tracks):
+            self._anchor(image, lambda t: t.misses > 0, [], search_lost=False)
+        return self._faces()
+
+    def _faces(self) -> list[dict[str, Any]]:
         return [face_dict(t.box, t.points) for t in self._tracks]
 
-    def _detect(self, image: np.ndarray, detector: Any, predictor: Any) -> None:
-        self.detections += 1
-        tracks = []
-        for box in detector(image, self.settings.upsample):
-            points = shape_points(predictor(image, box))
-            tracks.append(_Track(box, _offset(box, points), points))
-        self._tracks = tracks
+    def _fit(self, image: np.ndarray, boxes: list[Box]) -> np.ndarray:
+        return self.engine.fit(image, np.array(boxes, dtype=np.int64).reshape(-1, 4))
+
+    def _new_tracks(self, image: np.ndarray, boxes: list[Box]) -> list[_Track]:
+        """Tracks for detections that are not already tracked faces (nor found twice)."""
+        unique: list[Box] = []
+        for box in boxes:
+            if all(iou(box, kept) < 0.5 for kept in unique) and all(iou(box, t.box) < 0.5 for t in self._tracks):
+                unique.append(box)
+        points = self._fit(image, unique)
+        return [_Track(box, _offset(box, p), p) for box, p in zip(unique, points, strict=True)]
+
+    def _sweep(self, image: np.ndarray) -> None:
+        self.sweeps += 1
+        self._tracks, self._lost = [], []
+        self._tracks = self._new_tracks(image, detect_boxes(image, self.settings.upsample))
+
+    def _refresh(self, image: np.ndarray) -> None:
+        """New faces from ~160 px on the half-size frame; every tracked face is re-anchored (on
+        a detection of the half-size frame, else in a crop around it)."""
+        self.refreshes += 1
+        height, width = image.shape
+        found: list[Box] = []
+        if min(height, width) >= 2 * WINDOW:
+            half = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+            found = [(2 * b[0], 2 * b[1], 2 * b[2] + 1, 2 * b[3] + 1) for b in detect_boxes(half, 0)]
+        self._anchor(image, lambda t: True, found, search_lost=True)
+
+    def _anchor(self, image: np.ndarray, due: Callable[[_Track], bool], found: list[Box], search_lost: bool) -> None:
+        """Re-anchor the ``due`` faces on a detection (from ``found``, else in a crop around
+        them); with ``search_lost``, also look again where faces were lost. Detections that are
+        no tracked face become new tracks."""
+        kept: list[_Track] = []
+        anchored: list[_Track] = []
+        for track in self._tracks:
+            if not due(track):
+                kept.append(track)
+                continue
+            box = max(found, key=lambda b: iou(b, track.box), default=None)
+            if box is None or iou(box, track.box) < self.settings.match_iou:
+                self.searches += 1
+                box = detect_near(image, track.box)
+            if box is not None:
+                anchored.append(_Track(box, track.offset, track.points))
+            elif track.misses < self.settings.max_misses:
+                kept.append(_Track(track.box, track.offset, track.points, track.misses + 1))
+            else:
+                self._lost.append(track.box)
+        for track, points in zip(anchored, self._fit(image, [t.box for t in anchored]), strict=True):
+            track.points, track.offset = points, _offset(track.box, points)
+        self._tracks = kept + anchored
+        if search_lost:
+            for lost in self._lost:
+                self.searches += 1
+                box = detect_near(image, lost)
+                if box is not None:
+                    found.append(box)
+            self._lost = [b for b in self._lost if all(iou(b, f) < self.settings.match_iou for f in found)]
+        self._tracks += self._new_tracks(image, found)
+
+    def _track(self, image: np.ndarray) -> None:
+        height, width = image.shape
+        boxes = [_box_from(t) for t in self._tracks]
+        kept: list[_Track] = []
+        for track, box, points in zip(self._tracks, boxes, self._fit(image, boxes), strict=True):
+            if self._plausible(points, track, width, height):
+                kept.append(_Track(box, track.offset, points, track.misses))
+            else:
+                self._lost.append(box)  # looked for again at the next anchor
+        self._tracks = kept
 
     @staticmethod
     def _plausible(points: np.ndarray, track: _Track, width: int, height: int) -> bool:

@@ -51,7 +51,13 @@ SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, 
 
 
 def tracker_settings(settings: Settings) -> TrackerSettings:
-    return TrackerSettings(detect_every=settings.detect_every, upsample=settings.detect_upsample)
+    return TrackerSettings(
+        detect_every=settings.detect_every,
+        anchor_every=settings.anchor_every,
+        sweep_every=settings.sweep_every,
+        upsample=settings.detect_upsample,
+        engine=settings.landmark_engine,
+    )
 
 
 class WorkerHandle:

@@ -80,9 +80,11 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
     # group; a worker dying of that before the server has shut down would look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ingest.landmarks import detect_faces, models
+    from ingest.landmarks import detect_faces
+    from ingest.predictor import predictor
 
-    models()  # load once, before the first frame arrives
+    # load the model and compile (or load) the kernel once, before the first frame arrives
+    predictor(tracker_settings.engine)
     sessions: dict[str, SessionAnalyser] = {}
     while True:
         try:
@@ -126,7 +128,8 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
                 if gray is None:
                     conn.send(("image", request_id, [], "the image does not decode"))
                 else:
-                    conn.send(("image", request_id, detect_faces(gray, snapshot_upsample), None))
+                    faces = detect_faces(gray, snapshot_upsample, tracker_settings.engine)
+                    conn.send(("image", request_id, faces, None))
         except (BrokenPipeError, EOFError):
             return
         except Exception as exc:  # report, keep serving the other sessions

@@ -18,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
 RECORDINGS = SHARED / "fixtures" / "recordings"
+# recordings this repo made itself with the fixture recorder (see tests/fixtures/README.md)
+OWN_RECORDINGS = ROOT / "tests" / "fixtures" / "recordings"
 IMAGES = SHARED / "fixtures" / "images"
 
 
@@ -40,7 +42,7 @@ class Recording:
 
 
 def load_recording(name: str) -> Recording:
-    path = RECORDINGS / name
+    path = OWN_RECORDINGS / name if (OWN_RECORDINGS / name).exists() else RECORDINGS / name
     chunks = [p.read_bytes() for p in sorted(path.glob("chunk_*.webm"))]
     return Recording(
         name,
@@ -53,6 +55,15 @@ def load_recording(name: str) -> Recording:
 
 RECORDING_NAMES = sorted(p.name for p in RECORDINGS.iterdir() if (p / "expected.json").exists())
 assert RECORDING_NAMES, f"no fixture recordings under {RECORDINGS}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def landmark_kernel_compiled() -> None:
+    """Compile the numba kernel once, before any test or server process needs it: every later
+    process loads it from the cache (on a fresh machine the compile is paid here, once)."""
+    from ingest.predictor import prepare_engine
+
+    prepare_engine("numba")
 
 
 @pytest.fixture(params=RECORDING_NAMES)

@@ -22,20 +22,21 @@ def test_several_faces_are_tracked_in_every_frame():
         if index % 10 == 0:
             errors += match_faces(detect_faces(both, 1), faces)
     assert all(e is not None for e in errors) and float(np.median(errors)) <= 0.05
-    assert tracker.detections <= 120 / 30 + 2  # tracking, not detecting, between detections
+    # tracking, not detecting, between detections: one sweep, then a half-size refresh per 30 frames
+    assert tracker.sweeps == 1 and tracker.refreshes == 3  # frames 30, 60, 90
 
 
 def test_scene_cut_triggers_detection():
     webcam = [np.array(f.gray()) for f in decoded_frames(load_recording("webcam_vp8_kf1s_250ms").chunks)][:40]
-    tracker = FaceTracker(TrackerSettings(detect_every=1000))
+    tracker = FaceTracker(TrackerSettings(detect_every=1000, sweep_every=1000))
     for gray in webcam[:20]:
         tracker.process(gray)
-    assert tracker.detections == 1
+    assert tracker.sweeps == 1
     blank = np.full_like(webcam[0], 30)
-    assert tracker.process(blank) == []  # the cut is seen: detection runs and finds nobody
-    assert tracker.detections == 2
+    assert tracker.process(blank) == []  # the cut is seen: a sweep runs and finds nobody
+    assert tracker.sweeps == 2
     faces = tracker.process(webcam[20])  # cut back: found again at once
-    assert len(faces) == 1 and tracker.detections == 3
+    assert len(faces) == 1 and tracker.sweeps == 3
 
 
 def test_still_image_full_detection():
