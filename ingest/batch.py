@@ -23,7 +23,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError, SessionClosedError
 from ingest.landmarks import TrackerSettings
 from ingest.webm import WebMReader, build_unit
-from storage.landmarks import LandmarkRewrite
+from storage.landmarks import LandmarkCounts, LandmarkRewrite
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
@@ -143,13 +143,30 @@ class Reprocessor:
         return plan_jobs(self.store.paths(session_id).stream, self.settings)
 
     def run(self, session_id: str, jobs: list[Job], progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+        ((_, result),) = self.run_many([(session_id, jobs)], progress)
+        return result
+
+    def run_many(
+        self, plan: list[tuple[str, list[Job]]], progress: Callable[[int], None] = lambda n: None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Re-landmark several sessions in one pass over the pool: jobs of the next session start
+        while the last ones of this session finish, so no worker waits at session boundaries
+        (a short session is one or two jobs of unequal length). Yields (session id, result) as
+        each session is committed, in plan order."""
+        jobs = [job for _, session_jobs in plan for job in session_jobs]
+        results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)  # in job order
+        for session_id, session_jobs in plan:
+            paths = self.store.paths(session_id)
+            with LandmarkRewrite(paths.landmarks) as rewrite:
+                for _ in session_jobs:
+                    batch = next(results)
+                    rewrite.write(batch)
+                    progress(len(batch))
+                counts = rewrite.commit()
+            yield session_id, self._finish(session_id, counts)
+
+    def _finish(self, session_id: str, counts: LandmarkCounts) -> dict[str, Any]:
         paths = self.store.paths(session_id)
-        with LandmarkRewrite(paths.landmarks) as rewrite:
-            results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)
-            for batch in results:  # imap keeps job order: results come in index order
-                rewrite.write(batch)
-                progress(len(batch))
-            counts = rewrite.commit()
         meta = {"mode": "batch", "workers": self.workers, "finished_at": utc_now(), **self.settings.describe()}
         (paths.root / "landmarks.meta.json").write_text(json.dumps(meta))
         self.store.reset_landmark_counts(session_id, counts)

@@ -104,12 +104,11 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
             store.get_row(session_id)  # unknown ids fail before any work starts
         workers = settings.workers or os.cpu_count() or 1
         with Reprocessor(store, tracker_settings(settings), workers) as reprocessor:
-            for session_id in session_ids:
-                jobs = reprocessor.jobs(session_id)
-                total = sum(job.end - job.start for job in jobs)
-                with tqdm(total=total, unit="frame", desc=session_id, dynamic_ncols=True) as bar:
-                    result = reprocessor.run(session_id, jobs, bar.update)
-                print(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
+            plan = [(session_id, reprocessor.jobs(session_id)) for session_id in session_ids]
+            total = sum(job.end - job.start for _, jobs in plan for job in jobs)
+            with tqdm(total=total, unit="frame", desc="reprocess", dynamic_ncols=True) as bar:
+                for session_id, result in reprocessor.run_many(plan, bar.update):
+                    bar.write(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
     except KeyboardInterrupt:
         print("camingest reprocess: interrupted; the previous landmarks are kept", file=sys.stderr)
         return 130
