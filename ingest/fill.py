@@ -162,7 +162,7 @@ class Filler:
         if not jobs:
             return
         paths = self.store.paths(session_id)
-        rewrite = await asyncio.to_thread(LandmarkRewrite, paths.landmarks)
+        rewrite = await asyncio.to_thread(LandmarkRewrite.open, paths.landmarks)
         pending: collections.deque[asyncio.Future[list[dict[str, Any]]]] = collections.deque()
         self._progress = (0, sum(job.end - job.start for job in jobs))
         try:

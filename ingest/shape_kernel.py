@@ -93,19 +93,25 @@ def fill_packed_ints(data: np.ndarray, out: np.ndarray) -> None:
 
 
 @numba.njit(**_JIT)
-def _similarity(initial: np.ndarray, from_dev: np.ndarray, sigma_from: float, shape: np.ndarray) -> tuple:
-    """The 2x2 part of dlib's find_similarity_transform(initial -> shape), as float32.
-
-    dlib solves it with an SVD (Umeyama); in 2-D the scaled rotation has the closed form
-    [[a, -b], [b, a]] / sigma_from with a = cov00 + cov11, b = cov10 - cov01."""
+def _mean(shape: np.ndarray) -> tuple:
+    """Mean point of an x, y, x, y ... float32 shape, accumulated in float64 as dlib does."""
     points = shape.size // 2
     mx = 0.0
     my = 0.0
     for i in range(points):
         mx += np.float64(shape[2 * i])
         my += np.float64(shape[2 * i + 1])
-    mx /= points
-    my /= points
+    return mx / points, my / points
+
+
+@numba.njit(**_JIT)
+def _similarity(initial: np.ndarray, from_dev: np.ndarray, sigma_from: float, shape: np.ndarray) -> tuple:
+    """The 2x2 part of dlib's find_similarity_transform(initial -> shape), as float32.
+
+    dlib solves it with an SVD (Umeyama); in 2-D the scaled rotation has the closed form
+    [[a, -b], [b, a]] / sigma_from with a = cov00 + cov11, b = cov10 - cov01."""
+    points = shape.size // 2
+    mx, my = _mean(shape)
     c00 = 0.0
     c01 = 0.0
     c10 = 0.0
@@ -128,13 +134,7 @@ def _similarity(initial: np.ndarray, from_dev: np.ndarray, sigma_from: float, sh
 def _initial_stats(initial: np.ndarray) -> tuple:
     """Deviations of the initial shape from its mean (float64) and its sigma, as dlib computes them."""
     points = initial.size // 2
-    mx = 0.0
-    my = 0.0
-    for i in range(points):
-        mx += np.float64(initial[2 * i])
-        my += np.float64(initial[2 * i + 1])
-    mx /= points
-    my /= points
+    mx, my = _mean(initial)
     dev = np.empty(initial.size, np.float64)
     sigma = 0.0
     for i in range(points):

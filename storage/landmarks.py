@@ -135,16 +135,31 @@ class LandmarkRewrite:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # a unique name: the server's fill and a `camingest reprocess` may rewrite at once
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        self.tmp = Path(tmp)
-        self._out = os.fdopen(fd, "wb")
         self.counts = LandmarkCounts()
-        self._old = _lines(path)
-        self._ahead: tuple[int, bytes] | None = next(self._old, None)
 
     def __enter__(self) -> LandmarkRewrite:
+        """Opens the files here, not in ``__init__``: whatever interrupts the opening (Ctrl-C, an
+        unreadable old file) leaves no temporary file behind."""
+        # a unique name: the server's fill and a `camingest reprocess` may rewrite at once
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(tmp)
+        try:
+            self._out = os.fdopen(fd, "wb")
+            self._old = _lines(self.path)
+            self._ahead: tuple[int, bytes] | None = next(self._old, None)
+        except BaseException:
+            if hasattr(self, "_out"):
+                self._out.close()
+            else:
+                os.close(fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
         return self
+
+    @classmethod
+    def open(cls, path: Path) -> LandmarkRewrite:
+        """An opened rewrite, for owners that close it themselves (the filler, across awaits)."""
+        return cls(path).__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
