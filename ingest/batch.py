@@ -27,7 +27,7 @@ from storage.landmarks import LandmarkCounts, LandmarkRewrite
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
-MAX_JOB_FRAMES_DEFAULT = 150
+MAX_JOB_FRAMES_DEFAULT = 300
 
 
 @dataclass(frozen=True)

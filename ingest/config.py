@@ -59,7 +59,7 @@ class Settings:
     # after scene cuts. Upsample 1 finds faces from ~40 px, 0 from ~80 px at a quarter the cost.
     detect_every: int = 30
     anchor_every: int = 5
-    sweep_every: int = 150
+    sweep_every: int = 300
     detect_upsample: int = 1
 
     def __post_init__(self) -> None:

@@ -72,7 +72,7 @@ def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, 
     assert batch == live
     meta = json.loads((data / "sessions" / session_id / "landmarks.meta.json").read_text())
     assert meta["mode"] == "batch" and meta["workers"] == 2 and meta["detect_every"] == 30
-    assert meta["engine"] == "numba" and meta["sweep_every"] == 150 and meta["upsample"] == 1
+    assert meta["engine"] == "numba" and meta["sweep_every"] == 300 and meta["upsample"] == 1
     # running it twice does no harm
     assert cli("reprocess", "--all", "--workers", "2", data=data).returncode == 0
     assert read_landmarks(landmarks) == batch

@@ -28,7 +28,7 @@ def test_recall_at_default_settings(name, every):
     assert reference_faces >= 60
     assert len(hits) / len(errors) >= 0.95, f"recall {len(hits)}/{len(errors)}"
     assert float(np.median(hits)) <= 0.05
-    # cheap: full-frame sweeps only on the first frame, every 150 frames and at the scene cuts
+    # cheap: full-frame sweeps only on the first frame, every 300 frames and at the scene cuts
     assert tracker.sweeps <= 6
 
 
