@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="FILE.mp4 (H.264) or FILE.webm (VP8)")
     export.add_argument("--overlay", choices=["landmarks", "lips", "none"], default="landmarks")
     _add_data(export)
+    close = commands.add_parser("close", help="end a session left recording: finalize it and landmark every frame")
+    close.add_argument("session_id", metavar="SESSION_ID")
+    close.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_data(close)
     importer = commands.add_parser("import", help="store a video file (WebM, MP4, MOV) as a session and landmark it")
     importer.add_argument("file", type=Path, metavar="FILE")
     importer.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
@@ -64,12 +68,43 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _open_store(settings: Settings) -> SessionStore:
+def _open_store(settings: Settings, exclusive: bool = False) -> SessionStore:
+    """The data folder's store; ``exclusive`` takes the server's lock (and repairs what a crash
+    left, as a starting server does), so nothing changes under a running server."""
     if not (settings.data_dir / "index.sqlite3").exists():
         raise IngestError(f"no camingest data in {settings.data_dir}")
     store = SessionStore(settings.data_dir)
-    store.open(recover=False)
+    try:
+        store.open(recover=exclusive)
+    except RuntimeError:
+        raise IngestError(
+            f"a camingest server is running on {settings.data_dir}; it ends sessions whose client is gone "
+            f"after session_idle_s ({settings.session_idle_s:g} s) itself, or stop it first"
+        ) from None
     return store
+
+
+def cmd_close(settings: Settings, session_id: str) -> int:
+    """End a session left recording (offline): as the server's idle expiry would."""
+    from tqdm import tqdm
+
+    from ingest.batch import Reprocessor
+    from ingest.pipeline import tracker_settings
+
+    store = _open_store(settings, exclusive=True)
+    try:
+        row = store.get_row(session_id)
+        if not store.end_session(session_id, "close"):
+            raise IngestError(f"session {session_id} is not recording (it is {row['state']})")
+        workers = settings.workers or os.cpu_count() or 1
+        with Reprocessor(store, tracker_settings(settings), workers) as reprocessor:
+            jobs = reprocessor.jobs(session_id)
+            with tqdm(total=sum(j.end - j.start for j in jobs), unit="frame", desc=session_id) as bar:
+                result = reprocessor.run(session_id, jobs, bar.update)  # also finalizes
+    finally:
+        store.close()
+    print(f"{session_id}: closed; {result['frames']} frames, faces in {result['frames_with_faces']}")
+    return 0
 
 
 def cmd_sessions(settings: Settings) -> int:
@@ -158,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = _settings(args)
-        if args.command in ("serve", "reprocess", "import") and settings.analysis:
+        if args.command in ("serve", "reprocess", "import", "close") and settings.analysis:
             from ingest.predictor import prepare_engine
 
             prepare_engine(settings.landmark_engine)
@@ -171,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sessions(settings)
         if args.command == "reprocess":
             return cmd_reprocess(settings, args.session_ids, args.all)
+        if args.command == "close":
+            return cmd_close(settings, args.session_id)
         if args.command == "import":
             return cmd_import(settings, args.file)
         if args.command == "export":

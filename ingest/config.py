@@ -32,6 +32,11 @@ class Settings:
     # Chunks waiting for the store's writer thread across all sessions; beyond it `chunk` handlers
     # wait (back-pressure on the sockets) instead of queueing memory.
     max_pending_writes: int = 1024
+    # A session still recording whose connection is gone and that received no chunk for this
+    # long is ended as if `stop` had been sent (ended_by "idle"; finalized, landmarks filled).
+    session_idle_s: float = 120.0
+    # Sessions one Socket.IO connection may hold in `recording` state; `start` beyond it: busy.
+    max_sessions_per_connection: int = 4
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
 

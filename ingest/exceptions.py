@@ -64,9 +64,16 @@ class SessionClosedError(IngestError):
 
 
 class CapacityError(IngestError):
-    """A documented limit (open sessions) is reached; the client may retry later."""
+    """A documented limit (open sessions overall or per connection, uploads, previews) is
+    reached; nothing was stored; the client may retry later (HTTP 503)."""
 
-    code = "too_large"
+    code = "busy"
+
+
+class StorageFullError(IngestError, OSError):
+    """The disk is full: nothing was stored or acknowledged; retry later (HTTP 507)."""
+
+    code = "storage_full"
 
 
 class ModelError(IngestError, ValueError):

@@ -46,7 +46,9 @@ def jobs_to_fill(store: SessionStore, session_id: str, settings: TrackerSettings
     start analysing sessions recorded with analysis off)."""
     row = store.get_row(session_id)
     paths = store.paths(session_id)
-    if row["state"] != "stopped" or (analysed_only and not paths.landmarks.exists()):
+    # analysis ran on a session if its pipe was ever opened (which writes landmarks.meta.json);
+    # a crash right after `stop` can leave no landmarks.jsonl at all: still filled
+    if row["state"] != "stopped" or (analysed_only and not (paths.root / "landmarks.meta.json").exists()):
         return []
     need, counts = scan(paths.landmarks, row["frames"])
     if not need:
@@ -140,7 +142,11 @@ class Filler:
                 await self._fill(self.current, analysed_only)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # deleted meanwhile, undecodable, disk full: the rest go on
+            except InvalidMediaError as exc:  # the stream itself: no point trying at every restart
+                log.warning("the landmarks of %s cannot be completed: %s", self.current, exc.message)
+                message = f"landmarks cannot be completed: {exc.message}"
+                await asyncio.to_thread(self.store.set_landmarks_error, self.current, message)
+            except Exception as exc:  # deleted meanwhile, disk full: the rest go on
                 log.warning("filling the landmarks of %s failed: %s", self.current, exc)
                 if str(exc) == WORKER_CRASHED and not retry:  # once: the job itself may be what crashes
                     self._queue.append((self.current, analysed_only, True))

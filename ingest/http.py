@@ -37,6 +37,8 @@ STATUS = {
     "unsupported": 415,
     "invalid_media": 422,
     "internal": 500,
+    "busy": 503,
+    "storage_full": 507,
 }
 _RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
 
@@ -239,7 +241,7 @@ async def preview_mjpg(request: web.Request) -> web.StreamResponse:
     if overlay not in OVERLAYS:
         raise BadRequestError(f"overlay must be one of {', '.join(OVERLAYS)}")
     if services.preview_slots.locked():
-        return json_error("too_large", "too many preview viewers (max_previews); try again later", 503)
+        return json_error("busy", "too many preview viewers (max_previews); try again later", 503)
     async with services.preview_slots:
         loop = asyncio.get_running_loop()
         frames = annotated_frames(services.store, session_id, overlay)
@@ -296,6 +298,7 @@ async def health(request: web.Request) -> web.StreamResponse:
         {
             "ok": True,
             "sessions_recording": len(services.registry),
+            "sessions_loading": services.registry.loading(),
             "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
         }
     )

@@ -332,9 +332,11 @@ class LivePipeline:
 
     async def finish(self, session_id: str) -> None:
         pipe = self.pipes.get(session_id)
-        if pipe is not None:
+        if pipe is not None:  # the pipe flushes, then asks for a fill if it skipped frames
             pipe.finishing = True
             self._dispatch(pipe)
+        else:  # never analysed here (resumed after a restart, or ended while its client was gone)
+            self.filler.request(session_id)
 
     async def fail(self, session_id: str, error: IngestError) -> None:
         pipe = self.pipes.get(session_id)

@@ -99,6 +99,9 @@ class IngestNamespace(socketio.AsyncNamespace):
     async def on_snapshot(self, sid: str, data: object = None) -> Ack:
         return await self._answer(self._snapshot, sid, data)
 
+    async def on_disconnect(self, sid: str, reason: object = None) -> None:
+        self.services.lifecycle.disconnected(sid)
+
     # -- helpers ---------------------------------------------------------------------------------
     async def _session(self, sid: str, payload: dict[str, Any]) -> LiveSession:
         """The session named by the payload, its token checked, this client joined to its room."""
@@ -117,6 +120,8 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise SessionClosedError(f"session {session.id} is stopped")
             if session.state == "failed":
                 raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            self.services.lifecycle.hold(sid, session.id)
+            log.info("session %s resumed at seq %d", session.id, session.next_seq)
             return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq}
 
         mime = payload.get("mime")
@@ -129,7 +134,10 @@ class IngestNamespace(socketio.AsyncNamespace):
             raise BadRequestError("meta must be an object")
         if len(json.dumps(meta)) > MAX_META_BYTES:
             raise TooLargeError(f"meta exceeds {MAX_META_BYTES} bytes of JSON")
+        self.services.lifecycle.check_room(sid)
         session, token = await self.services.registry.create(mime, meta)
+        self.services.lifecycle.hold(sid, session.id)
+        log.info("session %s started (%s)", session.id, mime)
         await self.enter_room(sid, session.id)
         return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
 
@@ -175,20 +183,12 @@ class IngestNamespace(socketio.AsyncNamespace):
                 await services.pipeline.fail(session.id, staged.error)
                 raise staged.error
             await services.pipeline.submit_chunk(session, staged)
+            services.lifecycle.hold(sid, session.id)
         return {"ok": True, "seq": seq, "next_seq": session.next_seq}
 
     async def _stop(self, sid: str, payload: dict[str, Any]) -> Ack:
         session = await self._session(sid, payload)
-        services = self.services
-        async with session.lock:
-            if session.state == "recording":
-                await asyncio.to_thread(services.store.set_state, session.id, "stopped")
-                session.state = "stopped"
-                services.registry.forget(session.id)
-                await services.pipeline.finish(session.id)
-                services.finalize_later(session.id)
-        summary = await asyncio.to_thread(services.store.summary, session.id)
-        return {"ok": True, "session": summary}
+        return {"ok": True, "session": await self.services.lifecycle.end(session.id, "client")}
 
     async def _snapshot(self, sid: str, payload: dict[str, Any]) -> Ack:
         data = _require_bytes(payload, self.services.settings.max_snapshot_bytes, "snapshot")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ingest.config import Settings
 from ingest.http import add_routes, errors_as_json
+from ingest.lifecycle import SessionLifecycle
 from ingest.protocol import IngestNamespace
 from ingest.services import SERVICES, LoopMonitor, NoAnalysis, Pipeline, Services
 from ingest.session import SessionRegistry
@@ -69,10 +70,12 @@ def build_app(settings: Settings) -> web.Application:
         pipeline = make_pipeline(settings, store, sio)
         snapshots = SnapshotService(store, settings)
         loop_monitor = LoopMonitor()
+        registry = SessionRegistry(store, settings)
+        lifecycle = SessionLifecycle(settings, store, registry, pipeline)
         services = Services(
             settings=settings,
             store=store,
-            registry=SessionRegistry(store, settings),
+            registry=registry,
             io_pool=io_pool,
             write_slots=asyncio.Semaphore(settings.max_pending_writes),
             pipeline=pipeline,
@@ -81,17 +84,19 @@ def build_app(settings: Settings) -> web.Application:
             preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
             preview_slots=asyncio.Semaphore(settings.max_previews),
             upload_slots=asyncio.Semaphore(settings.max_uploads),
+            lifecycle=lifecycle,
         )
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
         sio.register_namespace(IngestNamespace(services))
         loop_monitor.start()  # after start-up (spawning workers), which happens before serving
+        await lifecycle.recover()
+        lifecycle.start()
         try:
             yield
         finally:
             loop_monitor.stop()
-            if services.background:  # let running finalizes complete: they are atomic anyway
-                await asyncio.wait(services.background, timeout=settings.shutdown_grace_s)
+            await lifecycle.close(settings.shutdown_grace_s)
             await snapshots.close()
             await pipeline.close()
             io_pool.shutdown(wait=True)

@@ -7,15 +7,15 @@ torn down in ``ingest.server``; handlers receive it, nothing is module-level.
 from __future__ import annotations
 
 import asyncio
-import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
 from ingest.config import Settings
 from ingest.exceptions import IngestError
+from ingest.lifecycle import SessionLifecycle
 from ingest.session import SessionRegistry, StagedChunk
 from storage.store import SessionStore
 
@@ -29,7 +29,9 @@ class Pipeline(Protocol):
 
     async def submit_chunk(self, session: LiveSession, staged: StagedChunk) -> None: ...
 
-    async def finish(self, session_id: str) -> None: ...
+    async def finish(self, session_id: str) -> None:
+        """The session stopped: flush its decoder, then fill the frames without landmarks."""
+        ...
 
     async def fail(self, session_id: str, error: IngestError) -> None: ...
 
@@ -84,7 +86,7 @@ class Services:
     preview_pool: ThreadPoolExecutor
     preview_slots: asyncio.Semaphore
     upload_slots: asyncio.Semaphore
-    background: set[asyncio.Task[None]] = field(default_factory=set)
+    lifecycle: SessionLifecycle
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the
@@ -93,22 +95,6 @@ class Services:
         if status is not None:
             summary["fill"] = status
         return summary
-
-    def finalize_later(self, session_id: str) -> None:
-        """Remux a stopped session into its seekable recording.webm, off the event loop."""
-        from ingest.finalize import finalize
-
-        paths = self.store.paths(session_id)
-
-        async def run() -> None:
-            try:
-                await asyncio.to_thread(finalize, paths.stream, paths.recording)
-            except Exception as exc:  # recording.webm then stays the stream as sent
-                logging.getLogger(__name__).warning("finalize %s failed: %s", session_id, exc)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
 
 
 class LoopMonitor:

@@ -195,15 +195,18 @@ class SessionRegistry:
         if session is not None:
             return session
         lock = self._loading.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            session = self._live.get(session_id)
-            if session is None:
-                session = await asyncio.to_thread(self._load, session_id)
-                if session.state == "recording":  # stopped/failed ones are answered, not kept
-                    if len(self._live) >= self.settings.max_open_sessions:
-                        raise CapacityError("too many open sessions (max_open_sessions); try again later")
-                    self._live[session_id] = session
-        self._loading.pop(session_id, None)
+        try:
+            async with lock:
+                session = self._live.get(session_id)
+                if session is None:
+                    session = await asyncio.to_thread(self._load, session_id)
+                    if session.state == "recording":  # stopped/failed ones are answered, not kept
+                        if len(self._live) >= self.settings.max_open_sessions:
+                            raise CapacityError("too many open sessions (max_open_sessions); try again later")
+                        self._live[session_id] = session
+        finally:  # also when loading failed (an unknown id): no entry left behind per event
+            if not lock.locked():
+                self._loading.pop(session_id, None)
         return session
 
     def _load(self, session_id: str) -> LiveSession:
@@ -216,6 +219,14 @@ class SessionRegistry:
         else:
             reader = self._reader()
         return LiveSession(self.store, row, reader)
+
+    def loading(self) -> int:
+        """Sessions being loaded from the store right now (one lock each, removed when done)."""
+        return len(self._loading)
+
+    def loaded(self, session_id: str) -> LiveSession | None:
+        """The session if this process has it open, without loading it."""
+        return self._live.get(session_id)
 
     def mark_failed(self, session_id: str, message: str) -> None:
         """A failure found outside the chunk path (decoding): later chunks get invalid_media."""

@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     face_frames   INTEGER NOT NULL DEFAULT 0, -- of those, frames with at least one face
     skipped_frames INTEGER NOT NULL DEFAULT 0, -- of those, frames live analysis skipped (not yet filled)
     error         TEXT,                       -- why the session failed
-    stopped_at    TEXT
+    stopped_at    TEXT,
+    ended_by      TEXT,                       -- client (stop) | idle | close
+    landmarks_error TEXT                      -- why filling its landmarks cannot complete
 );
 CREATE TABLE IF NOT EXISTS chunks (
     session_id    TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -106,9 +108,16 @@ class Index:
     def _migrate(conn: sqlite3.Connection) -> None:
         """Columns added after a data folder was created (CREATE IF NOT EXISTS keeps old tables)."""
         have = {row["name"] for row in conn.execute("PRAGMA table_info(sessions)")}
-        for column in ("landmark_frames", "face_frames", "skipped_frames"):
+        added = {
+            "landmark_frames": "INTEGER NOT NULL DEFAULT 0",
+            "face_frames": "INTEGER NOT NULL DEFAULT 0",
+            "skipped_frames": "INTEGER NOT NULL DEFAULT 0",
+            "ended_by": "TEXT",
+            "landmarks_error": "TEXT",
+        }
+        for column, declaration in added.items():
             if column not in have:
-                conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         if self._writer is not None:

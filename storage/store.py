@@ -55,6 +55,10 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _unix(iso: str) -> float:
+    return _dt.datetime.fromisoformat(iso).timestamp()  # 3.11 reads the trailing Z
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -100,6 +104,10 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
     }
     if row["error"]:
         result["error"] = row["error"]
+    if row["ended_by"]:
+        result["ended_by"] = row["ended_by"]
+    if row["landmarks_error"]:
+        result["landmarks_error"] = row["landmarks_error"]
     return result
 
 
@@ -211,6 +219,44 @@ class SessionStore:
             )
         )
 
+    def end_session(self, session_id: str, ended_by: str) -> bool:
+        """Mark a recording session stopped, saying what ended it; False if it was not recording."""
+        stopped_at = utc_now()
+        changed = self.index.write(
+            lambda c: c.execute(
+                "UPDATE sessions SET state='stopped', ended_by=?, stopped_at=? WHERE id=? AND state='recording'",
+                (ended_by, stopped_at, session_id),
+            ).rowcount
+        )
+        return bool(changed)
+
+    def recording_activity(self) -> dict[str, float]:
+        """Sessions still recording -> unix time of their last chunk (or of their creation)."""
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT s.id, s.created_at, MAX(c.received_at) AS last FROM sessions s"
+                " LEFT JOIN chunks c ON c.session_id = s.id WHERE s.state='recording' GROUP BY s.id"
+            ).fetchall()
+        )
+        return {
+            row["id"]: row["last"] if row["last"] is not None else _unix(row["created_at"]) for row in rows
+        }
+
+    def unfinalized(self) -> list[str]:
+        """Stopped sessions with chunks but no seekable recording.webm (a crash between stop and
+        finalize), oldest first."""
+        rows = self.index.read(
+            lambda c: c.execute("SELECT id FROM sessions WHERE state='stopped' AND bytes>0 ORDER BY created_at").fetchall()
+        )
+        return [row["id"] for row in rows if not self.paths(row["id"]).recording.exists()]
+
+    def set_landmarks_error(self, session_id: str, message: str) -> None:
+        """Filling this session's landmarks cannot complete (its stream does not decode): said in
+        its summary, and not tried again at every restart."""
+        self.index.write(
+            lambda c: c.execute("UPDATE sessions SET landmarks_error=? WHERE id=?", (message, session_id))
+        )
+
     def count_landmarks(self, session_id: str, counts: LandmarkCounts) -> None:
         """Add to the session's landmark counters (not awaited: derived data, group-committed)."""
         self.index.submit(
@@ -234,8 +280,8 @@ class SessionStore:
         counters behind the file after a crash), oldest first."""
         rows = self.index.read(
             lambda c: c.execute(
-                "SELECT id FROM sessions WHERE state='stopped' AND (skipped_frames>0 OR landmark_frames<frames)"
-                " ORDER BY created_at"
+                "SELECT id FROM sessions WHERE state='stopped' AND landmarks_error IS NULL"
+                " AND (skipped_frames>0 OR landmark_frames<frames) ORDER BY created_at"
             ).fetchall()
         )
         return [row["id"] for row in rows]
