@@ -7,6 +7,8 @@ layers never guess. Where a built-in fits, the error also inherits it (PyAV's ha
 
 from __future__ import annotations
 
+import errno
+
 
 class IngestError(Exception):
     """Base class; ``code`` is the PROTOCOL.md error code sent to clients."""
@@ -74,6 +76,15 @@ class StorageFullError(IngestError, OSError):
     """The disk is full: nothing was stored or acknowledged; retry later (HTTP 507)."""
 
     code = "storage_full"
+
+
+def storage_error(exc: BaseException, what: str) -> IngestError:
+    """The client's error for a failed write of ``what``: ``storage_full`` when the disk is full
+    (ENOSPC, EDQUOT, SQLite's SQLITE_FULL), else ``internal`` naming the cause, never the path."""
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or getattr(exc, "sqlite_errorcode", None) == 13
+    if full:
+        return StorageFullError(f"the server's disk is full: the {what} was not stored; retry later")
+    return IngestError(f"the server could not store the {what} (an I/O error on its disk); retry later")
 
 
 class ModelError(IngestError, ValueError):

@@ -31,6 +31,7 @@ from storage.landmarks import LandmarkCounts, LandmarkRewrite, scan
 from storage.store import SessionStore, utc_now
 
 log = logging.getLogger(__name__)
+RETRY_S = 10.0  # a fill that failed on the disk (full) is tried again after this long
 
 
 class FillWorker(Protocol):
@@ -146,7 +147,10 @@ class Filler:
                 log.warning("the landmarks of %s cannot be completed: %s", self.current, exc.message)
                 message = f"landmarks cannot be completed: {exc.message}"
                 await asyncio.to_thread(self.store.set_landmarks_error, self.current, message)
-            except Exception as exc:  # deleted meanwhile, disk full: the rest go on
+            except OSError as exc:  # disk full: the rest go on, this one again once there is space
+                log.warning("filling the landmarks of %s failed (%s); again in %g s", self.current, exc, RETRY_S)
+                asyncio.get_running_loop().call_later(RETRY_S, self.request, self.current, analysed_only)
+            except Exception as exc:  # deleted meanwhile: the rest go on
                 log.warning("filling the landmarks of %s failed: %s", self.current, exc)
                 if str(exc) == WORKER_CRASHED and not retry:  # once: the job itself may be what crashes
                     self._queue.append((self.current, analysed_only, True))

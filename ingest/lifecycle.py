@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("camingest.sessions")
 ENDED_BY = ("client", "idle", "close")
+FINALIZE_ATTEMPTS, FINALIZE_RETRY_S = 30, 10.0  # a finalize that failed on the disk: 5 minutes of retries
 
 
 class SessionLifecycle:
@@ -125,10 +126,17 @@ class SessionLifecycle:
         paths = self.store.paths(session_id)
 
         async def run() -> None:
-            try:
-                await asyncio.to_thread(finalize, paths.stream, paths.recording)
-            except Exception as exc:  # recording.webm then stays the stream as sent
-                log.warning("finalize %s failed: %s", session_id, exc)
+            for attempt in range(FINALIZE_ATTEMPTS):
+                try:
+                    await asyncio.to_thread(finalize, paths.stream, paths.recording)
+                    return
+                except OSError as exc:  # the disk (full): try again while the server runs
+                    log.warning("finalize %s failed (%s); attempt %d of %d", session_id, exc, attempt + 1,
+                                FINALIZE_ATTEMPTS)  # fmt: skip
+                    await asyncio.sleep(FINALIZE_RETRY_S)
+                except Exception as exc:  # recording.webm then stays the stream as sent
+                    log.warning("finalize %s failed: %s", session_id, exc)
+                    return
 
         task = asyncio.get_running_loop().create_task(run())
         self.background.add(task)

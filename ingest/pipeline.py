@@ -297,10 +297,15 @@ class LivePipeline:
             await self._fail_decoding(pipe, error)
             return
         if frames:
-            await asyncio.to_thread(append_frames, pipe.landmarks, frames)
-            counts = LandmarkCounts.of(frames)
-            pipe.skipped += counts.skipped
-            self.store.count_landmarks(session_id, counts)
+            try:
+                await asyncio.to_thread(append_frames, pipe.landmarks, frames)
+            except OSError as exc:  # disk full: the page still gets them; stored by the fill after stop
+                log.warning("landmarks of %d frames of %s not stored: %s", len(frames), session_id, exc)
+                pipe.skipped += len(frames)
+            else:
+                counts = LandmarkCounts.of(frames)
+                pipe.skipped += counts.skipped
+                self.store.count_landmarks(session_id, counts)
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete

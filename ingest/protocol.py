@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from ingest.exceptions import (
     SessionClosedError,
     TooLargeError,
     UnsupportedError,
+    storage_error,
 )
 from ingest.services import Services
 from ingest.session import LiveSession
@@ -173,16 +175,22 @@ class IngestNamespace(socketio.AsyncNamespace):
                     loop = asyncio.get_running_loop()
                     staged = await loop.run_in_executor(services.io_pool, session.stage_chunk, seq, data, t_ms)
                     await asyncio.wrap_future(services.store.index.submit(staged.commit))
-            except BaseException:
+            except BaseException as exc:
                 # Memory may be ahead of what was committed: drop it, reload from the store.
                 services.registry.forget(session.id)
+                if isinstance(exc, OSError | sqlite3.Error):
+                    log.error("chunk %d of %s not stored: %r", seq, session.id, exc)  # the path: for the operator
+                    raise storage_error(exc, "chunk") from exc
                 raise
             session.apply(staged)
             if staged.error is not None:
                 services.registry.forget(session.id)
                 await services.pipeline.fail(session.id, staged.error)
                 raise staged.error
-            await services.pipeline.submit_chunk(session, staged)
+            try:
+                await services.pipeline.submit_chunk(session, staged)
+            except Exception:  # the chunk is stored: its frames are filled after stop
+                log.exception("chunk %d of %s stored but not queued for analysis", seq, session.id)
             services.lifecycle.hold(sid, session.id)
         return {"ok": True, "seq": seq, "next_seq": session.next_seq}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -59,14 +59,32 @@ async def http_json(url: str) -> tuple[int, Any]:
     return status, json.loads(body)
 
 
+async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 120) -> Any:
+    """The one poller of the tests: await ``check()`` every 0.1 s until it returns something
+    truthy (returned), else fail loudly with ``what`` and the last value after ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} (after {timeout:g} s; last: {value!r})")
+        await asyncio.sleep(0.1)
+
+
 async def wait_for_summary(url: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
     """Poll a session summary until ``done`` says so (2 minutes at most)."""
-    for _ in range(1200):
-        _, detail = await http_json(url)
-        if done(detail):
-            return detail
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: {detail}")
+    last: dict[str, Any] = {}
+
+    async def check() -> dict[str, Any] | None:
+        nonlocal last
+        _, last = await http_json(url)
+        return last if done(last) else None
+
+    try:
+        return await wait_until(check, what)
+    except AssertionError:
+        raise AssertionError(f"{what}: {last}") from None
 
 
 def run(coro: Any) -> Any:
