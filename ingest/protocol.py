@@ -19,6 +19,7 @@ import socketio
 
 from ingest.exceptions import (
     BadRequestError,
+    CapacityError,
     ConflictError,
     GapError,
     IngestError,
@@ -79,8 +80,14 @@ class IngestNamespace(socketio.AsyncNamespace):
     def __init__(self, services: Services) -> None:
         super().__init__("/")
         self.services = services
+        self.closing = False
+        self._handling = 0  # events being handled (their acks not yet returned)
+        self._drained = asyncio.Event()
 
     async def _answer(self, handler: Callable[[str, dict[str, Any]], Awaitable[Ack]], sid: str, data: object) -> Ack:
+        if self.closing:
+            return error_ack(CapacityError("the server is shutting down; retry in a moment"))
+        self._handling += 1
         try:
             return await handler(sid, _require_dict(data))
         except IngestError as exc:
@@ -88,6 +95,23 @@ class IngestNamespace(socketio.AsyncNamespace):
         except Exception:
             log.exception("internal error in %s", handler.__name__)
             return {"ok": False, "error": {"code": "internal", "message": "internal server error"}}
+        finally:
+            self._handling -= 1
+            if self.closing and not self._handling:
+                self._drained.set()
+
+    async def close(self, timeout: float) -> None:
+        """Shutdown: refuse new events (``busy``), let the ones in hand finish and be acked (at
+        most ``timeout`` s), then close every connection: clients resume after a restart."""
+        self.closing = True
+        if self._handling:
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                log.warning("shutdown: %d events still in hand after %g s", self._handling, timeout)
+        eio = self.server.eio
+        if eio.sockets:
+            await asyncio.wait_for(eio.disconnect(), timeout)
 
     async def on_start(self, sid: str, data: object = None) -> Ack:
         return await self._answer(self._start, sid, data)

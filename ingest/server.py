@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +29,7 @@ from ingest.upload import clear_leftovers
 from storage.store import SessionStore
 
 log = logging.getLogger("camingest")
+NAMESPACE = web.AppKey("namespace", IngestNamespace)
 
 # Threads writing and fsyncing chunk files; overlapping fsyncs is what lets one disk keep up
 # with hundreds of recorders (see BENCHMARKS.md).
@@ -88,7 +91,9 @@ def build_app(settings: Settings) -> web.Application:
         )
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
-        sio.register_namespace(IngestNamespace(services))
+        namespace = IngestNamespace(services)
+        sio.register_namespace(namespace)
+        app[NAMESPACE] = namespace
         loop_monitor.start()  # after start-up (spawning workers), which happens before serving
         await lifecycle.recover()
         lifecycle.start()
@@ -97,14 +102,26 @@ def build_app(settings: Settings) -> web.Application:
         finally:
             loop_monitor.stop()
             await lifecycle.close(settings.shutdown_grace_s)
+            log.info("shutdown: finalizes done")
             await snapshots.close()
             await pipeline.close()
+            log.info("shutdown: analysis workers stopped")
             io_pool.shutdown(wait=True)
             services.preview_pool.shutdown(wait=False, cancel_futures=True)
             services.registry.close_all()
             await asyncio.to_thread(store.close)
+            log.info("shutdown: index closed")
+
+    async def close_connections(app: web.Application) -> None:
+        # aiohttp waits for open handlers at shutdown, and a Socket.IO websocket stays open until
+        # its ping times out (~30 s): close them first (aiohttp's advice for websockets)
+        namespace = app.get(NAMESPACE)
+        if namespace is not None and not namespace.closing:  # aiohttp may signal twice
+            await namespace.close(settings.shutdown_grace_s)
+            log.info("shutdown: connections closed")
 
     app.cleanup_ctx.append(services_ctx)
+    app.on_shutdown.append(close_connections)
     add_routes(app)
     return app
 
@@ -112,7 +129,9 @@ def build_app(settings: Settings) -> web.Application:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; prints the URL once listening."""
     app = build_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # aiohttp's own wait for open handlers: short, because close_connections has already let the
+    # events in hand finish (up to shutdown_grace_s) and closed every connection
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -122,8 +141,18 @@ async def serve(settings: Settings) -> None:
     print(f"camingest serving http://{host}:{port}/ (data: {settings.data_dir})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        # a second one: out now. Nothing is lost: every acked chunk is already fsynced and
+        # committed, and the next start repairs the rest as after kill -9 (workers see EOF).
+        print("camingest: second signal, exiting now", file=sys.stderr, flush=True)
+        os._exit(130)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
     finally:
