@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from ingest.services import SERVICES, Services
 from ingest.upload import upload_session
 from storage.store import validate_session_id
 
+log = logging.getLogger(__name__)
 READ_PIECE = 256 * 1024
 STATUS = {
     "bad_request": 400,
@@ -40,7 +42,9 @@ STATUS = {
     "busy": 503,
     "storage_full": 507,
 }
-_RANGE_RE = re.compile(r"\Abytes=(\d*)-(\d*)\Z")
+# ASCII digits, at most 18 (\d also takes other scripts' digits; 5,000 of them overflow int()):
+# anything else is not a range we parse, and an unparseable Range is ignored (RFC 9110 14.2)
+_RANGE_RE = re.compile(r"\Abytes=([0-9]{0,18})-([0-9]{0,18})\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,6 +63,11 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status >= 400 and request.path.startswith("/api/"):
             return json_error("not_found" if exc.status == 404 else "bad_request", exc.reason, exc.status)
         raise
+    except ConnectionResetError:  # the client went away mid-download: nothing to answer or log
+        raise
+    except Exception:  # a bug: the operator gets the traceback, the client a JSON error
+        log.exception("internal error on %s %s", request.method, request.path)
+        return json_error("internal", "internal server error", 500)
 
 
 def web_root() -> Path:
@@ -117,7 +126,7 @@ def _session_id(request: web.Request) -> str:
 
 def _seq(request: web.Request) -> int:
     raw = request.match_info["seq"]
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # "²".isdigit() is True
         raise BadRequestError(f"seq must be a non-negative integer, got {raw[:20]!r}")
     return int(raw)
 

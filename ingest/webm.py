@@ -192,6 +192,8 @@ def _read_header(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tup
 
 
 def _uint(body: memoryview) -> int:
+    if len(body) > 8:  # a Timecode of 64 bytes of 0xFF would be a 155-digit number downstream
+        raise InvalidMediaError(f"an unsigned integer element of {len(body)} bytes; EBML allows at most 8")
     return int.from_bytes(body, "big") if len(body) else 0
 
 
