@@ -22,6 +22,9 @@ class Settings:
     # Largest decoded snapshot (width x height) a snapshot may declare; checked from the header
     # before any decoding, so an image bomb costs nothing.
     max_snapshot_pixels: int = 40_000_000
+    # Blocks (frames) one chunk may complete; parsing costs per block, and an 8 MB chunk could
+    # hold a million tiny ones. A 250 ms MediaRecorder blob completes a few dozen.
+    max_blocks_per_chunk: int = 5000
     # Sessions open for recording at once (started, not stopped); `start` beyond it is refused.
     max_open_sessions: int = 500
     # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -36,13 +37,58 @@ NAMESPACE = web.AppKey("namespace", IngestNamespace)
 IO_THREADS = 16
 
 
+MAX_ATTACHMENTS = 4  # binary attachments of one event; ours carry one (chunk or snapshot data)
+
+
+class EventTooLargeError(ValueError):
+    pass
+
+
+class _BoundedPacket(socketio.packet.Packet):
+    """A Socket.IO packet whose binary attachments together stay within ``max_bytes``.
+
+    engine.io's ``max_http_buffer_size`` bounds each attachment on its own, and python-socketio
+    keeps every attachment of an event in memory until the last one arrives: eight 30 MB ones
+    made one 240 MB event. Here the count and the running total are checked as they arrive."""
+
+    max_bytes = 0  # set per server (a subclass per Settings)
+
+    def decode(self, encoded_packet: str) -> int:
+        count = super().decode(encoded_packet)
+        if count > MAX_ATTACHMENTS:
+            raise EventTooLargeError(f"an event with {count} binary attachments (at most {MAX_ATTACHMENTS})")
+        self._attached_bytes = 0
+        return count
+
+    def add_attachment(self, attachment: bytes) -> bool:
+        self._attached_bytes = getattr(self, "_attached_bytes", 0) + len(attachment)
+        if self._attached_bytes > self.max_bytes:
+            raise EventTooLargeError(f"an event of more than {self.max_bytes} bytes of attachments")
+        return super().add_attachment(attachment)
+
+
+class BoundedServer(socketio.AsyncServer):
+    """Closes the connection of a client whose event is over the limits (nothing of it is
+    handled or kept); everything else as python-socketio does it."""
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except EventTooLargeError as exc:
+            self._binary_packet.pop(eio_sid, None)  # type: ignore[attr-defined]
+            log.warning("closing a connection that sent %s", exc)
+            await self.eio.disconnect(eio_sid)
+
+
 def make_socketio(settings: Settings) -> socketio.AsyncServer:
     origins: str | list[str] | None = None  # None: same origin only (engine.io's default)
     if "*" in settings.cors_origins:
         origins = "*"
     elif settings.cors_origins:
         origins = list(settings.cors_origins)
-    return socketio.AsyncServer(
+    packet = type("BoundedPacket", (_BoundedPacket,), {"max_bytes": settings.max_message_bytes})
+    return BoundedServer(
+        serializer=packet,
         async_mode="aiohttp",
         cors_allowed_origins=origins,
         max_http_buffer_size=settings.max_message_bytes,

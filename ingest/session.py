@@ -175,7 +175,7 @@ class SessionRegistry:
         return list(self._live.values())
 
     def _reader(self) -> WebMReader:
-        return WebMReader(max_element_bytes=self.settings.max_element_bytes)
+        return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk)
 
     async def create(self, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
         if len(self._live) >= self.settings.max_open_sessions:
@@ -215,7 +215,10 @@ class SessionRegistry:
         if row["reader_state"]:
             state = json.loads(row["reader_state"])
             pending = self.store.read_stream(session_id, state["consumed"], row["bytes"] - state["consumed"])
-            reader = WebMReader.restore(state, init, pending, max_element_bytes=self.settings.max_element_bytes)
+            reader = WebMReader.restore(
+                state, init, pending, self.settings.max_element_bytes,
+                max_blocks_per_feed=self.settings.max_blocks_per_chunk,
+            )  # fmt: skip
         else:
             reader = self._reader()
         return LiveSession(self.store, row, reader)

@@ -239,16 +239,21 @@ class WebMReader:
     """Feed MediaRecorder blobs in order; get back the blocks each one completed.
 
     ``max_element_bytes`` bounds the one element held back between blobs (and so the reader's
-    memory); ``max_init_bytes`` bounds the init segment.
+    memory); ``max_init_bytes`` bounds the init segment; ``max_blocks_per_feed`` (None: no
+    limit, for reading stored files) the blocks one blob may complete, and so its parsing cost:
+    a blob of 8 MB can hold a million 7-byte SimpleBlocks.
     """
 
     def __init__(
         self,
         max_element_bytes: int = DEFAULT_MAX_ELEMENT_BYTES,
         max_init_bytes: int = DEFAULT_MAX_INIT_BYTES,
+        max_blocks_per_feed: int | None = None,
     ) -> None:
         self.max_element_bytes = max_element_bytes
         self.max_init_bytes = max_init_bytes
+        self.max_blocks_per_feed = max_blocks_per_feed
+        self._blocks_fed = 0
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._stage = _START
@@ -285,6 +290,7 @@ class WebMReader:
         unusable, as the stream is."""
         self._buf += data
         unit = Unit()
+        self._blocks_fed = 0
         pos = self._parse(unit)
         del self._buf[:pos]
         self._base += pos
@@ -410,6 +416,12 @@ class WebMReader:
                         keyframe = False
                 if track < 0:
                     raise InvalidMediaError(f"BlockGroup at byte {absolute} without a Block")
+            self._blocks_fed += 1
+            if self.max_blocks_per_feed is not None and self._blocks_fed > self.max_blocks_per_feed:
+                raise InvalidMediaError(
+                    f"a chunk completes more than {self.max_blocks_per_feed} blocks "
+                    f"(limit max_blocks_per_chunk); MediaRecorder blobs hold a few dozen"
+                )
             block = Block(absolute, bytes(whole), track, self._cluster_timecode + relative, keyframe)
             if not unit.clusters or unit.clusters[-1].timecode != self._cluster_timecode:
                 unit.clusters.append(ClusterRun(self._cluster_timecode))
@@ -439,10 +451,11 @@ class WebMReader:
         pending: bytes,
         max_element_bytes: int = DEFAULT_MAX_ELEMENT_BYTES,
         max_init_bytes: int = DEFAULT_MAX_INIT_BYTES,
+        max_blocks_per_feed: int | None = None,
     ) -> WebMReader:
         """A reader that continues where ``state()`` was taken; ``pending`` = the stream's bytes
         from ``state["consumed"]`` on (the held-back partial element)."""
-        reader = cls(max_element_bytes, max_init_bytes)
+        reader = cls(max_element_bytes, max_init_bytes, max_blocks_per_feed)
         reader._stage = state["stage"]
         reader._base = state["consumed"]
         reader._segment_end = state["segment_end"]

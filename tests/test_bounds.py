@@ -3,10 +3,13 @@ never ``internal`` or a plain-text 500 (issue 9). Real server on loopback."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
+import pytest
 
 from ingest.webm import CLUSTER_HEADER_UNKNOWN, WebMReader
-from tests.client import Client, http_json, run
+from tests.client import Client, http_json, run, wait_until
 from tests.conftest import load_recording
 
 CHUNKS = load_recording("webcam_vp8_kf1s_250ms").chunks
@@ -56,3 +59,55 @@ def test_malformed_numbers_in_urls_get_json_errors(ingest_server):
                 assert response.status == 206 and await response.read() == CHUNKS[0][1:4]
 
     run(scenario())
+
+
+def test_block_bomb_is_refused_after_the_limit(ingest_server):
+    """An 8 MB chunk of 1.3 million 6-byte SimpleBlocks: refused once max_blocks_per_chunk is passed."""
+    block = bytes([0xA3, 0x84, 0x81, 0x00, 0x00, 0x80])  # SimpleBlock: track 1, time 0, keyframe
+    cluster = CLUSTER_HEADER_UNKNOWN + bytes([0xE7, 0x81, 0x00])  # Timecode 0
+    bomb = init_segment() + cluster + block * ((8 * 1024 * 1024 - 4096) // len(block))
+
+    async def scenario() -> None:
+        async with Client(ingest_server.url) as client:
+            session = await client.start()
+            ack = await client.chunk(session, 0, bomb)
+            assert ack == {"ok": False, "error": {"code": "invalid_media", "message": (
+                "a chunk completes more than 5000 blocks (limit max_blocks_per_chunk); MediaRecorder blobs hold a few dozen"
+            )}}  # fmt: skip
+            other = await client.start()  # the server is fine
+            assert (await client.chunk(other, 0, CHUNKS[0]))["ok"]
+
+    run(scenario())
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("attachments", [8, 4])
+def test_attachment_flood_is_cut_off(ingest_server, attachments):
+    """One event of 30 MB attachments (each under engine.io's per-message limit): 8 are refused
+    from the packet header, 4 once their total passes the limit; the event is never handled."""
+    before = peak_rss_mb(ingest_server.proc.pid)
+
+    async def scenario() -> None:
+        async with Client(ingest_server.url) as flooder, Client(ingest_server.url) as bystander:
+            session = await bystander.start()
+            payload = {"session_id": session["session_id"], "token": session["token"], "seq": 0,
+                       "data": CHUNKS[0], "extra": [bytes(30 * 1024 * 1024)] * (attachments - 1)}  # fmt: skip
+            await flooder.sio.emit("chunk", payload)
+
+            async def cut_off() -> bool:
+                return not flooder.sio.connected
+
+            await wait_until(cut_off, "the flooding client was disconnected")
+            assert (await bystander.chunk(session, 0, CHUNKS[0]))["ok"]  # the event was not handled
+            _, health = await http_json(f"{ingest_server.url}/api/health")
+            assert health["ok"]
+
+    run(scenario())
+    grown = peak_rss_mb(ingest_server.proc.pid) - before
+    assert grown < 130, f"peak memory grew by {grown:.0f} MB"
