@@ -25,6 +25,13 @@ class Settings:
     # Blocks (frames) one chunk may complete; parsing costs per block, and an 8 MB chunk could
     # hold a million tiny ones. A 250 ms MediaRecorder blob completes a few dozen.
     max_blocks_per_chunk: int = 5000
+    # Snapshots are analysed at most this large (width x height): bigger ones are decoded
+    # reduced and resized first (points scaled back), so one costs at most ~0.5 s of a worker.
+    max_snapshot_analysis_pixels: int = 2_000_000
+    # Snapshots waiting for analysis, all sessions together; a worker takes one only when it has
+    # nothing else in hand (live frames first). Beyond: the snapshot is stored, its analysis
+    # answered with `busy`.
+    max_snapshot_queue: int = 16
     # Sessions open for recording at once (started, not stopped); `start` beyond it is refused.
     max_open_sessions: int = 500
     # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.

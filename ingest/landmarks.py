@@ -96,6 +96,43 @@ def detect_faces(gray: np.ndarray, upsample: int = 1, engine: str = "numba") -> 
     return [face_dict(box, p) for box, p in zip(boxes, points, strict=True)]
 
 
+def detect_faces_in_file(path: str, upsample: int, engine: str, max_pixels: int) -> list[dict[str, Any]]:
+    """Faces of a stored image (a snapshot), at a bounded cost: an image over ``max_pixels`` is
+    decoded reduced (JPEG's own 1/2, 1/4, 1/8 scaling: cheap; other formats are resized after
+    decoding) and resized to fit, faces are found there, and the boxes and points scaled back to
+    the image's own pixels. Raises ``ValueError`` if the file does not decode."""
+    from ingest.images import probe_image
+
+    with open(path, "rb") as f:
+        info = probe_image(f.read(256 * 1024))  # the header holds the size
+    flag = cv2.IMREAD_GRAYSCALE
+    for factor, reduced in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+                            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):  # fmt: skip
+        if info.pixels / (factor * factor) >= max_pixels:
+            flag = reduced
+            break
+    gray = cv2.imread(path, flag)
+    if gray is None:
+        raise ValueError("the image does not decode")
+    height, width = gray.shape
+    if height * width > max_pixels:
+        shrink = (max_pixels / (height * width)) ** 0.5
+        size = (max(int(width * shrink), 1), max(int(height * shrink), 1))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    faces = detect_faces(gray, upsample, engine)
+    sx, sy = info.width / gray.shape[1], info.height / gray.shape[0]
+    if sx == sy == 1:
+        return faces
+    return [
+        {
+            "box": [round(face["box"][0] * sx), round(face["box"][1] * sy),
+                    round(face["box"][2] * sx), round(face["box"][3] * sy)],
+            "points": [[round(x * sx), round(y * sy)] for x, y in face["points"]],
+        }
+        for face in faces
+    ]
+
+
 def iou(a: Box, b: Box) -> float:
     w = min(a[2], b[2]) - max(a[0], b[0]) + 1
     h = min(a[3], b[3]) - max(a[1], b[1]) + 1

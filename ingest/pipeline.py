@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import socketio
 
 from ingest.config import Settings
-from ingest.exceptions import IngestError, InvalidMediaError
+from ingest.exceptions import CapacityError, IngestError, InvalidMediaError
 from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
 from ingest.workers import WORKER_CRASHED, worker_main
@@ -157,6 +157,7 @@ class LivePipeline:
         self.pipes: dict[str, SessionPipe] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._images: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
+        self._image_queue: collections.deque[tuple[int, str]] = collections.deque()
         self._image_ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.filler = Filler(store, tracker_settings(settings), self.workers, self._filled)
@@ -272,6 +273,7 @@ class LivePipeline:
 
     def _on_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         worker.outstanding -= 1
+        self._dispatch_images()  # snapshots first: they were waiting for an idle worker already
         self.filler.poke()
         if message[0] == "frames":
             if (pipe := self.pipes.get(message[1])) is not None:
@@ -352,12 +354,27 @@ class LivePipeline:
 
     # -- snapshots -------------------------------------------------------------------------------
     async def analyse_image(self, path: Path) -> list[dict[str, Any]]:
+        """Faces of a stored snapshot. Snapshots wait in their own bounded lane and go to a
+        worker only when it has nothing in hand, so a flood of them never delays live frames."""
+        if len(self._image_queue) >= self.settings.max_snapshot_queue:
+            raise CapacityError(
+                f"{len(self._image_queue)} snapshots wait for analysis (max_snapshot_queue); "
+                "this one is stored, not analysed"
+            )
         request_id = next(self._image_ids)
         future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._images[request_id] = future
-        worker = min(self.workers, key=lambda w: w.sessions)
-        worker.send(("image", request_id, str(path)))
+        self._image_queue.append((request_id, str(path)))
+        self._dispatch_images()
         return await future
+
+    def _dispatch_images(self) -> None:
+        while self._image_queue:
+            worker = next((w for w in self.workers if w.outstanding == 0 and not w.closing), None)
+            if worker is None:
+                return  # again when a worker answers (_on_message)
+            request_id, path = self._image_queue.popleft()
+            worker.send(("image", request_id, path, self.settings.max_snapshot_analysis_pixels))
 
     # -- filling -------------------------------------------------------------------------------
     def fill(self, session_id: str) -> None:

@@ -9,7 +9,7 @@ Messages (pickled over a ``multiprocessing`` pipe):
     in:  ("unit", session_id, seq, unit_bytes, analyse, decoder_opts)
          ("flush", session_id, seq)      end of stream: drain the decoder, forget the session
          ("drop", session_id)            forget the session (failed/deleted)
-         ("image", request_id, path)     full detection on a snapshot
+         ("image", request_id, path, max_pixels)  full detection on a snapshot (downscaled to max_pixels)
          ("job", job_id, batch.Job)      landmarks of a frame range of a stored stream (filling)
          None                            exit
     out: ("frames", session_id, seq, [frame, ...], error_message | None)
@@ -80,7 +80,7 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
     # group; a worker dying of that before the server has shut down would look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ingest.landmarks import detect_faces
+    from ingest.landmarks import detect_faces_in_file
     from ingest.predictor import predictor
 
     # load the model and compile (or load) the kernel once, before the first frame arrives
@@ -123,12 +123,12 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
                 except InvalidMediaError as exc:
                     conn.send(("job", message[1], [], exc.message))
             elif kind == "image":
-                _, request_id, path = message
-                gray = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-                if gray is None:
-                    conn.send(("image", request_id, [], "the image does not decode"))
+                _, request_id, path, max_pixels = message
+                try:
+                    faces = detect_faces_in_file(path, snapshot_upsample, tracker_settings.engine, max_pixels)
+                except ValueError as exc:
+                    conn.send(("image", request_id, [], str(exc)))
                 else:
-                    faces = detect_faces(gray, snapshot_upsample, tracker_settings.engine)
                     conn.send(("image", request_id, faces, None))
         except (BrokenPipeError, EOFError):
             return

@@ -118,3 +118,58 @@ def test_snapshots_over_socketio(analysis_server):
         assert status == 404 and body["error"]["code"] == "unknown_session"
 
     run(scenario())
+
+
+def test_big_snapshots_never_starve_a_live_session(server_factory):
+    """Six 6300x6300 snapshots (under max_snapshot_pixels) sent while a session records in real
+    time: live analysis keeps >= 95% of its frames, and each snapshot gets its face in its own
+    pixels (found on a downscaled copy, scaled back)."""
+    from ingest.landmarks import detect_faces, inter_ocular
+    from tests.client import wait_until
+
+    recording = load_recording("webcam_vp8_opus_250ms")
+    photo = cv2.imread(str(IMAGES / "obama.jpg"))
+    big = cv2.resize(photo, (6300, 6300), interpolation=cv2.INTER_LINEAR)
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+    (reference,) = detect_faces(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY), 1)
+    expected = np.array(reference["points"]) * [6300 / photo.shape[1], 6300 / photo.shape[0]]
+    server = server_factory()
+    frames = recording.expected["video_frames"]
+
+    async def scenario() -> None:
+        async with Client(server.url) as client:
+            session = await client.start(recording.meta["mime"])
+            ids = {"session_id": session["session_id"], "token": session["token"]}
+            started = time.monotonic()
+            for seq, chunk in enumerate(recording.chunks):
+                # at the recorder's own pace (its blob times): this is the load, not a wait
+                await asyncio.sleep(max(0.0, started + recording.meta["times"][seq][1] / 1000 - time.monotonic()))
+                assert (await client.chunk(session, seq, chunk))["ok"]
+                if seq == 1:
+                    for _ in range(6):
+                        ack = await client.call("snapshot", {**ids, "mime": "image/jpeg", "data": data})
+                        assert ack["ok"], ack
+            assert (await client.stop(session))["ok"]
+
+            async def all_frames() -> bool:
+                return sum(len(e["frames"]) for e in client.events.get("landmarks", [])) >= frames
+
+            await wait_until(all_frames, "live landmarks for every frame")
+            live = [f for e in client.events["landmarks"] for f in e["frames"]]
+            analysed = sum(1 for f in live if not f.get("skipped"))
+            assert analysed / frames >= 0.95, f"live analysis kept {analysed} of {frames} frames"
+
+            async def all_snapshots() -> bool:
+                return len(client.events.get("snapshot_landmarks", [])) >= 6
+
+            await wait_until(all_snapshots, "the six snapshots analysed")
+            for event in client.events["snapshot_landmarks"]:
+                assert "error" not in event
+                (face,) = event["faces"]
+                points = np.array(face["points"], dtype=float)
+                assert points.shape == (68, 2)
+                # the photo's own landmarks, scaled up: the same face, in the snapshot's pixels
+                error = np.linalg.norm(points - expected, axis=1).mean() / inter_ocular(expected)
+                assert error < 0.08, f"mean point error {error:.3f} of the inter-ocular distance"
+
+    run(scenario())
