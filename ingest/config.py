@@ -32,6 +32,9 @@ class Settings:
     # nothing else in hand (live frames first). Beyond: the snapshot is stored, its analysis
     # answered with `busy`.
     max_snapshot_queue: int = 16
+    # Bytes of incomplete elements (a frame split across blobs) the readers of all open sessions
+    # may hold together; each holds at most max_element_bytes. A chunk that could pass it: busy.
+    max_held_bytes: int = 512 * 1024 * 1024
     # Sessions open for recording at once (started, not stopped); `start` beyond it is refused.
     max_open_sessions: int = 500
     # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.
@@ -55,6 +58,10 @@ class Settings:
     # Uploads received and imported at once (each holds a temporary file of up to
     # max_import_bytes in the data folder); more get HTTP 503.
     max_uploads: int = 2
+    # An upload must keep pace: its body may take upload_idle_s plus one second per
+    # upload_min_bytes_per_s bytes received; slower ones are cut off (HTTP 408), freeing the slot.
+    upload_idle_s: float = 30.0
+    upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
 

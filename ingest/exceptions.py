@@ -72,6 +72,12 @@ class CapacityError(IngestError):
     code = "busy"
 
 
+class UploadTooSlowError(IngestError, TimeoutError):
+    """An upload's body did not keep the documented pace; its slot is freed (HTTP 408)."""
+
+    code = "timeout"
+
+
 class StorageFullError(IngestError, OSError):
     """The disk is full: nothing was stored or acknowledged; retry later (HTTP 507)."""
 

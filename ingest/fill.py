@@ -104,6 +104,10 @@ class Filler:
             self._queue.append((session_id, analysed_only, False))
             self._wake.set()
 
+    def discard(self, session_id: str) -> None:
+        """Take a (deleted) session out of the queue; a fill under way fails on its own."""
+        self._queue = collections.deque(entry for entry in self._queue if entry[0] != session_id)
+
     def pending(self, session_id: str) -> bool:
         """Whether the session is queued or being filled."""
         return session_id == self.current or any(entry[0] == session_id for entry in self._queue)

@@ -39,6 +39,7 @@ STATUS = {
     "unsupported": 415,
     "invalid_media": 422,
     "internal": 500,
+    "timeout": 408,
     "busy": 503,
     "storage_full": 507,
 }
@@ -296,7 +297,9 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
         if idle < ABANDONED_AFTER_S:
             return json_error("conflict", f"session {session_id} is recording; stop it first", 409)
     services.registry.forget(session_id)
+    services.lifecycle.forget(session_id)
     await asyncio.to_thread(services.store.delete, session_id)
+    logging.getLogger("camingest.sessions").info("session %s deleted", session_id)
     return web.json_response({"ok": True, "deleted": session_id})
 
 

@@ -76,6 +76,11 @@ class SessionLifecycle:
             if self._holder.get(session_id) == sid:
                 del self._holder[session_id]
 
+    def forget(self, session_id: str) -> None:
+        """The session was deleted: nobody holds it, nothing is to expire or finish."""
+        self._release(session_id)
+        self.pipeline.forget(session_id)
+
     def _release(self, session_id: str) -> None:
         sid = self._holder.pop(session_id, None)
         if sid is not None:

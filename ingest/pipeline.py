@@ -345,6 +345,13 @@ class LivePipeline:
         else:  # never analysed here (resumed after a restart, or ended while its client was gone)
             self.filler.request(session_id)
 
+    def forget(self, session_id: str) -> None:
+        pipe = self.pipes.get(session_id)
+        if pipe is not None:
+            self._close_pipe(pipe)
+            pipe.worker.send(("drop", session_id))
+        self.filler.discard(session_id)
+
     async def fail(self, session_id: str, error: IngestError) -> None:
         pipe = self.pipes.get(session_id)
         if pipe is not None:

@@ -194,6 +194,7 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise GapError(
                     f"seq {seq} is ahead of next_seq {session.next_seq}; resend from there", session.next_seq
                 )
+            services.registry.check_held(len(data))
             try:
                 async with services.write_slots:
                     loop = asyncio.get_running_loop()
@@ -207,6 +208,7 @@ class IngestNamespace(socketio.AsyncNamespace):
                     raise storage_error(exc, "chunk") from exc
                 raise
             session.apply(staged)
+            services.registry.count_held(session)
             if staged.error is not None:
                 services.registry.forget(session.id)
                 await services.pipeline.fail(session.id, staged.error)

@@ -37,6 +37,10 @@ class Pipeline(Protocol):
 
     def fill(self, session_id: str) -> None: ...
 
+    def forget(self, session_id: str) -> None:
+        """The session was deleted: drop its pipe, its decoder in the worker, its queued fill."""
+        ...
+
     def fill_status(self, session_id: str) -> dict[str, Any] | None: ...
 
     async def close(self) -> None: ...
@@ -57,6 +61,9 @@ class NoAnalysis:
         return None
 
     def fill(self, session_id: str) -> None:
+        return None
+
+    def forget(self, session_id: str) -> None:
         return None
 
     def fill_status(self, session_id: str) -> dict[str, Any] | None:

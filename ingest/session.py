@@ -72,6 +72,7 @@ class LiveSession:
         self.first_ts_ms: float | None = row["first_ts_ms"]
         self.last_ts_ms: float | None = row["last_ts_ms"]
         self.reader = reader
+        self.held = reader.held_bytes  # as last counted in the registry's total
         self.lock = asyncio.Lock()
         self._fd: int | None = None
 
@@ -167,6 +168,22 @@ class SessionRegistry:
         self.settings = settings
         self._live: dict[str, LiveSession] = {}
         self._loading: dict[str, asyncio.Lock] = {}
+        self.held_total = 0  # bytes of incomplete elements held by the open sessions' readers
+
+    def check_held(self, incoming: int) -> None:
+        """Before a chunk is taken: ``busy`` if its bytes could take the readers' held-back bytes,
+        all sessions together, past ``max_held_bytes``."""
+        if self.held_total + incoming > self.settings.max_held_bytes:
+            raise CapacityError(
+                f"the server holds {self.held_total} bytes of incomplete frames for its sessions, "
+                f"the limit (max_held_bytes) is {self.settings.max_held_bytes}; retry later"
+            )
+
+    def count_held(self, session: LiveSession) -> None:
+        """After a chunk: the session's reader holds ``held_bytes`` now."""
+        held = session.reader.held_bytes
+        self.held_total += held - session.held
+        session.held = held
 
     def __len__(self) -> int:
         return len(self._live)
@@ -204,6 +221,7 @@ class SessionRegistry:
                         if len(self._live) >= self.settings.max_open_sessions:
                             raise CapacityError("too many open sessions (max_open_sessions); try again later")
                         self._live[session_id] = session
+                        self.held_total += session.held
         finally:  # also when loading failed (an unknown id): no entry left behind per event
             if not lock.locked():
                 self._loading.pop(session_id, None)
@@ -241,6 +259,7 @@ class SessionRegistry:
     def forget(self, session_id: str) -> None:
         session = self._live.pop(session_id, None)
         if session is not None:
+            self.held_total -= session.held
             session.close_file()
 
     def close_all(self) -> None:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from ingest.exceptions import BadRequestError, TooLargeError, UnauthorizedError
+from ingest.exceptions import BadRequestError, TooLargeError, UnauthorizedError, UploadTooSlowError
 from ingest.importer import import_video
 from ingest.services import SERVICES
 
@@ -56,13 +56,27 @@ async def _body(request: web.Request) -> tuple[str, web.StreamReader | BodyPartR
     return request.query.get("filename", "upload"), request.content
 
 
-async def _save(source: web.StreamReader | BodyPartReader, out: BinaryIO, limit: int) -> int:
-    size = 0
+async def _save(
+    source: web.StreamReader | BodyPartReader, out: BinaryIO, limit: int, idle_s: float, min_rate: int
+) -> int:
+    """Copy the body to ``out``. A slow sender holds an upload slot: the body must keep pace,
+    ``idle_s`` plus one second per ``min_rate`` bytes received so far (a trickle of one byte
+    every few seconds would pass any per-read timeout)."""
+    loop = asyncio.get_running_loop()
+    started, size = loop.time(), 0
     while True:
-        if isinstance(source, BodyPartReader):
-            piece = await source.read_chunk(PIECE)
-        else:
-            piece = await source.read(PIECE)
+        remaining = started + idle_s + size / min_rate - loop.time()
+        read = source.read_chunk(PIECE) if isinstance(source, BodyPartReader) else source.read(PIECE)
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            piece = await asyncio.wait_for(read, remaining)
+        except TimeoutError:
+            read.close()
+            raise UploadTooSlowError(
+                f"the upload came too slowly ({size} bytes in {loop.time() - started:.0f} s; "
+                f"upload_idle_s={idle_s:g}, upload_min_bytes_per_s={min_rate}); send it again"
+            ) from None
         if not piece:
             return size
         size += len(piece)
@@ -91,7 +105,9 @@ async def upload_session(request: web.Request) -> web.StreamResponse:
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".upload")
         try:
             with os.fdopen(fd, "wb") as out:
-                size = await _save(source, out, settings.max_import_bytes)
+                size = await _save(
+                    source, out, settings.max_import_bytes, settings.upload_idle_s, settings.upload_min_bytes_per_s
+                )
                 await asyncio.to_thread(os.fsync, out.fileno())
             if size == 0:
                 raise BadRequestError("the upload is empty")

@@ -280,6 +280,11 @@ class WebMReader:
     def video_track(self) -> Track | None:
         return next((t for t in self.tracks.values() if t.is_video), None)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of an incomplete element kept until the next blob completes it."""
+        return len(self._buf)
+
     def ticks_to_ms(self, ticks: int) -> float:
         return ticks * self.timecode_scale / 1_000_000
 

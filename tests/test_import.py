@@ -3,6 +3,7 @@ whose frames and landmarks are complete."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -111,3 +112,31 @@ def test_bad_uploads_are_refused_and_leave_nothing(server_factory, clip, tmp_pat
 
     run(scenario())
     assert not list((server.data / "uploads").iterdir())
+
+
+def test_a_trickling_upload_is_cut_off_and_frees_its_slot(server_factory, clip):
+    """One byte every 0.3 s (an attacker holding the only upload slot): cut off after
+    upload_idle_s with 408, and the next upload goes through while it would still be sending."""
+    env = {"CAMINGEST_MAX_UPLOADS": "1", "CAMINGEST_UPLOAD_IDLE_S": "2"}
+    server = server_factory("--no-analysis", env=env)
+
+    async def trickle():
+        for _ in range(100):  # 30 s of it, unless cut off
+            yield b"\x1a"
+            await asyncio.sleep(0.3)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as http:
+            slow = asyncio.create_task(http.post(f"{server.url}/api/sessions?filename=slow.webm", data=trickle()))
+            try:
+                response = await asyncio.wait_for(slow, 20)
+                assert response.status == 408
+                body = await response.json()
+                assert body["error"]["code"] == "timeout"
+                assert body["error"]["message"].startswith("the upload came too slowly (")
+            except aiohttp.ClientError:
+                pass  # the server answered and closed while the body was still coming: also cut off
+            async with http.post(f"{server.url}/api/sessions?filename=clip.mp4", data=clip.read_bytes()) as ok:
+                assert ok.status == 201, await ok.text()
+
+    run(scenario())
