@@ -1,4 +1,4 @@
-"""``camingest`` command line (PROTOCOL.md): serve, sessions, reprocess, export.
+"""``camingest`` command line (PROTOCOL.md): serve, sessions, reprocess, export, import, close.
 
 Bad arguments or an unknown session: one line on stderr, exit status 2 (argparse's) or 1.
 """
