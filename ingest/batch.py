@@ -23,7 +23,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError, SessionClosedError
 from ingest.landmarks import TrackerSettings
 from ingest.webm import WebMReader, build_unit
-from storage.landmarks import LandmarkCounts, LandmarkRewrite
+from storage.landmarks import LandmarkCounts, LandmarkRewrite, frame_result
 from storage.store import SessionStore, utc_now
 
 READ_PIECE = 1024 * 1024
@@ -83,7 +83,6 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     """In a worker: decode the job's blocks, landmark frames [start, end)."""
     from ingest.decode import UnitDecoder
     from ingest.landmarks import FaceTracker
-    from ingest.workers import frame_result
 
     runs: list[tuple[int, bytes]] = []
     with open(job.path, "rb") as f:

@@ -26,8 +26,8 @@ class Settings:
     # hold a million tiny ones. A 250 ms MediaRecorder blob completes a few dozen.
     max_blocks_per_chunk: int = 5000
     # Snapshots are analysed at most this large (width x height): bigger ones are decoded
-    # reduced and resized first (points scaled back), so one costs at most ~0.5 s of a worker.
-    max_snapshot_analysis_pixels: int = 2_000_000
+    # reduced and resized first (points scaled back), so one costs at most ~0.25 s of a worker.
+    max_snapshot_analysis_pixels: int = 1_000_000
     # Snapshots waiting for analysis, all sessions together; a worker takes one only when it has
     # nothing else in hand (live frames first). Beyond: the snapshot is stored, its analysis
     # answered with `busy`.

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ingest.batch import Job, plan_jobs
 from ingest.exceptions import InvalidMediaError
 from ingest.landmarks import TrackerSettings
-from ingest.workers import WORKER_CRASHED
+from ingest.worker_protocol import JobFrames, RunJob, WorkerCrashedError
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, scan
 from storage.store import SessionStore, utc_now
 
@@ -125,13 +125,13 @@ class Filler:
         """A worker may have become free."""
         self._wake.set()
 
-    def on_result(self, job_id: int, frames: list[dict[str, Any]], error: str | None) -> None:
-        future = self._results.pop(job_id, None)
+    def on_result(self, reply: JobFrames) -> None:
+        future = self._results.pop(reply.job_id, None)
         if future is not None and not future.done():
-            if error is None:
-                future.set_result(frames)
+            if reply.failure is None:
+                future.set_result(reply.frames)
             else:
-                future.set_exception(InvalidMediaError(error))
+                future.set_exception(reply.failure.error())
         self._wake.set()
 
     async def _sleep(self) -> None:
@@ -156,7 +156,7 @@ class Filler:
                 asyncio.get_running_loop().call_later(RETRY_S, self.request, self.current, analysed_only)
             except Exception as exc:  # deleted meanwhile: the rest go on
                 log.warning("filling the landmarks of %s failed: %s", self.current, exc)
-                if str(exc) == WORKER_CRASHED and not retry:  # once: the job itself may be what crashes
+                if isinstance(exc, WorkerCrashedError) and not retry:  # once: the job itself may be what crashes
                     self._queue.append((self.current, analysed_only, True))
             finally:
                 self.current = None
@@ -168,7 +168,7 @@ class Filler:
         job_id = next(self._job_ids)
         future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._results[job_id] = future
-        worker.send(("job", job_id, job))
+        worker.send(RunJob(job_id, job))
         return future
 
     async def _fill(self, session_id: str, analysed_only: bool) -> None:

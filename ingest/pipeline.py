@@ -34,7 +34,22 @@ from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError, InvalidMediaError
 from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
-from ingest.workers import WORKER_CRASHED, worker_main
+from ingest.worker_protocol import (
+    CRASHED,
+    AnalyseImage,
+    AnalyseUnit,
+    Drop,
+    Exit,
+    Flush,
+    Frames,
+    ImageFaces,
+    JobFrames,
+    Reply,
+    Request,
+    RunJob,
+    answered,
+)
+from ingest.workers import worker_main
 from storage.landmarks import LandmarkCounts, append_frames, count_frames
 from storage.store import SessionStore
 
@@ -43,11 +58,12 @@ if TYPE_CHECKING:
     from ingest.snapshots import SnapshotService
 
 log = logging.getLogger(__name__)
-REPLIED = ("unit", "flush", "image", "job")  # worker messages answered with exactly one reply
 # a session is re-primed on a new worker this many times; after that its analysis stops (the
 # recording itself goes on: chunks are stored and acked as always)
 MAX_CRASHES_PER_SESSION = 2
 SNAPSHOT_UPSAMPLE = 1  # snapshots get full detection at upsample 1: one image, accuracy first
+# how long snapshots wait for a worker without live sessions before one that has some takes them
+SNAPSHOT_PATIENCE_S = 2.0
 
 
 def tracker_settings(settings: Settings) -> TrackerSettings:
@@ -80,7 +96,8 @@ class WorkerHandle:
         self.index = index
         self.sessions = 0  # live sessions assigned (sticky)
         self.outstanding = 0  # messages sent whose reply has not come back (event-loop thread only)
-        self.awaiting: set[tuple[str, int]] = set()  # ("image" | "job", id) sent, not answered
+        # snapshots and fill jobs sent, not answered: failed with CRASHED if the worker dies
+        self.awaiting: set[AnalyseImage | RunJob] = set()
         self.closing = False
         self._on_exit = on_exit
         # bounded by construction: at most one unit per session plus pending snapshots
@@ -90,12 +107,12 @@ class WorkerHandle:
         threading.Thread(target=self._send_loop, name=f"worker-{index}-send", daemon=True).start()
         threading.Thread(target=self._recv_loop, name=f"worker-{index}-recv", daemon=True).start()
 
-    def send(self, message: Any) -> None:
-        if message is not None and message[0] in REPLIED:
+    def send(self, request: Request) -> None:
+        if answered(request):
             self.outstanding += 1
-            if message[0] in ("image", "job"):
-                self.awaiting.add((message[0], message[1]))
-        self._outbox.put_nowait(message)
+            if isinstance(request, AnalyseImage | RunJob):
+                self.awaiting.add(request)
+        self._outbox.put_nowait(request)
 
     def _send_loop(self) -> None:
         while True:
@@ -104,7 +121,7 @@ class WorkerHandle:
                 self.conn.send(message)
             except (BrokenPipeError, OSError):
                 return
-            if message is None:
+            if isinstance(message, Exit):
                 return
 
     def _recv_loop(self) -> None:
@@ -122,7 +139,7 @@ class WorkerHandle:
 
     def close(self, timeout: float = 5.0) -> None:
         self.closing = True
-        self.send(None)
+        self.send(Exit())
         self.process.join(timeout)
         if self.process.is_alive():  # stuck in native code; it ignores SIGTERM (ingest/workers.py)
             self.process.kill()
@@ -157,7 +174,8 @@ class LivePipeline:
         self.pipes: dict[str, SessionPipe] = {}
         self._opening: dict[str, asyncio.Lock] = {}
         self._images: dict[int, asyncio.Future[list[dict[str, Any]]]] = {}
-        self._image_queue: collections.deque[tuple[int, str]] = collections.deque()
+        self._image_queue: collections.deque[tuple[int, str, float]] = collections.deque()  # id, path, queued at
+        self._image_timer: asyncio.TimerHandle | None = None
         self._image_ids = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.filler = Filler(store, tracker_settings(settings), self.workers, self._filled)
@@ -176,8 +194,11 @@ class LivePipeline:
             dead.index, dead.process.pid, dead.process.exitcode,
         )  # fmt: skip
         self.workers[self.workers.index(dead)] = self._start_worker(dead.index, asyncio.get_running_loop())
-        for kind, request_id in list(dead.awaiting):
-            self._on_message(dead, (kind, request_id, [], WORKER_CRASHED))
+        for request in list(dead.awaiting):
+            if isinstance(request, AnalyseImage):
+                self._on_message(dead, ImageFaces(request.request_id, [], CRASHED))
+            else:
+                self._on_message(dead, JobFrames(request.job_id, [], CRASHED))
         for pipe in [p for p in self.pipes.values() if p.worker is dead]:
             self._close_pipe(pipe)  # unregistered: it dispatches nothing more
             self._spawn(self._reopen(pipe))
@@ -187,7 +208,7 @@ class LivePipeline:
             await asyncio.gather(old.delivering, return_exceptions=True)
         if old.crashes + 1 > MAX_CRASHES_PER_SESSION:  # the stream itself may be what kills them
             log.error("stopped analysing %s: %d workers died on it", old.session_id, old.crashes + 1)
-            await self._emit_error(old.session_id, IngestError(f"{WORKER_CRASHED} on this stream; analysis stopped"))
+            await self._emit_error(old.session_id, IngestError(f"{CRASHED.message} on this stream; analysis stopped"))
             return
         pipe = await self._open(old.session_id, None, 1)
         pipe.finishing = pipe.finishing or old.finishing
@@ -256,14 +277,14 @@ class LivePipeline:
         if not pipe.pending:
             if pipe.finishing:
                 pipe.in_flight = True
-                pipe.worker.send(("flush", pipe.session_id, -1))
+                pipe.worker.send(Flush(pipe.session_id))
             return
         seq, unit = pipe.pending.popleft()
         analyse = len(pipe.pending) < self.settings.live_queue_units
         opts = {} if pipe.started else pipe.decoder_opts
         pipe.started = True
         pipe.in_flight = True
-        pipe.worker.send(("unit", pipe.session_id, seq, unit, analyse, opts))
+        pipe.worker.send(AnalyseUnit(pipe.session_id, seq, unit, analyse, opts))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -271,32 +292,31 @@ class LivePipeline:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _on_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: WorkerHandle, reply: Reply) -> None:
         worker.outstanding -= 1
         self._dispatch_images()  # snapshots first: they were waiting for an idle worker already
         self.filler.poke()
-        if message[0] == "frames":
-            if (pipe := self.pipes.get(message[1])) is not None:
-                pipe.delivering = self._spawn(self._deliver(pipe, *message[2:]))
-            return
-        worker.awaiting.discard((message[0], message[1]))
-        if message[0] == "job":
-            self.filler.on_result(*message[1:])
-        elif message[0] == "image":
-            _, request_id, faces, error = message
-            future = self._images.pop(request_id, None)
+        if isinstance(reply, Frames):
+            if (pipe := self.pipes.get(reply.session_id)) is not None:
+                pipe.delivering = self._spawn(self._deliver(pipe, reply))
+        elif isinstance(reply, JobFrames):
+            worker.awaiting = {r for r in worker.awaiting if not (isinstance(r, RunJob) and r.job_id == reply.job_id)}
+            self.filler.on_result(reply)
+        elif isinstance(reply, ImageFaces):
+            worker.awaiting = {
+                r for r in worker.awaiting if not (isinstance(r, AnalyseImage) and r.request_id == reply.request_id)
+            }
+            future = self._images.pop(reply.request_id, None)
             if future is not None and not future.done():
-                if error == WORKER_CRASHED:
-                    future.set_exception(IngestError(error))
-                elif error:
-                    future.set_exception(InvalidMediaError(error))
+                if reply.failure is not None:
+                    future.set_exception(reply.failure.error())
                 else:
-                    future.set_result(faces)
+                    future.set_result(reply.faces)
 
-    async def _deliver(self, pipe: SessionPipe, seq: int, frames: list[dict[str, Any]], error: str | None) -> None:
-        session_id = pipe.session_id
-        if error is not None:
-            await self._fail_decoding(pipe, error)
+    async def _deliver(self, pipe: SessionPipe, reply: Frames) -> None:
+        session_id, seq, frames = pipe.session_id, reply.seq, reply.frames
+        if reply.failure is not None:
+            await self._fail_decoding(pipe, reply.failure.message)
             return
         if frames:
             try:
@@ -349,14 +369,14 @@ class LivePipeline:
         pipe = self.pipes.get(session_id)
         if pipe is not None:
             self._close_pipe(pipe)
-            pipe.worker.send(("drop", session_id))
+            pipe.worker.send(Drop(session_id))
         self.filler.discard(session_id)
 
     async def fail(self, session_id: str, error: IngestError) -> None:
         pipe = self.pipes.get(session_id)
         if pipe is not None:
             self._close_pipe(pipe)
-            pipe.worker.send(("drop", session_id))
+            pipe.worker.send(Drop(session_id))
         await self._emit_error(session_id, error)
 
     # -- snapshots -------------------------------------------------------------------------------
@@ -369,19 +389,33 @@ class LivePipeline:
                 "this one is stored, not analysed"
             )
         request_id = next(self._image_ids)
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
         self._images[request_id] = future
-        self._image_queue.append((request_id, str(path)))
+        self._image_queue.append((request_id, str(path), loop.time()))
         self._dispatch_images()
         return await future
 
     def _dispatch_images(self) -> None:
+        """Snapshots go to a worker with nothing in hand and no live session; to one that serves
+        live sessions only once the oldest has waited SNAPSHOT_PATIENCE_S (between two units)."""
+        loop = asyncio.get_running_loop()
         while self._image_queue:
-            worker = next((w for w in self.workers if w.outstanding == 0 and not w.closing), None)
-            if worker is None:
-                return  # again when a worker answers (_on_message)
-            request_id, path = self._image_queue.popleft()
-            worker.send(("image", request_id, path, self.settings.max_snapshot_analysis_pixels))
+            idle = [w for w in self.workers if w.outstanding == 0 and not w.closing]
+            worker = next((w for w in idle if w.sessions == 0), None)
+            waited = loop.time() - self._image_queue[0][2]
+            if worker is None and idle and waited >= SNAPSHOT_PATIENCE_S:
+                worker = idle[0]
+            if worker is None:  # again when a worker answers (_on_message), or when patience ends
+                if idle and self._image_timer is None:
+                    self._image_timer = loop.call_later(SNAPSHOT_PATIENCE_S - waited, self._image_patience_over)
+                return
+            request_id, path, _ = self._image_queue.popleft()
+            worker.send(AnalyseImage(request_id, path, self.settings.max_snapshot_analysis_pixels))
+
+    def _image_patience_over(self) -> None:
+        self._image_timer = None
+        self._dispatch_images()
 
     # -- filling -------------------------------------------------------------------------------
     def fill(self, session_id: str) -> None:
@@ -405,5 +439,7 @@ class LivePipeline:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.to_thread(lambda: [w.close() for w in self.workers])
+        if self._image_timer is not None:
+            self._image_timer.cancel()
         for future in self._images.values():
             future.cancel()

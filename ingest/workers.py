@@ -2,19 +2,8 @@
 
 Each worker owns the decoders and face trackers of the sessions assigned to it (sticky: a
 session's decoder state lives in exactly one process), so only compressed units (~40 KB) go in
-and small landmark lists come out; decoded frames never cross a process boundary.
-
-Messages (pickled over a ``multiprocessing`` pipe):
-
-    in:  ("unit", session_id, seq, unit_bytes, analyse, decoder_opts)
-         ("flush", session_id, seq)      end of stream: drain the decoder, forget the session
-         ("drop", session_id)            forget the session (failed/deleted)
-         ("image", request_id, path, max_pixels)  full detection on a snapshot (downscaled to max_pixels)
-         ("job", job_id, batch.Job)      landmarks of a frame range of a stored stream (filling)
-         None                            exit
-    out: ("frames", session_id, seq, [frame, ...], error_message | None)
-         ("image", request_id, [face, ...], error_message | None)
-         ("job", job_id, [frame, ...], error_message | None)
+and small landmark lists come out; decoded frames never cross a process boundary. The messages
+are the dataclasses of ``ingest.worker_protocol``.
 """
 
 from __future__ import annotations
@@ -26,16 +15,24 @@ import signal
 from typing import Any
 
 from ingest.exceptions import InvalidMediaError
+from ingest.worker_protocol import (
+    AnalyseImage,
+    AnalyseUnit,
+    Drop,
+    Exit,
+    Failure,
+    Flush,
+    Frames,
+    ImageFaces,
+    JobFrames,
+    Reply,
+    Request,
+    RunJob,
+)
+from storage.landmarks import frame_result
 
 log = logging.getLogger(__name__)
 WORKER_NICENESS = 10
-WORKER_CRASHED = "the analysis worker crashed"  # the error of requests a dead worker had in hand
-
-
-def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:
-    if faces is None:
-        return {"index": index, "pts_ms": round(pts_ms, 3), "skipped": True}
-    return {"index": index, "pts_ms": round(pts_ms, 3), "faces": faces}
 
 
 class SessionAnalyser:
@@ -80,7 +77,6 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
     # group; a worker dying of that before the server has shut down would look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ingest.landmarks import detect_faces_in_file
     from ingest.predictor import predictor
 
     # load the model and compile (or load) the kernel once, before the first frame arrives
@@ -88,54 +84,61 @@ def worker_main(conn: multiprocessing.connection.Connection, tracker_settings: A
     sessions: dict[str, SessionAnalyser] = {}
     while True:
         try:
-            message = conn.recv()
+            request: Request = conn.recv()
         except (EOFError, OSError):
             return
-        if message is None:
+        if isinstance(request, Exit):
             return
-        kind = message[0]
         try:
-            if kind == "unit":
-                _, session_id, seq, unit, analyse, opts = message
-                analyser = sessions.get(session_id)
-                if analyser is None:
-                    analyser = sessions[session_id] = SessionAnalyser(tracker_settings, **opts)
-                try:
-                    conn.send(("frames", session_id, seq, analyser.unit(unit, analyse), None))
-                except InvalidMediaError as exc:
-                    sessions.pop(session_id, None)
-                    conn.send(("frames", session_id, seq, [], exc.message))
-            elif kind == "flush":
-                _, session_id, seq = message
-                analyser = sessions.pop(session_id, None)
-                try:
-                    frames = analyser.flush() if analyser else []
-                    conn.send(("frames", session_id, seq, frames, None))
-                except InvalidMediaError as exc:
-                    conn.send(("frames", session_id, seq, [], exc.message))
-            elif kind == "drop":
-                sessions.pop(message[1], None)
-            elif kind == "job":
-                from ingest.batch import run_job
-
-                try:
-                    conn.send(("job", message[1], run_job(message[2]), None))
-                except InvalidMediaError as exc:
-                    conn.send(("job", message[1], [], exc.message))
-            elif kind == "image":
-                _, request_id, path, max_pixels = message
-                try:
-                    faces = detect_faces_in_file(path, snapshot_upsample, tracker_settings.engine, max_pixels)
-                except ValueError as exc:
-                    conn.send(("image", request_id, [], str(exc)))
-                else:
-                    conn.send(("image", request_id, faces, None))
+            reply = _handle(request, sessions, tracker_settings, snapshot_upsample)
         except (BrokenPipeError, EOFError):
             return
-        except Exception as exc:  # report, keep serving the other sessions
-            log.exception("worker failed on %s", kind)
-            if kind in ("unit", "flush"):
-                sessions.pop(message[1], None)
-                conn.send(("frames", message[1], message[2], [], f"internal error: {exc}"))
-            elif kind in ("image", "job"):
-                conn.send((kind, message[1], [], f"internal error: {exc}"))
+        if reply is not None:
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, EOFError, OSError):
+                return
+
+
+def _handle(
+    request: Request, sessions: dict[str, SessionAnalyser], tracker_settings: Any, snapshot_upsample: int
+) -> Reply | None:
+    """The one reply to ``request`` (None for Drop): a failure is reported, the worker goes on
+    serving its other sessions."""
+    from ingest.batch import run_job
+    from ingest.landmarks import detect_faces_in_file
+
+    try:
+        if isinstance(request, AnalyseUnit):
+            analyser = sessions.get(request.session_id)
+            if analyser is None:
+                analyser = sessions[request.session_id] = SessionAnalyser(tracker_settings, **request.decoder)
+            return Frames(request.session_id, request.seq, analyser.unit(request.unit, request.analyse))
+        if isinstance(request, Flush):
+            analyser = sessions.pop(request.session_id, None)
+            return Frames(request.session_id, request.seq, analyser.flush() if analyser else [])
+        if isinstance(request, Drop):
+            sessions.pop(request.session_id, None)
+            return None
+        if isinstance(request, RunJob):
+            return JobFrames(request.job_id, run_job(request.job))
+        if isinstance(request, AnalyseImage):
+            faces = detect_faces_in_file(request.path, snapshot_upsample, tracker_settings.engine, request.max_pixels)
+            return ImageFaces(request.request_id, faces)
+        raise TypeError(f"unknown request {type(request).__name__}")
+    except Exception as exc:  # report, keep serving the other sessions
+        if isinstance(exc, InvalidMediaError):
+            failure = Failure("invalid_media", exc.message)
+        elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
+            failure = Failure("invalid_media", str(exc))  # the image does not decode
+        else:
+            log.exception("worker failed on %s", type(request).__name__)
+            failure = Failure("internal", f"internal error: {exc}")
+        if isinstance(request, AnalyseUnit | Flush):
+            sessions.pop(request.session_id, None)
+            return Frames(request.session_id, request.seq, [], failure)
+        if isinstance(request, RunJob):
+            return JobFrames(request.job_id, [], failure)
+        if isinstance(request, AnalyseImage):
+            return ImageFaces(request.request_id, [], failure)
+        raise

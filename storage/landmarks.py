@@ -53,6 +53,13 @@ class LandmarkCounts:
         self.with_faces += _WITH_FACE in line
 
 
+def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """One frame's result as stored and sent: its faces, or ``skipped`` (no time for it live)."""
+    if faces is None:
+        return {"index": index, "pts_ms": round(pts_ms, 3), "skipped": True}
+    return {"index": index, "pts_ms": round(pts_ms, 3), "faces": faces}
+
+
 def frame_lines(frames: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(frame, separators=(",", ":")) + "\n" for frame in frames)
 
