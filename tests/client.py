@@ -43,6 +43,12 @@ class Client:
         payload = {"session_id": session["session_id"], "token": session["token"], "seq": seq, "data": data}
         return await self.call("chunk", {**payload, **extra})
 
+    async def send_all(self, session: dict[str, Any], chunks: list[bytes], first_seq: int = 0) -> None:
+        """Send ``chunks`` as consecutive seqs from ``first_seq``, each one acknowledged."""
+        for seq, data in enumerate(chunks, start=first_seq):
+            ack = await self.chunk(session, seq, data)
+            assert ack["ok"], f"seq {seq}: {ack}"
+
     async def stop(self, session: dict[str, Any]) -> dict[str, Any]:
         return await self.call("stop", {"session_id": session["session_id"], "token": session["token"]})
 

@@ -93,8 +93,7 @@ def test_disk_full_then_freed_while_the_server_runs(server_factory, small_disk):
             assert [json.loads(line)["index"] for line in lines] == list(range(frames))
             # and a new session records and is analysed as usual
             second = await client.start(RECORDING.meta["mime"])
-            for seq, chunk in enumerate(RECORDING.chunks):
-                assert (await client.chunk(second, seq, chunk))["ok"]
+            await client.send_all(second, RECORDING.chunks)
             assert (await client.stop(second))["ok"]
             await wait_for_summary(
                 f"{server.url}/api/sessions/{second['session_id']}",

@@ -54,8 +54,7 @@ def test_sessions_of_vanished_clients_expire_and_free_capacity(server_factory):
         for _ in range(5):  # five clients start, send a little and go away without `stop`
             async with Client(server.url) as client:
                 session = await client.start()
-                for seq in range(3):
-                    assert (await client.chunk(session, seq, CHUNKS[seq]))["ok"]
+                await client.send_all(session, CHUNKS[:3])
                 ids.append(session["session_id"])
         async with Client(server.url) as late:
             ack = await late.call("start", {"mime": "video/webm"})
@@ -96,8 +95,7 @@ def test_sessions_left_recording_expire_after_a_restart(server_factory, tmp_path
     async def record() -> str:
         async with Client(server.url) as client:
             session = await client.start()
-            for seq, chunk in enumerate(CHUNKS):
-                assert (await client.chunk(session, seq, chunk))["ok"]
+            await client.send_all(session, CHUNKS)
             return session["session_id"]
 
     session_id = run(record())
@@ -118,8 +116,7 @@ def test_kill_right_after_stop_is_finished_after_restart(server_factory, tmp_pat
     async def record_and_stop() -> str:
         async with Client(server.url) as client:
             session = await client.start()
-            for seq, chunk in enumerate(CHUNKS):
-                assert (await client.chunk(session, seq, chunk))["ok"]
+            await client.send_all(session, CHUNKS)
             assert (await client.stop(session))["ok"]
             time.sleep(random.uniform(0, 0.02))  # block the loop: nothing else of ours runs
             server.kill()
@@ -144,8 +141,7 @@ def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path)
     async def record() -> str:
         async with Client(server.url) as client:
             session = await client.start()
-            for seq, chunk in enumerate(CHUNKS[:12]):
-                assert (await client.chunk(session, seq, chunk))["ok"]
+            await client.send_all(session, CHUNKS[:12])
             return session["session_id"]
 
     session_id = run(record())

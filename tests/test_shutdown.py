@@ -20,8 +20,7 @@ def test_shutdown_with_connected_clients_is_quick(server_factory, tmp_path):
     async def scenario() -> float:
         async with Client(server.url) as recording, Client(server.url) as idle:
             session = await recording.start()
-            for seq in range(5):
-                assert (await recording.chunk(session, seq, CHUNKS[seq]))["ok"]
+            await recording.send_all(session, CHUNKS[:5])
             assert idle.sio.connected
             started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
@@ -40,8 +39,7 @@ def test_second_sigint_exits_at_once_and_keeps_the_data(server_factory, tmp_path
     async def scenario() -> str:
         async with Client(server.url) as client:
             session = await client.start()
-            for seq in range(8):
-                assert (await client.chunk(session, seq, CHUNKS[seq]))["ok"]
+            await client.send_all(session, CHUNKS[:8])
             server.proc.send_signal(signal.SIGINT)
 
             async def shutting_down() -> bool:
