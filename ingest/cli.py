@@ -18,12 +18,22 @@ from ingest.exceptions import IngestError
 from storage.store import SessionStore
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("camingest")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="data folder (default ./data or $CAMINGEST_DATA_DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camingest", description="Record a browser camera and extract its frames.")
+    parser.add_argument("--version", action="version", version=f"camingest {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
@@ -31,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--workers", type=int, default=None, help="analysis worker processes (default: one per core)")
     serve.add_argument("--no-analysis", action="store_true", help="store and serve only; no decoding or landmarks")
+    serve.add_argument("--token", default=None, help="access token every client must present (or $CAMINGEST_TOKEN)")
+    serve.add_argument("--tls-cert", default=None, metavar="FILE", help="serve https/wss with this certificate (PEM)")
+    serve.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's private key (PEM)")
     _add_data(serve)
 
     sessions = commands.add_parser("sessions", help="list stored sessions")
@@ -65,6 +78,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         port=getattr(args, "port", None),
         workers=getattr(args, "workers", None),
         analysis=False if getattr(args, "no_analysis", False) else None,
+        token=getattr(args, "token", None),
+        tls_cert=getattr(args, "tls_cert", None),
+        tls_key=getattr(args, "tls_key", None),
     )
 
 

@@ -39,6 +39,15 @@ class Settings:
     max_open_sessions: int = 500
     # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.
     max_element_bytes: int = 32 * 1024 * 1024
+    # Host header names the server answers (port ignored); others get 421 (DNS rebinding).
+    # Empty = the --host address, localhost, 127.0.0.1 and ::1. "*" = any (behind a proxy that checks).
+    allowed_hosts: tuple[str, ...] = ()
+    # Access token: when set, every route but GET /api/health needs it (Bearer header, or the
+    # cookie a page opened with ?token= sets), and Socket.IO needs auth={"token": ...} or the cookie.
+    token: str | None = None
+    # Serve https and wss directly with this certificate chain and key (PEM files).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # Allowed Origin headers for Socket.IO connections. Empty = same origin as the server only.
     # "*" allows any origin (only for trusted networks).
     cors_origins: tuple[str, ...] = ()

@@ -316,8 +316,14 @@ async def health(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def metrics(request: web.Request) -> web.StreamResponse:
+    body = _services(request).metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index_page)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions_page)
     app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
     app.router.add_get("/api/health", health)

@@ -25,6 +25,7 @@ from ingest.exceptions import CapacityError
 from storage.store import SessionStore
 
 if TYPE_CHECKING:
+    from ingest.metrics import Metrics
     from ingest.services import Pipeline
     from ingest.session import SessionRegistry
 
@@ -40,11 +41,13 @@ class SessionLifecycle:
         store: SessionStore,
         registry: SessionRegistry,
         pipeline: Pipeline,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.pipeline = pipeline
+        self.metrics = metrics
         self.background: set[asyncio.Task[None]] = set()  # finalizes under way
         self._held: dict[str, set[str]] = {}  # connection (sid) -> recording sessions it holds
         self._holder: dict[str, str] = {}  # session id -> the connection holding it
@@ -103,6 +106,7 @@ class SessionLifecycle:
                 self.finalize_later(session_id)
         summary = await asyncio.to_thread(self.store.summary, session_id)
         if changed:
+            self.metrics.sessions_ended.labels(ended_by).inc()
             log.info(
                 "session %s stopped (ended_by=%s): %d chunks, %d bytes, %d frames, %.1f s",
                 session_id, ended_by, summary["chunks"], summary["bytes"], summary["frames"],

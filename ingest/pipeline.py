@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError, InvalidMediaError
 from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
+from ingest.metrics import Metrics
 from ingest.worker_protocol import (
     CRASHED,
     AnalyseImage,
@@ -153,6 +155,7 @@ class SessionPipe:
     landmarks: Path
     decoder_opts: dict[str, Any]
     pending: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+    acked_at: dict[int, float] = field(default_factory=dict)  # seq -> when it was acked (pending + in flight)
     in_flight: bool = False
     started: bool = False
     finishing: bool = False
@@ -163,8 +166,9 @@ class SessionPipe:
 
 
 class LivePipeline:
-    def __init__(self, settings: Settings, store: SessionStore, sio: socketio.AsyncServer) -> None:
+    def __init__(self, settings: Settings, store: SessionStore, sio: socketio.AsyncServer, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.sio = sio
         self.registry: SessionRegistry | None = None
@@ -194,6 +198,7 @@ class LivePipeline:
             dead.index, dead.process.pid, dead.process.exitcode,
         )  # fmt: skip
         self.workers[self.workers.index(dead)] = self._start_worker(dead.index, asyncio.get_running_loop())
+        self.metrics.worker_restarts.inc()
         for request in list(dead.awaiting):
             if isinstance(request, AnalyseImage):
                 self._on_message(dead, ImageFaces(request.request_id, [], CRASHED))
@@ -232,6 +237,7 @@ class LivePipeline:
         if staged.seq <= pipe.primed_through:
             return  # already queued from the store (a pipe re-opened after a worker crash)
         pipe.pending.append((staged.seq, staged.unit_bytes))
+        pipe.acked_at[staged.seq] = time.monotonic()  # acked right after this: the lag's start
         self._dispatch(pipe)
 
     async def _open(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe:
@@ -328,7 +334,12 @@ class LivePipeline:
                 counts = LandmarkCounts.of(frames)
                 pipe.skipped += counts.skipped
                 self.store.count_landmarks(session_id, counts)
+                self.metrics.frames_analysed.inc(counts.frames - counts.skipped)
+                self.metrics.frames_skipped.inc(counts.skipped)
             await self.emit("landmarks", {"session_id": session_id, "frames": frames}, session_id)
+        acked = pipe.acked_at.pop(seq, None)
+        if acked is not None:
+            self.metrics.landmark_lag.observe(time.monotonic() - acked)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete
             # (a pipe already closed was replaced after a worker crash: its successor finishes)

@@ -12,11 +12,13 @@ import json
 import logging
 import math
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import socketio
 
+from ingest.access import socketio_allowed
 from ingest.exceptions import (
     BadRequestError,
     CapacityError,
@@ -125,6 +127,10 @@ class IngestNamespace(socketio.AsyncNamespace):
     async def on_snapshot(self, sid: str, data: object = None) -> Ack:
         return await self._answer(self._snapshot, sid, data)
 
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        if not socketio_allowed(self.services.settings, environ, auth):
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized: this server needs its access token")
+
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         self.services.lifecycle.disconnected(sid)
 
@@ -173,6 +179,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             raise BadRequestError("seq must be a non-negative integer")
         t_ms = _optional_time(payload)
         data = _require_bytes(payload, self.services.settings.max_chunk_bytes, "chunk")
+        received = time.monotonic()
         session = await self._session(sid, payload)
         services = self.services
         async with session.lock:
@@ -218,6 +225,9 @@ class IngestNamespace(socketio.AsyncNamespace):
             except Exception:  # the chunk is stored: its frames are filled after stop
                 log.exception("chunk %d of %s stored but not queued for analysis", seq, session.id)
             services.lifecycle.hold(sid, session.id)
+        services.metrics.chunks.inc()
+        services.metrics.chunk_bytes.inc(len(data))
+        services.metrics.chunk_ack.observe(time.monotonic() - received)
         return {"ok": True, "seq": seq, "next_seq": session.next_seq}
 
     async def _stop(self, sid: str, payload: dict[str, Any]) -> Ack:

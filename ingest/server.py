@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +20,11 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from ingest.access import LOOPBACK_NAMES, access_middleware
 from ingest.config import Settings
 from ingest.http import add_routes, errors_as_json
 from ingest.lifecycle import SessionLifecycle
+from ingest.metrics import Metrics
 from ingest.protocol import IngestNamespace
 from ingest.services import SERVICES, LoopMonitor, NoAnalysis, Pipeline, Services
 from ingest.session import SessionRegistry
@@ -97,16 +100,37 @@ def make_socketio(settings: Settings) -> socketio.AsyncServer:
     )
 
 
-def make_pipeline(settings: Settings, store: SessionStore, sio: socketio.AsyncServer) -> Pipeline:
+def add_gauges(services: Services) -> None:
+    """Gauges read when /metrics is scraped: nothing is counted on the hot paths for them."""
+    metrics, settings, pipeline = services.metrics, services.settings, services.pipeline
+    workers = getattr(pipeline, "workers", [])
+    metrics.gauge("camingest_sessions_recording", "Sessions recording in this process", lambda: len(services.registry))
+    metrics.gauge("camingest_event_loop_lag_seconds", "How late a 50 ms timer fired, last sample",
+                  lambda: services.loop_monitor.last_lag_ms / 1000)  # fmt: skip
+    metrics.gauge("camingest_pending_writes", "Chunks received, not yet committed (max_pending_writes bounds it)",
+                  lambda: settings.max_pending_writes - services.write_slots._value)  # fmt: skip
+    metrics.gauge("camingest_held_bytes", "Incomplete frames held back by the sessions' readers",
+                  lambda: services.registry.held_total)  # fmt: skip
+    metrics.gauge("camingest_snapshot_queue", "Snapshots waiting for analysis",
+                  lambda: len(getattr(pipeline, "_image_queue", ())))  # fmt: skip
+    metrics.gauge("camingest_workers_busy", "Analysis workers with work in hand",
+                  lambda: sum(1 for w in workers if w.outstanding))  # fmt: skip
+    metrics.gauge("camingest_workers", "Analysis worker processes", lambda: len(workers))
+    metrics.disk_gauge(settings.data_dir)
+
+
+def make_pipeline(settings: Settings, store: SessionStore, sio: socketio.AsyncServer, metrics: Metrics) -> Pipeline:
     if not settings.analysis:
         return NoAnalysis()
     from ingest.pipeline import LivePipeline  # imports PyAV and starts worker processes
 
-    return LivePipeline(settings, store, sio)
+    return LivePipeline(settings, store, sio, metrics)
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[errors_as_json], client_max_size=settings.max_message_bytes)
+    app = web.Application(
+        middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
+    )
     sio = make_socketio(settings)
     sio.attach(app)
 
@@ -116,11 +140,12 @@ def build_app(settings: Settings) -> web.Application:
             log.warning("recovery: %s", note)
         await asyncio.to_thread(clear_leftovers, settings.data_dir)
         io_pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="chunk-io")
-        pipeline = make_pipeline(settings, store, sio)
+        metrics = Metrics()
+        pipeline = make_pipeline(settings, store, sio, metrics)
         snapshots = SnapshotService(store, settings)
         loop_monitor = LoopMonitor()
         registry = SessionRegistry(store, settings)
-        lifecycle = SessionLifecycle(settings, store, registry, pipeline)
+        lifecycle = SessionLifecycle(settings, store, registry, pipeline, metrics)
         services = Services(
             settings=settings,
             store=store,
@@ -134,7 +159,9 @@ def build_app(settings: Settings) -> web.Application:
             preview_slots=asyncio.Semaphore(settings.max_previews),
             upload_slots=asyncio.Semaphore(settings.max_uploads),
             lifecycle=lifecycle,
+            metrics=metrics,
         )
+        add_gauges(services)
         pipeline.attach(services.registry, snapshots)
         app[SERVICES] = services
         namespace = IngestNamespace(services)
@@ -172,19 +199,41 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """https/wss with the configured certificate, or None for plain http."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use the certificate {settings.tls_cert} with the key {settings.tls_key}: {exc}") from None
+    return context
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; prints the URL once listening."""
     app = build_app(settings)
     # aiohttp's own wait for open handlers: short, because close_connections has already let the
     # events in hand finish (up to shutdown_grace_s) and closed every connection
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    ssl_context = tls_context(settings)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     await site.start()
     sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else settings.port
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"camingest serving http://{host}:{port}/ (data: {settings.data_dir})", flush=True)
+    scheme = "https" if ssl_context is not None else "http"
+    print(f"camingest serving {scheme}://{host}:{port}/ (data: {settings.data_dir})", flush=True)
+    if settings.token is None and settings.host not in LOOPBACK_NAMES:
+        print(
+            f"camingest: warning: serving on {settings.host} without an access token: anyone who can reach it can "
+            "read and delete every recording (set --token or CAMINGEST_TOKEN)",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

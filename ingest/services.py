@@ -16,6 +16,7 @@ from aiohttp import web
 from ingest.config import Settings
 from ingest.exceptions import IngestError
 from ingest.lifecycle import SessionLifecycle
+from ingest.metrics import Metrics
 from ingest.session import SessionRegistry, StagedChunk
 from storage.store import SessionStore
 
@@ -94,6 +95,7 @@ class Services:
     preview_slots: asyncio.Semaphore
     upload_slots: asyncio.Semaphore
     lifecycle: SessionLifecycle
+    metrics: Metrics
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from aiohttp import BodyPartReader, web
 
-from ingest.exceptions import BadRequestError, TooLargeError, UnauthorizedError, UploadTooSlowError
+from ingest.exceptions import BadRequestError, TooLargeError, UploadTooSlowError
 from ingest.importer import import_video
 from ingest.services import SERVICES
 
@@ -32,15 +32,6 @@ UPLOADS_DIR = "uploads"
 def clear_leftovers(data_dir: Path) -> None:
     """Bodies of uploads a crash interrupted (never acknowledged: nothing is lost)."""
     shutil.rmtree(data_dir / UPLOADS_DIR, ignore_errors=True)
-
-
-def _check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
-    """A form POST is a "simple" cross-site request; only same-origin pages may upload."""
-    origin = request.headers.get("Origin")
-    if origin is None or "*" in allowed or origin in allowed:
-        return
-    if origin != f"{request.scheme}://{request.host}":
-        raise UnauthorizedError(f"uploads from origin {origin} are not allowed (setting cors_origins)")
 
 
 async def _body(request: web.Request) -> tuple[str, web.StreamReader | BodyPartReader]:
@@ -88,7 +79,6 @@ async def _save(
 async def upload_session(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
-    _check_origin(request, settings.cors_origins)
     if request.content_length is not None and request.content_length > settings.max_import_bytes:
         raise TooLargeError(f"the upload is {request.content_length} bytes, max_import_bytes={settings.max_import_bytes}")
     if services.upload_slots.locked():

@@ -96,7 +96,7 @@ class ServerProcess:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            match = re.search(r"(http://\S+?)/ ", line)
+            match = re.search(r"(https?://\S+?)/ ", line)
             if match:
                 self.url = match.group(1)
                 return self

@@ -1,0 +1,111 @@
+"""Who may talk to the server: Host allow-list, Origin checks, the access token.
+
+- **Host** (``allowed_hosts``): a DNS-rebinding page reaches the server under its own name
+  (``Host: evil.example``) and would be same-origin with it; requests naming a host the server
+  is not meant to be reached by get 421, Socket.IO included (it runs on the same aiohttp app).
+- **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) from another site's page is a
+  CSRF attempt: 403 ``unauthorized``. Requests without Origin (curl, scripts) are not browsers'.
+- **Token** (``token``): every route but ``GET /api/health`` needs ``Authorization: Bearer TOKEN``
+  or the ``camingest_token`` cookie, which opening any page with ``?token=TOKEN`` sets (HttpOnly,
+  SameSite=Strict). Socket.IO connects with ``auth={"token": TOKEN}`` or the cookie (checked in
+  the namespace's connect handler: the token travels in the CONNECT packet, not in HTTP).
+Comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ingest.config import Settings
+
+COOKIE = "camingest_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(code: str, message: str, status: int) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def host_name(host_header: str) -> str:
+    """``Host`` without its port; IPv6 literals without brackets."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str] | None:
+    """The Host names served (None: any). Default: the --host address and loopback names."""
+    if "*" in settings.allowed_hosts:
+        return None
+    names = settings.allowed_hosts or (settings.host, *LOOPBACK_NAMES)
+    return frozenset(host_name(name) for name in names)
+
+
+def token_matches(settings: Settings, candidate: object) -> bool:
+    return (
+        settings.token is not None
+        and isinstance(candidate, str)
+        and hmac.compare_digest(candidate.encode(), settings.token.encode())
+    )
+
+
+def _request_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :].strip()
+    return request.cookies.get(COOKIE)
+
+
+def _same_site(request: web.Request, settings: Settings) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in settings.cors_origins or origin in settings.cors_origins:
+        return True
+    return origin == f"{request.scheme}://{request.host}"
+
+
+def access_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    hosts = allowed_hosts(settings)
+
+    @web.middleware
+    async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if hosts is not None and host_name(request.host) not in hosts:
+            return _error(
+                "misdirected", f"host {request.host[:100]!r} is not served here (setting allowed_hosts)", 421
+            )
+        if request.method in UNSAFE_METHODS and not _same_site(request, settings):
+            origin = request.headers.get("Origin", "")[:100]
+            return _error("unauthorized", f"requests from origin {origin} may not change anything here", 403)
+        if settings.token is None or request.path == "/api/health" or request.path.startswith("/socket.io/"):
+            return await handler(request)
+        offered = request.query.get("token")
+        if offered is not None and request.method == "GET" and not request.path.startswith("/api/"):
+            if not token_matches(settings, offered):
+                return _error("unauthorized", "wrong token", 401)
+            # a page opened with ?token=: the cookie carries it from now on; the URL drops it
+            query = {k: v for k, v in request.query.items() if k != "token"}
+            response = web.HTTPSeeOther(request.rel_url.with_query(query))
+            response.set_cookie(COOKIE, offered, httponly=True, samesite="Strict", secure=request.secure, path="/")
+            return response
+        if not token_matches(settings, _request_token(request)):
+            return _error("unauthorized", "this server needs its access token (Authorization: Bearer, or open a page with ?token=)", 401)
+        return await handler(request)
+
+    return check_access
+
+
+def socketio_allowed(settings: Settings, environ: dict[str, Any], auth: object) -> bool:
+    """Whether a Socket.IO connection may open: with a token configured, ``auth={"token"}`` or
+    the cookie of the HTTP handshake."""
+    if settings.token is None:
+        return True
+    if isinstance(auth, dict) and token_matches(settings, auth.get("token")):
+        return True
+    request = environ.get("aiohttp.request")
+    return request is not None and token_matches(settings, request.cookies.get(COOKIE))
