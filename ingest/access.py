@@ -100,6 +100,22 @@ def access_middleware(settings: Settings) -> Callable[[web.Request, Handler], Aw
     return check_access
 
 
+def socketio_origin_check(settings: Settings) -> Callable[[str | None, dict[str, Any]], bool]:
+    """engine.io's ``cors_allowed_origins`` as a function: the same rule as for HTTP. (Its own
+    same-origin check takes the scheme from ``X-Forwarded-Proto`` or assumes http, so a page
+    served over --tls-cert would be refused as another origin.)"""
+
+    def allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+        if origin is None or "*" in settings.cors_origins or origin in settings.cors_origins:
+            return True
+        request = environ.get("aiohttp.request")
+        if request is None:
+            return False
+        return origin == f"{'https' if request.secure else 'http'}://{request.host}"
+
+    return allowed
+
+
 def socketio_allowed(settings: Settings, environ: dict[str, Any], auth: object) -> bool:
     """Whether a Socket.IO connection may open: with a token configured, ``auth={"token"}`` or
     the cookie of the HTTP handshake."""

@@ -20,7 +20,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from ingest.access import LOOPBACK_NAMES, access_middleware
+from ingest.access import LOOPBACK_NAMES, access_middleware, socketio_origin_check
 from ingest.config import Settings
 from ingest.http import add_routes, errors_as_json
 from ingest.lifecycle import SessionLifecycle
@@ -84,16 +84,11 @@ class BoundedServer(socketio.AsyncServer):
 
 
 def make_socketio(settings: Settings) -> socketio.AsyncServer:
-    origins: str | list[str] | None = None  # None: same origin only (engine.io's default)
-    if "*" in settings.cors_origins:
-        origins = "*"
-    elif settings.cors_origins:
-        origins = list(settings.cors_origins)
     packet = type("BoundedPacket", (_BoundedPacket,), {"max_bytes": settings.max_message_bytes})
     return BoundedServer(
         serializer=packet,
         async_mode="aiohttp",
-        cors_allowed_origins=origins,
+        cors_allowed_origins=socketio_origin_check(settings),
         max_http_buffer_size=settings.max_message_bytes,
         ping_interval=10,
         ping_timeout=20,

@@ -199,3 +199,37 @@ def test_sessions_page_uploads_a_video(server_factory, browser, clip, tmp_path):
     wait_until(page, "() => window.camingestSessions.upload.state === 'failed'")
     assert page.locator("#upload-status").inner_text().startswith("Upload failed: cannot finalize")
     assert [s["id"] for s in get_json(server.url + "/api/sessions")["sessions"]] == [upload["sessionId"]]
+
+
+def test_pages_record_and_play_with_a_token_over_https(server_factory, face_camera, tmp_path):
+    """Running it for others: https with a certificate made here, an access token; the page
+    opened once with ?token= records (Socket.IO carries the cookie) and the sessions page plays."""
+    from tests.test_access import make_certificate
+
+    token = "page-token-0123456789"
+    cert, key = make_certificate(tmp_path)
+    server = server_factory("--token", token, "--tls-cert", cert, "--tls-key", key)
+    assert server.url.startswith("https://")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM),
+                                    args=[*chromium_args(face_camera), "--ignore-certificate-errors"])  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            assert page.goto(server.url + "/sessions").status == 401  # no token, no page
+            page.goto(f"{server.url}/?token={token}")
+            assert page.url == server.url + "/"  # the token left the address bar for a cookie
+            page.wait_for_selector("#conn[data-state=up]")
+            page.get_by_test_id("record").click()
+            wait_until(page, "() => window.camingest.ackedChunks >= 8 && window.camingest.landmarkFrames > 20")
+            page.get_by_test_id("stop").click()
+            wait_until(page, "() => window.camingest.state === 'stopped'")
+            session_id = state(page)["sessionId"]
+            page.goto(server.url + "/sessions")
+            page.locator(f"[data-session-id='{session_id}']").click()
+            page.wait_for_function("() => window.camingestSessions.frames > 0")
+            page.evaluate("() => document.getElementById('player').play()")
+            page.wait_for_function("() => document.getElementById('player').currentTime > 1.0", timeout=20_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "sessions-https-token.png"))
+        finally:
+            browser.close()
