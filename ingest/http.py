@@ -64,8 +64,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status >= 400 and request.path.startswith("/api/"):
             return json_error("not_found" if exc.status == 404 else "bad_request", exc.reason, exc.status)
         raise
-    except ConnectionResetError:  # the client went away mid-download: nothing to answer or log
-        raise
+    except ConnectionResetError:  # the client went away mid-download: not an error of ours
+        log.debug("%s %s: the client closed the connection", request.method, request.path)
+        return web.Response(status=499)  # never sent; raising would make aiohttp log a traceback
     except Exception:  # a bug: the operator gets the traceback, the client a JSON error
         log.exception("internal error on %s %s", request.method, request.path)
         return json_error("internal", "internal server error", 500)

@@ -351,6 +351,7 @@ class LivePipeline:
     async def _fail_decoding(self, pipe: SessionPipe, message: str) -> None:
         self._close_pipe(pipe)
         error = InvalidMediaError(f"the video cannot be decoded: {message}")
+        logging.getLogger("camingest.sessions").warning("session %s failed: %s", pipe.session_id, error.message)
         await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message)
         if self.registry is not None:
             self.registry.mark_failed(pipe.session_id, error.message)

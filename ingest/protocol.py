@@ -217,6 +217,9 @@ class IngestNamespace(socketio.AsyncNamespace):
             session.apply(staged)
             services.registry.count_held(session)
             if staged.error is not None:
+                logging.getLogger("camingest.sessions").warning(
+                    "session %s failed at chunk %d: %s", session.id, seq, staged.error.message
+                )
                 services.registry.forget(session.id)
                 await services.pipeline.fail(session.id, staged.error)
                 raise staged.error

@@ -184,3 +184,24 @@ def test_version_and_license():
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 
+
+
+def test_aborted_downloads_log_no_traceback(ingest_server):
+    recording = load_recording("scene_vp8_opus_250ms")  # 1.3 MB: more than one write
+
+    async def scenario() -> None:
+        async with Client(ingest_server.url) as client:
+            session = await client.start()
+            await client.send_all(session, recording.chunks)
+        base = f"{ingest_server.url}/api/sessions/{session['session_id']}"
+        for path in ("raw.webm", "recording.webm", "raw.webm"):
+            async with aiohttp.ClientSession() as http:
+                response = await http.get(f"{base}/{path}")
+                await response.content.read(1000)
+                response.close()  # the viewer closed the tab
+        status, _, _ = await request("GET", f"{ingest_server.url}/api/health")  # and it is still fine
+        assert status == 200
+
+    run(scenario())
+    log = ingest_server.log.read_text()
+    assert "Traceback" not in log and "Error handling request" not in log
