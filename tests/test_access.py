@@ -66,10 +66,18 @@ def test_token_guards_every_route_and_the_socket(server_factory):
     server = server_factory("--no-analysis", "--token", TOKEN)
     url = server.url
 
+    sid = "20260101-000000-00000000"
+    every_route = [("GET", p) for p in (
+        "/", "/sessions", "/static/recorder.js", "/metrics", "/api/sessions", f"/api/sessions/{sid}",
+        f"/api/sessions/{sid}/raw.webm", f"/api/sessions/{sid}/recording.webm", f"/api/sessions/{sid}/chunks/0",
+        f"/api/sessions/{sid}/chunks/0.webm", f"/api/sessions/{sid}/landmarks", f"/api/sessions/{sid}/preview.mjpg",
+        f"/api/sessions/{sid}/snapshots/000000-abcdef", f"/api/sessions/{sid}/snapshots/000000-abcdef/landmarks",
+    )] + [("POST", "/api/sessions?filename=x.webm"), ("DELETE", f"/api/sessions/{sid}")]  # fmt: skip
+
     async def scenario() -> None:
-        for path in ("/", "/sessions", "/api/sessions", "/metrics", "/static/recorder.js"):
-            status, body, _ = await request("GET", url + path)
-            assert status == 401, path
+        for method, path in every_route:
+            status, body, _ = await request(method, url + path)
+            assert status == 401, (method, path)
             assert body["error"]["code"] == "unauthorized"
         assert (await request("GET", url + "/api/health"))[0] == 200
         bearer = {"Authorization": f"Bearer {TOKEN}"}
