@@ -94,6 +94,8 @@ class Settings:
     detect_upsample: int = 1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port; allowed: 0-65535 (0 picks a free one)")
         if self.landmark_engine not in ("numba", "dlib"):
             raise ValueError(f"landmark_engine is {self.landmark_engine!r}; allowed: numba, dlib")
         if min(self.detect_every, self.anchor_every, self.sweep_every) < 1:
@@ -122,7 +124,11 @@ class Settings:
             raw = environ.get(f"CAMINGEST_{f.name.upper()}")
             if raw is None:
                 continue
-            values[f.name] = _parse(f.type, raw)
+            try:
+                values[f.name] = _parse(f.type, raw)
+            except ValueError:
+                kind = "a whole number" if "int" in str(f.type) else "a number"
+                raise ValueError(f"CAMINGEST_{f.name.upper()}={raw!r} is not {kind}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"]))

@@ -35,6 +35,18 @@ class UnknownSessionError(IngestError, LookupError):
     code = "unknown_session"
 
 
+class UnknownChunkError(IngestError, LookupError):
+    """The session exists; that chunk seq does not (HTTP 404)."""
+
+    code = "unknown_chunk"
+
+
+class UnknownSnapshotError(IngestError, LookupError):
+    """The session exists; that snapshot id does not (HTTP 404)."""
+
+    code = "unknown_snapshot"
+
+
 class GapError(IngestError):
     code = "gap"
 

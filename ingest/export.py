@@ -21,6 +21,8 @@ def check_args(out: Path, overlay: str) -> None:
         raise BadRequestError(f"overlay must be one of {', '.join(OVERLAYS)}")
     if out.suffix.lower() not in ENCODERS:
         raise BadRequestError(f"--out must end in {' or '.join(ENCODERS)}")
+    if not out.parent.is_dir():  # before any work: not after encoding half of it
+        raise BadRequestError(f"the folder {out.parent} does not exist; create it or choose another --out")
 
 
 def export(

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ingest.exceptions import BadRequestError, IngestError, UnknownSessionError
+from ingest.exceptions import BadRequestError, IngestError, UnknownChunkError
 from ingest.overlay import OVERLAYS
 from ingest.preview import BOUNDARY, WAIT, annotated_frames, part
 from ingest.services import SERVICES, Services
@@ -31,6 +31,8 @@ STATUS = {
     "bad_request": 400,
     "unauthorized": 403,
     "unknown_session": 404,
+    "unknown_chunk": 404,
+    "unknown_snapshot": 404,
     "not_found": 404,
     "conflict": 409,
     "gap": 409,
@@ -183,7 +185,7 @@ async def _chunk_row(request: web.Request) -> tuple[str, dict[str, Any]]:
     await asyncio.to_thread(store.get_row, session_id)  # 404 for unknown sessions first
     row = await asyncio.to_thread(store.chunk_row, session_id, seq)
     if row is None:
-        raise UnknownSessionError(f"session {session_id} has no chunk {seq}")
+        raise UnknownChunkError(f"session {session_id} has no chunk {seq}")
     return session_id, row
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ingest.access import LOOPBACK_NAMES, access_middleware, socketio_origin_check
 from ingest.config import Settings
+from ingest.exceptions import IngestError
 from ingest.http import add_routes, errors_as_json
 from ingest.lifecycle import SessionLifecycle
 from ingest.metrics import Metrics
@@ -217,7 +218,11 @@ async def serve(settings: Settings) -> None:
     ssl_context = tls_context(settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # a bad --host, a port in use or reserved: say which, not errno
+        await runner.cleanup()
+        raise IngestError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
     sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
     port = sockets[0].getsockname()[1] if sockets else settings.port
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

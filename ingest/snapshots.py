@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, IngestError, InvalidMediaError, TooLargeError, UnknownSessionError
+from ingest.exceptions import BadRequestError, IngestError, InvalidMediaError, TooLargeError, UnknownSnapshotError
 from ingest.images import EXTENSIONS, probe_image
 from storage.store import SNAPSHOT_ID_RE, SessionStore, utc_now, write_durably
 
@@ -57,8 +57,12 @@ class SnapshotService:
 
     def image_path(self, session_id: str, snapshot_id: str) -> Path:
         if not SNAPSHOT_ID_RE.match(snapshot_id):
-            raise UnknownSessionError(f"unknown snapshot {snapshot_id[:40]!r}")
-        row = self.store.snapshot_row(session_id, snapshot_id)
+            raise UnknownSnapshotError(f"session {session_id} has no snapshot {snapshot_id[:40]!r}")
+        self.store.get_row(session_id)  # an unknown session is unknown_session, first
+        try:
+            row = self.store.snapshot_row(session_id, snapshot_id)
+        except LookupError:
+            raise UnknownSnapshotError(f"session {session_id} has no snapshot {snapshot_id[:40]!r}") from None
         return self.store.paths(session_id).snapshots / f"{snapshot_id}.{EXTENSIONS[row['mime']]}"
 
     async def store_snapshot(self, session_id: str, mime: object, data: bytes, t_ms: float | None) -> str:

@@ -39,7 +39,10 @@ def test_cli_import_mp4(clip, cli_imported, tmp_path):
     text.write_text("not a video\n")
     bad = subprocess.run([sys.executable, "-m", "ingest.cli", "import", str(text), "--data", str(tmp_path / "d")],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    assert bad.returncode == 1 and "cannot finalize notes.txt" in bad.stderr.splitlines()[-1]
+    assert bad.returncode == 1
+    assert bad.stderr.splitlines()[-1] == (
+        "camingest import: notes.txt is not a video camingest can read (WebM, MP4, MOV, MKV)"
+    )
 
 
 async def post(url: str, body: bytes | aiohttp.FormData, **headers: str) -> tuple[int, dict]:

@@ -197,7 +197,9 @@ def test_sessions_page_uploads_a_video(server_factory, browser, clip, tmp_path):
     page.get_by_test_id("upload-file").set_input_files(str(notes))
     page.get_by_test_id("upload").click()
     wait_until(page, "() => window.camingestSessions.upload.state === 'failed'")
-    assert page.locator("#upload-status").inner_text().startswith("Upload failed: cannot finalize")
+    assert page.locator("#upload-status").inner_text() == (
+        "Upload failed: notes.mp4 is not a video camingest can read (WebM, MP4, MOV, MKV)"
+    )
     assert [s["id"] for s in get_json(server.url + "/api/sessions")["sessions"]] == [upload["sessionId"]]
 
 

@@ -115,7 +115,7 @@ def test_snapshots_over_socketio(analysis_server):
         status, body = await http_json(f"{base}/snapshots/../../index.sqlite3")
         assert status == 404
         status, body = await http_json(f"{base}/snapshots/000099-abcdef")
-        assert status == 404 and body["error"]["code"] == "unknown_session"
+        assert status == 404 and body["error"]["code"] == "unknown_snapshot"
 
     run(scenario())
 
