@@ -69,6 +69,27 @@ def _require_bytes(payload: dict[str, Any], limit: int, what: str) -> bytes:
     return bytes(data)
 
 
+def _sniff_container(blob: bytes) -> str:
+    """The mime of a classic client's first blob (it sends none)."""
+    if not blob.startswith(b"\x1a\x45\xdf\xa3"):
+        raise UnsupportedError("the first video blob is not WebM/Matroska (the classic client's MediaRecorder)")
+    return "video/x-matroska" if b"matroska" in blob[:64] else "video/webm"
+
+
+def _sniff_image(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/jpeg"
+
+
+def _classic_error(ack: Ack) -> IngestError:
+    error = IngestError(ack["error"]["message"])
+    error.code = ack["error"]["code"]
+    return error
+
+
 def error_ack(exc: IngestError) -> Ack:
     ack: Ack = {"ok": False, "error": exc.to_dict()}
     if isinstance(exc, GapError):
@@ -83,6 +104,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         super().__init__("/")
         self.services = services
         self.closing = False
+        self._classic_locks: dict[str, asyncio.Lock] = {}  # per connection of a classic client
         self._handling = 0  # events being handled (their acks not yet returned)
         self._drained = asyncio.Event()
 
@@ -127,11 +149,70 @@ class IngestNamespace(socketio.AsyncNamespace):
     async def on_snapshot(self, sid: str, data: object = None) -> Ack:
         return await self._answer(self._snapshot, sid, data)
 
+    # -- the classic tutorial client (PROTOCOL.md v1.1): `video` and `image`, no acks ------------
+    async def on_video(self, sid: str, data: object = None) -> None:
+        """A MediaRecorder blob from a page written for the Node tutorials: the first opens a
+        session for this connection, each later one is its next chunk, in arrival order."""
+        async with self._classic_lock(sid):
+            classic = await self.get_session(sid)
+            try:
+                payload = _require_dict(data)
+                blob = _require_bytes(payload, self.services.settings.max_chunk_bytes, "video blob")
+                if "session" not in classic:
+                    mime = _sniff_container(blob)
+                    ack = await self._answer(self._start, sid, {"mime": mime, "meta": {"client": "classic"}})
+                    if not ack["ok"]:
+                        raise _classic_error(ack)
+                    classic["session"] = {"session_id": ack["session_id"], "token": ack["token"]}
+                    classic["seq"] = 0
+                    await self.save_session(sid, classic)
+                chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
+                if isinstance(payload.get("timeMillis"), int | float):
+                    chunk["t_ms"] = float(payload["timeMillis"])
+                ack = await self._answer(self._chunk, sid, chunk)
+                if not ack["ok"]:
+                    raise _classic_error(ack)
+                classic["seq"] += 1
+                await self.save_session(sid, classic)
+            except IngestError as exc:  # no ack to carry it: tell the page the way sessions do
+                log.warning("classic client %s: %s", sid, exc.message)
+                session_id = classic.get("session", {}).get("session_id")
+                await self.emit("session_error", {"session_id": session_id, **exc.to_dict()}, to=sid)
+
+    async def on_image(self, sid: str, data: object = None) -> None:
+        """A snapshot of this connection's classic session, in arrival order with its blobs."""
+        async with self._classic_lock(sid):
+            classic = await self.get_session(sid)
+            if "session" not in classic or not isinstance(data, dict) or not isinstance(data.get("data"), bytes):
+                log.warning("classic client %s: an image before any video, or without data: ignored", sid)
+                return
+            payload = {**classic["session"], "mime": _sniff_image(data["data"]), "data": data["data"]}
+            if isinstance(data.get("timeMillis"), int | float):
+                payload["t_ms"] = float(data["timeMillis"])
+            ack = await self._answer(self._snapshot, sid, payload)
+            if not ack["ok"]:
+                log.warning("classic client %s: snapshot refused: %s", sid, ack["error"]["message"])
+
+    def _classic_lock(self, sid: str) -> asyncio.Lock:
+        # python-socketio runs every event in a task of its own: the lock (FIFO) keeps a
+        # connection's blobs in arrival order
+        return self._classic_locks.setdefault(sid, asyncio.Lock())
+
+    async def _end_classic(self, sid: str) -> None:
+        lock = self._classic_locks.pop(sid, None)
+        if lock is None:
+            return
+        async with lock:  # blobs still being stored come first
+            classic = await self.get_session(sid)
+            if "session" in classic:
+                await self.services.lifecycle.end(classic["session"]["session_id"], "client")
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         if not socketio_allowed(self.services.settings, environ, auth):
             raise socketio.exceptions.ConnectionRefusedError("unauthorized: this server needs its access token")
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
+        await self._end_classic(sid)  # a classic client's session ends with its connection
         self.services.lifecycle.disconnected(sid)
 
     # -- helpers ---------------------------------------------------------------------------------
