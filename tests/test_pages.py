@@ -68,7 +68,7 @@ def test_record_snapshot_stop(server_factory, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(server.url + "/")
-    page.wait_for_selector("#conn[data-state=up]")
+    page.wait_for_selector("[data-testid=connection][data-state=connected]")
     page.get_by_test_id("record").click()
     wait_until(page, "() => window.camingest.ackedChunks >= 10 && window.camingest.landmarkFrames > 30")
     page.get_by_test_id("snapshot").click()
@@ -149,29 +149,45 @@ def test_sessions_page_deletes_a_session(server_factory, browser):
     assert err.value.code == 404
 
 
-def test_page_resumes_after_server_restart(server_factory, browser, tmp_path):
+def test_outage_banner_resume_and_stop_during_the_outage(server_factory, browser, tmp_path):
+    """Kill the server mid-recording (on a phone-sized screen): the connection says reconnecting,
+    a banner counts the chunks waiting; Stop pressed during the outage waits, and once the server
+    is back every chunk is delivered and the session ends; the recording decodes to what was sent."""
     port = free_port()
     data = tmp_path / "data"
     server = server_factory(data=data, port=port)
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(server.url + "/")
-    page.wait_for_selector("#conn[data-state=up]")
+    page.wait_for_selector("[data-testid=connection][data-state=connected]")
     page.get_by_test_id("record").click()
     wait_until(page, "() => window.camingest.ackedChunks >= 8")
     server.kill()  # mid-recording: the page keeps recording into its send queue
-    page.wait_for_selector("#conn[data-state=down]")
-    page.wait_for_timeout(1500)
+    page.wait_for_selector("[data-testid=connection][data-state=reconnecting]")
+    banner = page.get_by_test_id("banner")
+    banner.wait_for(state="visible")
+    wait_until(page, "() => window.camingest.pendingChunks >= 4")
+    text, pending = page.evaluate("() => [document.getElementById('banner-text').textContent, window.camingest.pendingChunks]")
+    assert text.startswith(f"Connection to the server lost: {pending} chunks waiting to be sent.")
+    wait_until(page, f"() => window.camingest.pendingChunks > {pending}")  # it grows while recording
+    assert banner.is_visible() and banner.bounding_box()["y"] < 200  # at the top, on a phone too
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "recorder-outage-phone.png"))
+    assert page.get_by_test_id("record").is_disabled()
+    page.get_by_test_id("stop").click()  # during the outage
+    wait_until(page, "() => window.camingest.state === 'waiting'")
+    assert "Stop will finish when the server is back" in banner.inner_text()
     server = server_factory(data=data, port=port)
-    page.wait_for_selector("#conn[data-state=up]", timeout=30_000)
-    wait_until(page, "() => window.camingest.pendingChunks === 0 && window.camingest.ackedChunks >= 24")
-    page.get_by_test_id("stop").click()
+    page.wait_for_selector("[data-testid=connection][data-state=connected]", timeout=30_000)
     wait_until(page, "() => window.camingest.state === 'stopped'")
+    assert banner.is_hidden()
     s = state(page)
+    assert s["pendingChunks"] == 0
     summary = get_json(f"{server.url}/api/sessions/{s['sessionId']}")
+    assert summary["state"] == "stopped" and summary["ended_by"] == "client"
     assert summary["chunks"] == s["chunksRecorded"] == s["ackedChunks"]
     raw = tmp_path / "raw.webm"
     raw.write_bytes(fetch(f"{server.url}/api/sessions/{s['sessionId']}/raw.webm"))
-    assert ffprobe_frames(raw) == summary["frames"] > 30  # ~6 s; the fake camera drops frames under load
+    assert ffprobe_frames(raw) == summary["frames"] > 30  # the fake camera drops frames under load
 
 
 def test_sessions_page_uploads_a_video(server_factory, browser, clip, tmp_path):
@@ -220,7 +236,7 @@ def test_pages_record_and_play_with_a_token_over_https(server_factory, face_came
             assert page.goto(server.url + "/sessions").status == 401  # no token, no page
             page.goto(f"{server.url}/?token={token}")
             assert page.url == server.url + "/"  # the token left the address bar for a cookie
-            page.wait_for_selector("#conn[data-state=up]")
+            page.wait_for_selector("[data-testid=connection][data-state=connected]")
             page.get_by_test_id("record").click()
             wait_until(page, "() => window.camingest.ackedChunks >= 8 && window.camingest.landmarkFrames > 20")
             page.get_by_test_id("stop").click()

@@ -17,7 +17,15 @@ const ui = {
   record: $("record"), stop: $("stop"), snapshot: $("snapshot"), mode: $("mode"), codec: $("codec"),
   keyframe: $("keyframe"), audio: $("audio"), autosnap: $("autosnap"), preview: $("preview"),
   overlay: $("overlay"), placeholder: $("placeholder"), message: $("message"), conn: $("conn"), gallery: $("gallery"),
+  banner: $("banner"), bannerText: $("banner-text"), cancelStop: $("cancel-stop"),
 };
+const STALE_MS = 1000; // landmarks older than this are not drawn over the live picture
+const STOP_WAIT_S = 300; // Stop during an outage waits this long for the server
+
+let connection = "offline"; // connected | reconnecting | offline (PROTOCOL.md page hooks)
+let outage = null; // {acked} at the moment the connection was lost while recording
+let stopWait = null; // {until, cancel} while Stop waits for the server
+let lastLandmarkAt = 0;
 
 // State the browser tests read (PROTOCOL.md page hooks), plus a few extras.
 const state = (window.camingest = {
@@ -40,7 +48,33 @@ function fmtBytes(n) {
   return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(2)} MiB`;
 }
 
+function setConnection(value) {
+  connection = value;
+  ui.conn.dataset.state = value;
+  ui.conn.textContent = { connected: "connected", reconnecting: "reconnecting…", offline: "offline" }[value];
+  // a new recording needs the server: Record waits for the connection
+  ui.record.disabled = value !== "connected" || Boolean(recorder) || Boolean(environmentProblem());
+  renderBanner();
+}
+
+function renderBanner() {
+  const active = ["recording", "finishing", "waiting"].includes(state.state);
+  ui.banner.hidden = !active || connection === "connected";
+  if (ui.banner.hidden) return;
+  const n = state.pendingChunks;
+  let text = `Connection to the server lost: ${n} chunk${n === 1 ? "" : "s"} waiting to be sent. `;
+  if (stopWait) {
+    const left = Math.max(0, Math.round((stopWait.until - performance.now()) / 1000));
+    text += `Stop will finish when the server is back (giving up in ${left} s).`;
+  } else {
+    text += "Recording goes on; they are sent as soon as it is back.";
+  }
+  ui.bannerText.textContent = text;
+  ui.cancelStop.hidden = !stopWait;
+}
+
 function render() {
+  renderBanner();
   $("s-session").textContent = state.sessionId ?? "—";
   $("s-acked").textContent = state.ackedChunks;
   $("s-pending").textContent = state.pendingChunks;
@@ -83,22 +117,33 @@ const socket = io({ reconnectionDelay: 250, reconnectionDelayMax: 2000 });
 const emit = (event, payload, timeoutMs) => socket.timeout(timeoutMs).emitWithAck(event, payload);
 
 socket.on("connect", () => {
-  ui.conn.dataset.state = "up";
-  ui.conn.textContent = "connected";
-  if (sender?.session) sender.resume().catch((e) => say(`Resume failed: ${e.message}`, "error"));
+  setConnection("connected");
+  if (!sender?.session) return;
+  const lost = outage;
+  outage = null;
+  sender.resume()
+    .then(() => sender.drained())
+    .then(() => {
+      if (lost && state.state === "recording") {
+        say(`Reconnected: ${state.ackedChunks - lost.acked} chunks delivered, nothing lost.`, "ok");
+      }
+    })
+    .catch((e) => say(`Resume failed: ${e.message}`, "error"));
 });
 socket.on("disconnect", () => {
-  ui.conn.dataset.state = "down";
-  ui.conn.textContent = "reconnecting…";
+  setConnection(navigator.onLine === false ? "offline" : "reconnecting");
+  if (["recording", "finishing", "waiting"].includes(state.state) && !outage) outage = { acked: state.ackedChunks };
   sender?.disconnected();
 });
+window.addEventListener("offline", () => { if (!socket.connected) setConnection("offline"); });
+window.addEventListener("online", () => { if (!socket.connected) setConnection("reconnecting"); });
 socket.on("landmarks", (msg) => {
   if (msg.session_id !== state.sessionId) return;
   const now = performance.now();
   for (const frame of msg.frames) {
     frames[frame.index] = frame;
     if (frame.skipped) state.skippedFrames += 1;
-    else { state.analysedFrames += 1; recent.push(now); }
+    else { state.analysedFrames += 1; recent.push(now); lastLandmarkAt = now; }
   }
   frames = frames.filter(Boolean);
   state.landmarkFrames = state.analysedFrames + state.skippedFrames;
@@ -180,6 +225,7 @@ async function record() {
     });
   };
   recStart = performance.now();
+  lockSettings(true);
   recorder.start(TIMESLICE_MS);
   state.state = "recording";
   ui.stop.disabled = ui.snapshot.disabled = false;
@@ -205,17 +251,48 @@ async function stop() {
   say("Sending the last chunks…");
   try {
     await chain;
+    if (!socket.connected) await waitForServer();
     const summary = await sender.close();
     state.state = "stopped";
     say(`Saved: ${summary.chunks} chunks, ${summary.frames} frames, ${(summary.duration_ms / 1000).toFixed(1)} s. ` +
       `See it on the Sessions page.`, "ok");
   } catch (err) {
     state.state = "error";
-    say(`Stopping failed: ${err.message}. The acknowledged chunks are stored.`, "error");
+    say(`Stopping failed: ${err.message}. The acknowledged chunks are stored; the server ends the session ` +
+      "by itself once it has been idle for a while.", "error");
   }
   recorder = null;
-  ui.record.disabled = false;
+  lockSettings(false);
+  setConnection(connection);
   render();
+}
+
+function lockSettings(locked) {
+  // the recording's codec, keyframes and audio are fixed when it starts: changing them would lie
+  for (const input of [ui.codec, ui.keyframe, ui.audio, ui.autosnap]) input.disabled = locked;
+}
+
+/** Stop pressed during an outage: wait (visibly, cancellably) for the server, then go on. */
+function waitForServer() {
+  state.state = "waiting";
+  return new Promise((resolve, reject) => {
+    const finish = (error) => {
+      clearInterval(ticker);
+      socket.off("connect", onConnect);
+      stopWait = null;
+      state.state = "finishing";
+      renderBanner();
+      if (error) reject(error); else resolve();
+    };
+    const onConnect = () => finish(null); // the connect handler resumes; close() waits for the queue
+    const ticker = setInterval(() => {
+      if (performance.now() > stopWait.until) finish(new Error(`the server did not come back within ${STOP_WAIT_S} s`));
+      else renderBanner();
+    }, 1000);
+    stopWait = { until: performance.now() + STOP_WAIT_S * 1000, cancel: () => finish(new Error("stop cancelled")) };
+    socket.on("connect", onConnect);
+    renderBanner();
+  });
 }
 
 async function snapshot() {
@@ -255,7 +332,11 @@ function paint() {
   ctx.clearRect(0, 0, ui.overlay.width, ui.overlay.height);
   // the newest analysed frame: its pts is the capture time of the frame on screen minus the lag
   for (let i = frames.length - 1; i >= 0 && i >= frames.length - 10; i--) {
-    if (frames[i]?.faces) { if (recorder) drawFaces(ctx, frames[i].faces, ui.mode.value); break; }
+    // stale landmarks (the connection is down, analysis lags) would sit on the wrong face: hidden
+    if (frames[i]?.faces) {
+      if (recorder && performance.now() - lastLandmarkAt < STALE_MS) drawFaces(ctx, frames[i].faces, ui.mode.value);
+      break;
+    }
   }
   requestAnimationFrame(paint);
 }
@@ -263,8 +344,10 @@ function paint() {
 ui.record.addEventListener("click", record);
 ui.stop.addEventListener("click", stop);
 ui.snapshot.addEventListener("click", snapshot);
+ui.cancelStop.addEventListener("click", () => stopWait?.cancel());
 fillCodecs();
+setConnection("offline");
 const problem = environmentProblem();
-if (problem) { say(problem, "error"); ui.record.disabled = true; }
+if (problem) say(problem, "error");
 setInterval(render, 500);
 requestAnimationFrame(paint);
