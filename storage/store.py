@@ -106,6 +106,9 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
         result["error"] = row["error"]
     if row["ended_by"]:
         result["ended_by"] = row["ended_by"]
+    meta = json.loads(row["meta"] or "{}")
+    if meta.get("imported_from"):  # the user's file name, for the pages
+        result["imported_from"] = str(meta["imported_from"])[:200]
     if row["landmarks_error"]:
         result["landmarks_error"] = row["landmarks_error"]
     return result

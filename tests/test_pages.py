@@ -251,3 +251,49 @@ def test_pages_record_and_play_with_a_token_over_https(server_factory, face_came
             page.screenshot(path=str(ARTIFACTS / "sessions-https-token.png"))
         finally:
             browser.close()
+
+
+def test_sessions_page_on_a_phone(server_factory, browser, clip):
+    """390x844: tapping a card brings its detail into view and puts ?id= in the address (back and
+    forward work); the id is shown; imports show their file name; downloads carry the id; with
+    the server gone a tap says so."""
+    server = server_factory("--no-analysis")
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+
+    async def record() -> str:
+        async with Client(server.url) as client:
+            session = await client.start(recording.meta["mime"])
+            await client.send_all(session, recording.chunks)
+            await client.stop(session)
+            return session["session_id"]
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        recorded = pool.submit(run, record()).result()
+    request = urllib.request.Request(f"{server.url}/api/sessions?filename=holiday.mp4", data=clip.read_bytes(), method="POST")
+    with urllib.request.urlopen(request) as response:
+        imported = json.loads(response.read())["id"]
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(server.url + "/sessions")
+    card = page.locator(f"[data-session-id='{imported}']")
+    assert "holiday.mp4" in card.inner_text()
+    page.locator(f"[data-session-id='{recorded}']").click()
+    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}' && window.camingestSessions.frames >= 0")
+    page.wait_for_function(f"() => location.search === '?id={recorded}'")
+    detail = page.locator("#detail")
+    page.wait_for_function("() => { const r = document.getElementById('detail').getBoundingClientRect(); "
+                           "return r.top >= -1 && r.top < window.innerHeight / 2; }")  # fmt: skip
+    assert page.get_by_test_id("session-id").inner_text() == recorded
+    names = page.locator("#downloads a[download]").evaluate_all("links => links.map(a => a.download)")
+    assert names == [f"{recorded}.webm", f"{recorded}-raw.webm", f"{recorded}-landmarks.json"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "sessions-phone.png"))
+    page.locator(f"[data-session-id='{imported}']").click()
+    page.wait_for_function(f"() => location.search === '?id={imported}'")
+    page.go_back()
+    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}'")
+    page.go_back()
+    page.wait_for_function("() => window.camingestSessions.selected === null")
+    assert detail.is_hidden()
+    server.stop()  # the server goes away: a tap says so instead of nothing
+    page.locator(f"[data-session-id='{recorded}']").click()
+    page.wait_for_function("() => document.getElementById('message').textContent.startsWith('The server cannot be reached')")

@@ -4,14 +4,21 @@ import { drawFaces, frameAt } from "./overlay.js";
 const $ = (id) => document.getElementById(id);
 const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("upload-button"),
   progress: $("upload-progress"), uploadStatus: $("upload-status"), list: $("list"), detail: $("detail"), player: $("player"), overlay: $("overlay"), mode: $("mode"),
-  facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message") };
+  facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message"),
+  sessionId: $("session-id"), copyId: $("copy-id") };
 let selected = null, frames = [];
 window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" } };
 let refresh = null;
 
+const UNREACHABLE = "The server cannot be reached. Is camingest running? Try again in a moment.";
 const getJSON = async (url) => {
-  const r = await fetch(url);
-  if (!r.ok) throw new Error((await r.json()).error?.message ?? r.statusText);
+  let r;
+  try {
+    r = await fetch(url);
+  } catch {
+    throw new Error(UNREACHABLE); // fetch's own "Failed to fetch" says nothing to a person
+  }
+  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error?.message ?? `HTTP ${r.status}`);
   return r.json();
 };
 const when = (iso) => new Date(iso).toLocaleString();
@@ -52,16 +59,35 @@ async function loadList() {
     state.textContent = s.state;
     card.querySelector(".when").append(" ", state);
     const faces = s.frames_with_faces == null ? "" : ` · faces in ${s.frames_with_faces}`;
+    const source = s.imported_from ? `${s.imported_from} · ` : "";
     card.querySelector(".facts").textContent =
-      `${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots${fillText(s.fill)}`;
-    card.addEventListener("click", () => open(s.id));
+      `${source}${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots${fillText(s.fill)}`;
+    card.addEventListener("click", () => choose(s.id));
     return card;
   }));
 }
 
+/** A person picked a session: open it, put it in the address (back/forward work), show it. */
+async function choose(id) {
+  try {
+    await open(id);
+  } catch (err) {
+    return say(err.message, "error");
+  }
+  if (new URLSearchParams(location.search).get("id") !== id) history.pushState({ id }, "", `?id=${encodeURIComponent(id)}`);
+  if (window.matchMedia("(max-width: 900px)").matches) ui.detail.scrollIntoView({ block: "start" }); // below the list on phones
+}
+
+window.addEventListener("popstate", () => {
+  const id = new URLSearchParams(location.search).get("id");
+  if (id) open(id).catch((err) => say(err.message, "error"));
+  else { selected = null; ui.detail.hidden = true; ui.player.removeAttribute("src"); window.camingestSessions.selected = null; }
+});
+
 async function open(id) {
   selected = await getJSON(`/api/sessions/${id}`);
   window.camingestSessions.selected = id;
+  ui.sessionId.textContent = id;
   for (const c of ui.list.children) c.setAttribute?.("aria-selected", String(c.dataset.sessionId === id));
   ui.detail.hidden = false;
   say("");
@@ -75,8 +101,11 @@ async function open(id) {
   ui.facts.textContent = `${selected.frames} frames · ${data.frames.length - skipped} analysed · faces in ${withFaces}`
     + (skipped ? ` · ${skipped} skipped` : "") + fillText(selected.fill);
   ui.downloads.replaceChildren(...[
-    ["recording.webm", "Recording"], ["raw.webm", "Raw stream"], ["landmarks", "Landmarks JSON"],
-  ].map(([path, label]) => Object.assign(document.createElement("a"), { href: `${base}/${path}`, textContent: label, download: "" })));
+    ["recording.webm", "Recording", `${id}.webm`], ["raw.webm", "Raw stream", `${id}-raw.webm`],
+    ["landmarks", "Landmarks JSON", `${id}-landmarks.json`],
+  ].map(([path, label, name]) => Object.assign(document.createElement("a"), { href: `${base}/${path}`, textContent: label, download: name })),
+  Object.assign(document.createElement("a"), { href: `${base}/preview.mjpg?overlay=${ui.mode.value}`,
+    textContent: "Preview (MJPEG)", target: "_blank", rel: "noopener" }));
   ui.gallery.replaceChildren(...(await Promise.all(selected.snapshots.map(async (s) => {
     const figure = document.createElement("figure");
     const img = new Image();
@@ -112,9 +141,15 @@ const tick = () => { paint(); requestAnimationFrame(tick); };
 
 ui.del.addEventListener("click", async () => {
   if (!selected || !confirm(`Delete the session of ${when(selected.created_at)}? Its files are removed for good.`)) return;
-  const r = await fetch(`/api/sessions/${selected.id}`, { method: "DELETE" });
+  let r;
+  try {
+    r = await fetch(`/api/sessions/${selected.id}`, { method: "DELETE" });
+  } catch {
+    return say(UNREACHABLE, "error");
+  }
   if (!r.ok) return say((await r.json()).error.message, "error");
   selected = null;
+  history.replaceState(null, "", location.pathname);
   ui.detail.hidden = true;
   ui.player.removeAttribute("src");
   await loadList();
@@ -159,7 +194,22 @@ ui.upload.addEventListener("submit", (e) => {
   if (ui.file.files[0]) upload(ui.file.files[0]);
 });
 
-await loadList();
-const first = new URLSearchParams(location.search).get("id");
-if (first) await open(first);
+ui.copyId.addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(selected.id);
+    ui.copyId.textContent = "Copied";
+  } catch { // no clipboard (http off localhost): select it for Ctrl-C
+    getSelection().selectAllChildren(ui.sessionId);
+    ui.copyId.textContent = "Selected: press Ctrl-C";
+  }
+  setTimeout(() => { ui.copyId.textContent = "Copy"; }, 2000);
+});
+
+try {
+  await loadList();
+  const first = new URLSearchParams(location.search).get("id");
+  if (first) await open(first);
+} catch (err) {
+  ui.list.replaceChildren(Object.assign(document.createElement("div"), { className: "empty", textContent: err.message }));
+}
 requestAnimationFrame(tick);
