@@ -17,6 +17,16 @@ from ingest.exceptions import InvalidMediaError
 WEBM_CODECS = frozenset({"vp8", "vp9", "av1", "opus", "vorbis"})
 
 
+def _copy_stream(dst: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
+    """An output stream with ``template``'s parameters, for remuxing. PyAV looks up an encoder
+    named like the template's decoder; AV1 is decoded by libdav1d, which encodes nothing, so
+    such a stream is copied opaquely (parameters only: a remux needs no codec)."""
+    try:
+        return dst.add_stream_from_template(template)
+    except (av.codec.codec.UnknownCodecError, ValueError):
+        return dst.add_stream_from_template(template, opaque=True)
+
+
 def finalize(stream: Path, out: Path, input_format: str | None = "matroska") -> dict[str, float | int]:
     """Write ``out`` from ``stream``; returns the packets written and the duration in ms.
     ``input_format=None`` lets FFmpeg detect the input (imports of MP4/MOV)."""
@@ -30,7 +40,7 @@ def finalize(stream: Path, out: Path, input_format: str | None = "matroska") -> 
             # WebM allows only VP8/VP9/AV1 + Opus/Vorbis; H.264 from Chrome stays Matroska
             webm = all(s.codec_context.name in WEBM_CODECS for s in streams)
             with av.open(str(tmp), "w", format="webm" if webm else "matroska") as dst:
-                mapping = {s.index: dst.add_stream_from_template(s) for s in streams}
+                mapping = {s.index: _copy_stream(dst, s) for s in streams}
                 for packet in src.demux(*streams):
                     if packet.dts is None:
                         continue  # the demuxer's end-of-stream marker

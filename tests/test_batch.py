@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ingest.webm import _read_header
-from tests.client import Client, http_get, http_json, run
+from tests.client import Client, http_get, http_json, run, wait_for_summary
 from tests.conftest import ROOT, ffprobe_frames, load_recording
 
 NO_SKIP = {"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}
@@ -175,3 +175,29 @@ def test_export_draws_overlay_only_near_landmarks(server_factory, tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and ".mp4 or .webm" in bad.stderr
     unknown = cli("export", "20990101-000000-deadbeef", "--out", str(tmp_path / "x.mp4"), data=data)
     assert unknown.returncode == 1 and "unknown session" in unknown.stderr
+
+
+def test_av1_recording_finalizes_and_reprocesses(server_factory, tmp_path):
+    """AV1 (Chromium's av01): finalize remuxes it with Duration and Cues although no AV1 encoder
+    exists (libdav1d decodes only), the result decodes to ffprobe's frame count, reprocess exits 0."""
+    recording = load_recording("webcam_av1_250ms")
+    data = tmp_path / "data"
+    server = server_factory("--no-analysis", data=data)
+
+    async def scenario() -> str:
+        async with Client(server.url) as client:
+            session = await client.start(recording.meta["mime"])
+            await client.send_all(session, recording.chunks)
+            assert (await client.stop(session))["ok"]
+        await wait_for_summary(f"{server.url}/api/sessions/{session['session_id']}", lambda s: s["finalized"],
+                               "the AV1 recording finalized")  # fmt: skip
+        return session["session_id"]
+
+    session_id = run(scenario())
+    server.stop()
+    path = data / "sessions" / session_id / "recording.webm"
+    assert cues_and_duration(path.read_bytes()) == (True, True)
+    assert ffprobe_frames(path) == recording.expected["video_frames"] == 120
+    result = cli("reprocess", session_id, "--workers", "2", data=data)
+    assert result.returncode == 0, result.stderr
+    assert f"{session_id}: 120 frames" in result.stdout
