@@ -139,9 +139,12 @@ class WorkerHandle:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._on_message, self, message)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def request_exit(self) -> None:
         self.closing = True
         self.send(Exit())
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.request_exit()
         self.process.join(timeout)
         if self.process.is_alive():  # stuck in native code; it ignores SIGTERM (ingest/workers.py)
             self.process.kill()
@@ -450,6 +453,8 @@ class LivePipeline:
         await self.filler.close()
         for task in list(self._tasks):
             task.cancel()
+        for worker in self.workers:  # all told first: they exit side by side, not one after another
+            worker.request_exit()
         await asyncio.to_thread(lambda: [w.close() for w in self.workers])
         if self._image_timer is not None:
             self._image_timer.cancel()

@@ -214,7 +214,7 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings)
     # aiohttp's own wait for open handlers: short, because close_connections has already let the
     # events in hand finish (up to shutdown_grace_s) and closed every connection
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
     ssl_context = tls_context(settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
