@@ -84,12 +84,6 @@ def _sniff_image(data: bytes) -> str:
     return "image/jpeg"
 
 
-def _classic_error(ack: Ack) -> IngestError:
-    error = IngestError(ack["error"]["message"])
-    error.code = ack["error"]["code"]
-    return error
-
-
 def error_ack(exc: IngestError) -> Ack:
     ack: Ack = {"ok": False, "error": exc.to_dict()}
     if isinstance(exc, GapError):
@@ -158,26 +152,30 @@ class IngestNamespace(socketio.AsyncNamespace):
             try:
                 payload = _require_dict(data)
                 blob = _require_bytes(payload, self.services.settings.max_chunk_bytes, "video blob")
-                if "session" not in classic:
-                    mime = _sniff_container(blob)
-                    ack = await self._answer(self._start, sid, {"mime": mime, "meta": {"client": "classic"}})
-                    if not ack["ok"]:
-                        raise _classic_error(ack)
-                    classic["session"] = {"session_id": ack["session_id"], "token": ack["token"]}
-                    classic["seq"] = 0
-                    await self.save_session(sid, classic)
-                chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
-                if isinstance(payload.get("timeMillis"), int | float):
-                    chunk["t_ms"] = float(payload["timeMillis"])
-                ack = await self._answer(self._chunk, sid, chunk)
+                mime = None if "session" in classic else _sniff_container(blob)
+            except IngestError as exc:
+                return await self._classic_refused(sid, classic, exc.to_dict())
+            if mime is not None:
+                ack = await self._answer(self._start, sid, {"mime": mime, "meta": {"client": "classic"}})
                 if not ack["ok"]:
-                    raise _classic_error(ack)
-                classic["seq"] += 1
-                await self.save_session(sid, classic)
-            except IngestError as exc:  # no ack to carry it: tell the page the way sessions do
-                log.warning("classic client %s: %s", sid, exc.message)
-                session_id = classic.get("session", {}).get("session_id")
-                await self.emit("session_error", {"session_id": session_id, **exc.to_dict()}, to=sid)
+                    return await self._classic_refused(sid, classic, ack["error"])
+                classic["session"] = {"session_id": ack["session_id"], "token": ack["token"]}
+                classic["seq"] = 0
+            chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
+            if isinstance(payload.get("timeMillis"), int | float):
+                chunk["t_ms"] = float(payload["timeMillis"])
+            ack = await self._answer(self._chunk, sid, chunk)
+            if not ack["ok"]:
+                return await self._classic_refused(sid, classic, ack["error"])
+            classic["seq"] += 1
+            await self.save_session(sid, classic)
+
+    async def _classic_refused(self, sid: str, classic: dict[str, Any], error: dict[str, str]) -> None:
+        """No ack to carry it: tell the page the way sessions are told (session_error)."""
+        log.warning("classic client %s: %s", sid, error["message"])
+        session_id = classic.get("session", {}).get("session_id")
+        await self.save_session(sid, classic)
+        await self.emit("session_error", {"session_id": session_id, **error}, to=sid)
 
     async def on_image(self, sid: str, data: object = None) -> None:
         """A snapshot of this connection's classic session, in arrival order with its blobs."""
