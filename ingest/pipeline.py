@@ -98,9 +98,10 @@ class WorkerHandle:
         self.index = index
         self.sessions = 0  # live sessions assigned (sticky)
         self.outstanding = 0  # messages sent whose reply has not come back (event-loop thread only)
-        # snapshots and fill jobs sent, not answered: failed with CRASHED if the worker dies
-        self.awaiting: set[AnalyseImage | RunJob] = set()
+        # snapshots and fill jobs sent, not answered, by key: failed with CRASHED if the worker dies
+        self.awaiting: dict[tuple[str, int], AnalyseImage | RunJob] = {}
         self.closing = False
+        self._exit_sent = False
         self._on_exit = on_exit
         # bounded by construction: at most one unit per session plus pending snapshots
         self._outbox: queue.Queue[Any] = queue.Queue()
@@ -113,7 +114,7 @@ class WorkerHandle:
         if answered(request):
             self.outstanding += 1
             if isinstance(request, AnalyseImage | RunJob):
-                self.awaiting.add(request)
+                self.awaiting[request.key] = request
         self._outbox.put_nowait(request)
 
     def _send_loop(self) -> None:
@@ -141,7 +142,9 @@ class WorkerHandle:
 
     def request_exit(self) -> None:
         self.closing = True
-        self.send(Exit())
+        if not self._exit_sent:  # once: the sender thread ends with it
+            self._exit_sent = True
+            self.send(Exit())
 
     def close(self, timeout: float = 5.0) -> None:
         self.request_exit()
@@ -202,11 +205,8 @@ class LivePipeline:
         )  # fmt: skip
         self.workers[self.workers.index(dead)] = self._start_worker(dead.index, asyncio.get_running_loop())
         self.metrics.worker_restarts.inc()
-        for request in list(dead.awaiting):
-            if isinstance(request, AnalyseImage):
-                self._on_message(dead, ImageFaces(request.request_id, [], CRASHED))
-            else:
-                self._on_message(dead, JobFrames(request.job_id, [], CRASHED))
+        for request in list(dead.awaiting.values()):
+            self._on_message(dead, request.failed(CRASHED))
         for pipe in [p for p in self.pipes.values() if p.worker is dead]:
             self._close_pipe(pipe)  # unregistered: it dispatches nothing more
             self._spawn(self._reopen(pipe))
@@ -309,12 +309,10 @@ class LivePipeline:
             if (pipe := self.pipes.get(reply.session_id)) is not None:
                 pipe.delivering = self._spawn(self._deliver(pipe, reply))
         elif isinstance(reply, JobFrames):
-            worker.awaiting = {r for r in worker.awaiting if not (isinstance(r, RunJob) and r.job_id == reply.job_id)}
+            worker.awaiting.pop(reply.key, None)
             self.filler.on_result(reply)
         elif isinstance(reply, ImageFaces):
-            worker.awaiting = {
-                r for r in worker.awaiting if not (isinstance(r, AnalyseImage) and r.request_id == reply.request_id)
-            }
+            worker.awaiting.pop(reply.key, None)
             future = self._images.pop(reply.request_id, None)
             if future is not None and not future.done():
                 if reply.failure is not None:
@@ -427,6 +425,9 @@ class LivePipeline:
                 return
             request_id, path, _ = self._image_queue.popleft()
             worker.send(AnalyseImage(request_id, path, self.settings.max_snapshot_analysis_pixels))
+
+    def snapshots_waiting(self) -> int:
+        return len(self._image_queue)
 
     def _image_patience_over(self) -> None:
         self._image_timer = None

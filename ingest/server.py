@@ -107,8 +107,7 @@ def add_gauges(services: Services) -> None:
                   lambda: settings.max_pending_writes - services.write_slots._value)  # fmt: skip
     metrics.gauge("camingest_held_bytes", "Incomplete frames held back by the sessions' readers",
                   lambda: services.registry.held_total)  # fmt: skip
-    metrics.gauge("camingest_snapshot_queue", "Snapshots waiting for analysis",
-                  lambda: len(getattr(pipeline, "_image_queue", ())))  # fmt: skip
+    metrics.gauge("camingest_snapshot_queue", "Snapshots waiting for analysis", pipeline.snapshots_waiting)
     metrics.gauge("camingest_workers_busy", "Analysis workers with work in hand",
                   lambda: sum(1 for w in workers if w.outstanding))  # fmt: skip
     metrics.gauge("camingest_workers", "Analysis worker processes", lambda: len(workers))

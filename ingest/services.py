@@ -38,6 +38,10 @@ class Pipeline(Protocol):
 
     def fill(self, session_id: str) -> None: ...
 
+    def snapshots_waiting(self) -> int:
+        """Snapshots queued for analysis, not yet in a worker."""
+        ...
+
     def forget(self, session_id: str) -> None:
         """The session was deleted: drop its pipe, its decoder in the worker, its queued fill."""
         ...
@@ -63,6 +67,9 @@ class NoAnalysis:
 
     def fill(self, session_id: str) -> None:
         return None
+
+    def snapshots_waiting(self) -> int:
+        return 0
 
     def forget(self, session_id: str) -> None:
         return None

@@ -76,11 +76,26 @@ class AnalyseImage:
     path: str
     max_pixels: int
 
+    @property
+    def key(self) -> tuple[str, int]:
+        """Shared with its reply: what the server tracks while the request is in a worker."""
+        return ("image", self.request_id)
+
+    def failed(self, failure: Failure) -> ImageFaces:
+        return ImageFaces(self.request_id, [], failure)
+
 
 @dataclass(frozen=True)
 class RunJob:
     job_id: int
     job: Job
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("job", self.job_id)
+
+    def failed(self, failure: Failure) -> JobFrames:
+        return JobFrames(self.job_id, [], failure)
 
 
 @dataclass(frozen=True)
@@ -106,12 +121,20 @@ class ImageFaces:
     faces: list[dict[str, Any]]
     failure: Failure | None = None
 
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("image", self.request_id)
+
 
 @dataclass(frozen=True)
 class JobFrames:
     job_id: int
     frames: list[dict[str, Any]]
     failure: Failure | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("job", self.job_id)
 
 
 Reply = Frames | ImageFaces | JobFrames
