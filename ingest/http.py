@@ -301,9 +301,43 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
             return json_error("conflict", f"session {session_id} is recording; stop it first", 409)
     services.registry.forget(session_id)
     services.lifecycle.forget(session_id)
+    services.exports.forget(session_id)
     await asyncio.to_thread(services.store.delete, session_id)
     logging.getLogger("camingest.sessions").info("session %s deleted", session_id)
     return web.json_response({"ok": True, "deleted": session_id})
+
+
+async def list_exports(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    session_id = _session_id(request)
+    return web.json_response({"exports": await asyncio.to_thread(services.exports.list, session_id)})
+
+
+async def start_export(request: web.Request) -> web.StreamResponse:
+    """``POST .../exports`` with ``{"overlay": "landmarks"|"lips"|"none", "format": "mp4"|"webm"}``:
+    202 and the export's state; poll ``GET .../exports`` for progress, then download its ``url``."""
+    services = _services(request)
+    session_id = _session_id(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequestError('send a JSON body like {"overlay": "landmarks", "format": "mp4"}') from None
+    if not isinstance(body, dict):
+        raise BadRequestError('send a JSON object like {"overlay": "landmarks", "format": "mp4"}')
+    overlay, fmt = str(body.get("overlay", "landmarks")), str(body.get("format", "mp4"))
+    return web.json_response(await services.exports.start(session_id, overlay, fmt), status=202)
+
+
+async def export_file(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    session_id = _session_id(request)
+    overlay, fmt = request.match_info["overlay"], request.match_info["format"]
+    path = services.exports.file(session_id, overlay, fmt)
+    size = await asyncio.to_thread(lambda: path.stat().st_size if path.is_file() else None)
+    if size is None:
+        await asyncio.to_thread(services.store.get_row, session_id)  # unknown_session first
+        return json_error("not_found", f"no {overlay} export as {fmt} of session {session_id}; start one first", 404)
+    return await send_bytes_range(request, path, size, f"video/{fmt}", f"{session_id}-{overlay}.{fmt}")
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -341,5 +375,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(base + "/chunks/{seq}", chunk_raw)
     app.router.add_get(base + "/landmarks", landmarks)
     app.router.add_get(base + "/preview.mjpg", preview_mjpg)
+    app.router.add_get(base + "/exports", list_exports)
+    app.router.add_post(base + "/exports", start_export)
+    app.router.add_get(base + "/exports/{overlay:[a-z]+}.{format:[a-z0-9]+}", export_file)
     app.router.add_get(base + "/snapshots/{snapshot_id}", snapshot_image)
     app.router.add_get(base + "/snapshots/{snapshot_id}/landmarks", snapshot_landmarks)

@@ -23,6 +23,7 @@ from aiohttp import web
 from ingest.access import LOOPBACK_NAMES, access_middleware, socketio_origin_check
 from ingest.config import Settings
 from ingest.exceptions import IngestError
+from ingest.exports import Exports
 from ingest.http import add_routes, errors_as_json
 from ingest.lifecycle import SessionLifecycle
 from ingest.metrics import Metrics
@@ -155,6 +156,7 @@ def build_app(settings: Settings) -> web.Application:
             upload_slots=asyncio.Semaphore(settings.max_uploads),
             lifecycle=lifecycle,
             metrics=metrics,
+            exports=Exports(store),
         )
         add_gauges(services)
         pipeline.attach(services.registry, snapshots)
@@ -175,6 +177,7 @@ def build_app(settings: Settings) -> web.Application:
             await pipeline.close()
             log.info("shutdown: analysis workers stopped")
             io_pool.shutdown(wait=True)
+            await asyncio.to_thread(services.exports.close)
             services.preview_pool.shutdown(wait=False, cancel_futures=True)
             services.registry.close_all()
             await asyncio.to_thread(store.close)

@@ -21,6 +21,7 @@ from ingest.session import SessionRegistry, StagedChunk
 from storage.store import SessionStore
 
 if TYPE_CHECKING:
+    from ingest.exports import Exports
     from ingest.session import LiveSession
     from ingest.snapshots import SnapshotService
 
@@ -103,6 +104,7 @@ class Services:
     upload_slots: asyncio.Semaphore
     lifecycle: SessionLifecycle
     metrics: Metrics
+    exports: Exports
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

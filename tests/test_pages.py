@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -297,3 +298,64 @@ def test_sessions_page_on_a_phone(server_factory, browser, clip):
     server.stop()  # the server goes away: a tap says so instead of nothing
     page.locator(f"[data-session-id='{recorded}']").click()
     page.wait_for_function("() => document.getElementById('message').textContent.startsWith('The server cannot be reached')")
+
+
+def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path):
+    """Export from the page: overlay and format chosen, progress shown, the file downloaded with
+    the session id in its name, and it decodes to the recording's frames. The route's refusals
+    are the contract's codes with messages that name the bad value."""
+    server = server_factory()
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+
+    async def record() -> tuple[str, str]:
+        async with Client(server.url) as client:
+            done = await client.start(recording.meta["mime"])
+            await client.send_all(done, recording.chunks)
+            await client.stop(done)
+            open_session = await client.start(recording.meta["mime"])
+            await client.send_all(open_session, recording.chunks[:2])
+            return done["session_id"], open_session["session_id"]
+
+    with ThreadPoolExecutor(1) as pool:
+        recorded, still_recording = pool.submit(run, record()).result()
+    wait_for_summary(f"{server.url}/api/sessions/{recorded}", lambda s: "fill" not in s and s["finalized"])
+
+    def post(session_id: str, body: bytes) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{server.url}/api/sessions/{session_id}/exports", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    assert post(recorded, b'{"overlay": "boxes"}') == (
+        400, {"error": {"code": "bad_request", "message": "overlay 'boxes' is not one of landmarks, lips, none"}})
+    assert post(recorded, b'{"format": "avi"}') == (
+        400, {"error": {"code": "bad_request", "message": "format 'avi' is not one of mp4, webm"}})
+    assert post(still_recording, b"{}") == (
+        409, {"error": {"code": "session_closed", "message": "the session is still recording: stop it, then export"}})
+    assert post("0" * 32, b"{}")[0] == 404
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        fetch(f"{server.url}/api/sessions/{recorded}/exports/lips.webm")
+    assert missing.value.code == 404
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server.url}/sessions?id={recorded}")
+    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}'")
+    page.get_by_test_id("export-overlay").select_option("lips")
+    page.get_by_test_id("export-format").select_option("webm")
+    page.get_by_test_id("export").click()
+    wait_until(page, "() => window.camingestSessions.export.state === 'running'")
+    wait_until(page, "() => window.camingestSessions.export.state === 'done'", 120_000)
+    link = page.get_by_test_id("export-download")
+    with page.expect_download() as download_info:
+        link.click()
+    download = download_info.value
+    assert download.suggested_filename == f"{recorded}-lips.webm"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    assert ffprobe_frames(saved) == recording.expected["video_frames"]
+    listed = get_json(f"{server.url}/api/sessions/{recorded}/exports")["exports"]
+    assert listed == [{"overlay": "lips", "format": "webm", "state": "done", "bytes": saved.stat().st_size,
+                       "url": f"/api/sessions/{recorded}/exports/lips.webm"}]  # fmt: skip

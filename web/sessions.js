@@ -5,9 +5,11 @@ const $ = (id) => document.getElementById(id);
 const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("upload-button"),
   progress: $("upload-progress"), uploadStatus: $("upload-status"), list: $("list"), detail: $("detail"), player: $("player"), overlay: $("overlay"), mode: $("mode"),
   facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message"),
-  sessionId: $("session-id"), copyId: $("copy-id") };
+  sessionId: $("session-id"), copyId: $("copy-id"), exportForm: $("export"), exportOverlay: $("export-overlay"),
+  exportFormat: $("export-format"), exportButton: $("export-button"), exportProgress: $("export-progress"),
+  exportStatus: $("export-status") };
 let selected = null, frames = [];
-window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" } };
+window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" } };
 let refresh = null;
 
 const UNREACHABLE = "The server cannot be reached. Is camingest running? Try again in a moment.";
@@ -124,6 +126,8 @@ async function open(id) {
     };
     return figure;
   }))));
+  showExport(null);
+  followExport(id, ui.exportOverlay.value, ui.exportFormat.value); // one made before, or running
   ui.del.disabled = selected.state === "recording";
   ui.del.title = ui.del.disabled ? "A recording in progress cannot be deleted" : "";
 }
@@ -153,6 +157,55 @@ ui.del.addEventListener("click", async () => {
   ui.detail.hidden = true;
   ui.player.removeAttribute("src");
   await loadList();
+});
+
+// Export: the server encodes (one at a time), the page follows its progress and offers the file.
+let exportTimer = null;
+function showExport(job) {
+  clearTimeout(exportTimer);
+  window.camingestSessions.export = job ?? { state: "idle" };
+  ui.exportButton.disabled = selected?.state === "recording" || job?.state === "running";
+  ui.exportButton.title = selected?.state === "recording" ? "Stop the recording first" : "";
+  ui.exportProgress.hidden = job?.state !== "running";
+  if (!job) return void (ui.exportStatus.textContent = "");
+  ui.exportStatus.dataset.kind = job.state === "failed" ? "error" : "info";
+  if (job.state === "running") {
+    ui.exportProgress.value = job.frames_total ? job.frames_done / job.frames_total : 0;
+    ui.exportStatus.textContent = `Encoding ${job.frames_done} of ${job.frames_total} frames…`;
+  } else if (job.state === "failed") {
+    ui.exportStatus.textContent = `Export failed: ${job.error}`;
+  } else {
+    const link = Object.assign(document.createElement("a"), { href: job.url, download: `${selected.id}-${job.overlay}.${job.format}`,
+      textContent: `Download ${job.overlay} .${job.format}` });
+    link.dataset.testid = "export-download";
+    ui.exportStatus.replaceChildren("Ready: ", link);
+  }
+}
+async function followExport(id, overlay, format) {
+  try {
+    const { exports } = await getJSON(`/api/sessions/${id}/exports`);
+    if (selected?.id !== id) return; // another session was opened meanwhile
+    const job = exports.find((e) => e.overlay === overlay && e.format === format);
+    showExport(job ?? null);
+    if (job?.state === "running") exportTimer = setTimeout(() => followExport(id, overlay, format), 500);
+  } catch (err) { showExport({ state: "failed", error: err.message }); }
+}
+for (const select of [ui.exportOverlay, ui.exportFormat]) {
+  select.addEventListener("change", () => selected && followExport(selected.id, ui.exportOverlay.value, ui.exportFormat.value));
+}
+ui.exportForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!selected) return;
+  const id = selected.id, overlay = ui.exportOverlay.value, format = ui.exportFormat.value;
+  let r;
+  try {
+    r = await fetch(`/api/sessions/${id}/exports`, { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ overlay, format }) });
+  } catch { return showExport({ state: "failed", error: UNREACHABLE }); }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) return showExport({ state: "failed", error: body.error?.message ?? `HTTP ${r.status}` });
+  showExport(body);
+  followExport(id, overlay, format);
 });
 
 // Upload: the file is the raw request body (streamed by the browser, no form encoding), and

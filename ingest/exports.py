@@ -1,0 +1,161 @@
+"""Exports made by the server for the sessions page (``/api/sessions/{id}/exports``).
+
+An export is the session re-encoded with an overlay (``ingest.export``), written to
+``DATA/sessions/<id>/exports/<overlay>.<format>`` and kept there until the session is deleted. One
+encoding runs at a time (it takes a core for roughly the recording's duration); a second request
+while one runs is answered ``busy``. The encoding runs in a thread; this object owns its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest.exceptions import BadRequestError, CapacityError, IngestError, SessionClosedError
+from ingest.export import ENCODERS, export
+from ingest.overlay import OVERLAYS
+from storage.store import SessionStore
+
+log = logging.getLogger(__name__)
+MAX_REMEMBERED = 256  # outcomes of exports kept for the pages (failures mostly)
+FORMATS = tuple(suffix.lstrip(".") for suffix in ENCODERS)
+
+
+class ExportCancelledError(Exception):
+    pass
+
+
+@dataclass
+class ExportJob:
+    session_id: str
+    overlay: str
+    format: str
+    frames_total: int
+    frames_done: int = 0
+    state: str = "running"  # running | done | failed
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "overlay": self.overlay,
+            "format": self.format,
+            "state": self.state,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+        }
+        if self.state == "done":
+            result["url"] = export_url(self.session_id, self.overlay, self.format)
+        if self.error:
+            result["error"] = self.error
+        return result
+
+
+def export_url(session_id: str, overlay: str, fmt: str) -> str:
+    return f"/api/sessions/{session_id}/exports/{overlay}.{fmt}"
+
+
+def check_choice(overlay: str, fmt: str) -> None:
+    if overlay not in OVERLAYS:
+        raise BadRequestError(f"overlay {overlay[:40]!r} is not one of {', '.join(OVERLAYS)}")
+    if fmt not in FORMATS:
+        raise BadRequestError(f"format {fmt[:40]!r} is not one of {', '.join(FORMATS)}")
+
+
+class Exports:
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="export")
+        self._running: ExportJob | None = None
+        # the last outcome per (session, overlay, format) while the server runs: failures are
+        # shown to the page; finished files are found on disk after a restart too
+        self._last: dict[tuple[str, str, str], ExportJob] = {}
+
+    def folder(self, session_id: str) -> Path:
+        return self.store.paths(session_id).root / "exports"
+
+    def file(self, session_id: str, overlay: str, fmt: str) -> Path:
+        check_choice(overlay, fmt)
+        return self.folder(session_id) / f"{overlay}.{fmt}"
+
+    def list(self, session_id: str) -> list[dict[str, Any]]:
+        self.store.get_row(session_id)  # unknown_session
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        folder = self.folder(session_id)
+        for path in sorted(folder.glob("*.*")) if folder.is_dir() else []:
+            overlay, _, fmt = path.name.partition(".")
+            if overlay in OVERLAYS and fmt in FORMATS:
+                found[(overlay, fmt)] = {"overlay": overlay, "format": fmt, "state": "done",
+                                         "bytes": path.stat().st_size,
+                                         "url": export_url(session_id, overlay, fmt)}  # fmt: skip
+        for (sid, overlay, fmt), job in self._last.items():
+            if sid == session_id and (job.state != "done" or (overlay, fmt) not in found):
+                found[(overlay, fmt)] = job.describe()
+        return list(found.values())
+
+    async def start(self, session_id: str, overlay: str, fmt: str) -> dict[str, Any]:
+        check_choice(overlay, fmt)
+        row = self.store.get_row(session_id)
+        if row["state"] == "recording":
+            raise SessionClosedError("the session is still recording: stop it, then export")
+        if self._running is not None:
+            running = self._running
+            if (running.session_id, running.overlay, running.format) == (session_id, overlay, fmt):
+                return running.describe()
+            raise CapacityError("another export is being encoded; try again when it is done")
+        job = ExportJob(session_id, overlay, fmt, frames_total=row["frames"])
+        self._running = self._last[(session_id, overlay, fmt)] = job
+        while len(self._last) > MAX_REMEMBERED:  # oldest first (dicts keep insertion order)
+            del self._last[next(iter(self._last))]
+        asyncio.get_running_loop().run_in_executor(self._pool, self._encode, job).add_done_callback(
+            lambda _: self._finished(job)
+        )
+        return job.describe()
+
+    def _encode(self, job: ExportJob) -> None:
+        paths = self.store.paths(job.session_id)
+        out = self.file(job.session_id, job.overlay, job.format)
+
+        def progress(n: int) -> None:
+            if job.cancel.is_set():
+                raise ExportCancelledError
+            job.frames_done += n
+
+        try:
+            out.parent.mkdir(exist_ok=True)
+            job.frames_done = 0
+            export(paths.stream, paths.landmarks, out, job.overlay, progress)
+            job.state = "done"
+        except ExportCancelledError:
+            job.state, job.error = "failed", "the export was cancelled"
+        except IngestError as exc:
+            job.state, job.error = "failed", exc.message
+        except OSError as exc:  # the operator gets the path, the page the reason
+            log.warning("export of %s failed: %s", job.session_id, exc)
+            job.state, job.error = "failed", f"the export could not be written: {exc.strerror or 'I/O error'}"
+        except Exception:
+            log.exception("export of %s failed", job.session_id)
+            job.state, job.error = "failed", "the export failed (see the server's log)"
+
+    def _finished(self, job: ExportJob) -> None:
+        if self._running is job:
+            self._running = None
+        if job.state == "done":
+            self._last.pop((job.session_id, job.overlay, job.format), None)
+
+    def forget(self, session_id: str) -> None:
+        """The session is being deleted: stop its encoding, drop its state."""
+        if self._running is not None and self._running.session_id == session_id:
+            self._running.cancel.set()
+        for key in [k for k in self._last if k[0] == session_id]:
+            del self._last[key]
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
