@@ -5,7 +5,7 @@
   is not meant to be reached by get 421, Socket.IO included (it runs on the same aiohttp app).
 - **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) from another site's page is a
   CSRF attempt: 403 ``unauthorized``. Requests without Origin (curl, scripts) are not browsers'.
-- **Token** (``token``): every route but ``GET /api/health`` needs ``Authorization: Bearer TOKEN``
+- **Token** (``token``): every route but ``GET /api/health`` and the static scripts needs ``Authorization: Bearer TOKEN``
   or the ``camingest_token`` cookie, which opening any page with ``?token=TOKEN`` sets (HttpOnly,
   SameSite=Strict). Socket.IO connects with ``auth={"token": TOKEN}`` or the cookie (checked in
   the namespace's connect handler: the token travels in the CONNECT packet, not in HTTP).
@@ -82,6 +82,15 @@ def access_middleware(settings: Settings) -> Callable[[web.Request, Handler], Aw
         if request.method in UNSAFE_METHODS and not _same_site(request, settings):
             origin = request.headers.get("Origin", "")[:100]
             return _error("unauthorized", f"requests from origin {origin} may not change anything here", 403)
+        if request.path.startswith("/static/"):
+            # the pages' scripts (the same files as in the package: no data) are public, and
+            # pages of origins in cors_origins may import them (camingest-client.js)
+            response = await handler(request)
+            origin = request.headers.get("Origin")
+            if origin is not None and ("*" in settings.cors_origins or origin in settings.cors_origins):
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Vary"] = "Origin"
+            return response
         if settings.token is None or request.path == "/api/health" or request.path.startswith("/socket.io/"):
             return await handler(request)
         offered = request.query.get("token")

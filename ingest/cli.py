@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None, help="access token every client must present (or $CAMINGEST_TOKEN)")
     serve.add_argument("--tls-cert", default=None, metavar="FILE", help="serve https/wss with this certificate (PEM)")
     serve.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument("--pages", default=None, metavar="DIR",
+                       help="serve your own pages from DIR at /pages/ (same origin: their io() reaches camingest)")
     _add_data(serve)
 
     sessions = commands.add_parser("sessions", help="list stored sessions")
@@ -81,6 +83,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         token=getattr(args, "token", None),
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
+        pages_dir=getattr(args, "pages", None),
     )
 
 

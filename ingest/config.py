@@ -48,6 +48,9 @@ class Settings:
     # Serve https and wss directly with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Your own pages (e.g. one written for the Node tutorials), served at /pages/ from this folder:
+    # same origin as camingest, so their `io()` and `/socket.io/socket.io.js` work unchanged.
+    pages_dir: str | None = None
     # Allowed Origin headers for Socket.IO connections. Empty = same origin as the server only.
     # "*" allows any origin (only for trusted networks).
     cors_origins: tuple[str, ...] = ()
@@ -104,6 +107,8 @@ class Settings:
             raise ValueError(
                 f"sweep_every ({self.sweep_every}) must be a multiple of detect_every ({self.detect_every})"
             )
+        if self.pages_dir is not None and not Path(self.pages_dir).is_dir():
+            raise ValueError(f"the pages folder {self.pages_dir} does not exist (--pages / CAMINGEST_PAGES_DIR)")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
 

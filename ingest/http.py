@@ -27,6 +27,7 @@ from storage.store import validate_session_id
 
 log = logging.getLogger(__name__)
 READ_PIECE = 256 * 1024
+SOCKET_IO_CLIENT = "socket.io-4.8.4.min.js"  # web/vendor/
 STATUS = {
     "bad_request": 400,
     "unauthorized": 403,
@@ -133,6 +134,11 @@ def _seq(request: web.Request) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # "²".isdigit() is True
         raise BadRequestError(f"seq must be a non-negative integer, got {raw[:20]!r}")
     return int(raw)
+
+
+async def socketio_client(request: web.Request) -> web.StreamResponse:
+    """The Socket.IO browser client where Node's socket.io serves it, for pages written for it."""
+    return web.FileResponse(web_root() / "vendor" / SOCKET_IO_CLIENT)
 
 
 async def index_page(request: web.Request) -> web.StreamResponse:
@@ -358,11 +364,15 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
     app.router.add_get("/", index_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions_page)
     app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    app.router.add_get("/socket.io/socket.io.js", socketio_client)
+    app.router.add_get("/socket.io/socket.io.min.js", socketio_client)
+    if pages_dir is not None:
+        app.router.add_static("/pages/", pages_dir, show_index=True, follow_symlinks=False)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/sessions", list_sessions)
     app.router.add_post("/api/sessions", upload_session)

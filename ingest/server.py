@@ -193,7 +193,7 @@ def build_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(close_connections)
-    add_routes(app)
+    add_routes(app, settings.pages_dir)
     return app
 
 

@@ -107,6 +107,8 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
     if row["ended_by"]:
         result["ended_by"] = row["ended_by"]
     meta = json.loads(row["meta"] or "{}")
+    if meta:  # what the client said of itself at start (bounded in size there)
+        result["meta"] = meta
     if meta.get("imported_from"):  # the user's file name, for the pages
         result["imported_from"] = str(meta["imported_from"])[:200]
     if row["landmarks_error"]:

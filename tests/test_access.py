@@ -68,11 +68,13 @@ def test_token_guards_every_route_and_the_socket(server_factory):
 
     sid = "20260101-000000-00000000"
     every_route = [("GET", p) for p in (
-        "/", "/sessions", "/static/recorder.js", "/metrics", "/api/sessions", f"/api/sessions/{sid}",
+        "/", "/sessions", "/metrics", "/api/sessions", f"/api/sessions/{sid}",
         f"/api/sessions/{sid}/raw.webm", f"/api/sessions/{sid}/recording.webm", f"/api/sessions/{sid}/chunks/0",
         f"/api/sessions/{sid}/chunks/0.webm", f"/api/sessions/{sid}/landmarks", f"/api/sessions/{sid}/preview.mjpg",
         f"/api/sessions/{sid}/snapshots/000000-abcdef", f"/api/sessions/{sid}/snapshots/000000-abcdef/landmarks",
-    )] + [("POST", "/api/sessions?filename=x.webm"), ("DELETE", f"/api/sessions/{sid}")]  # fmt: skip
+        f"/api/sessions/{sid}/exports", f"/api/sessions/{sid}/exports/lips.mp4",
+    )] + [("POST", "/api/sessions?filename=x.webm"), ("DELETE", f"/api/sessions/{sid}"),
+          ("POST", f"/api/sessions/{sid}/exports")]  # fmt: skip
 
     async def scenario() -> None:
         for method, path in every_route:
@@ -80,6 +82,8 @@ def test_token_guards_every_route_and_the_socket(server_factory):
             assert status == 401, (method, path)
             assert body["error"]["code"] == "unauthorized"
         assert (await request("GET", url + "/api/health"))[0] == 200
+        # the pages' scripts hold no data: public, so that other apps' pages can import the client
+        assert (await request("GET", url + "/static/camingest-client.js"))[0] == 200
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         assert (await request("GET", url + "/api/sessions", headers=bearer))[0] == 200
         assert (await request("GET", url + "/api/sessions", headers={"Authorization": "Bearer wrong"}))[0] == 401

@@ -1,9 +1,9 @@
-// The recorder page: camera -> MediaRecorder (250 ms slices) -> send queue -> Socket.IO;
-// landmarks come back and are drawn over the preview.
-import { ChunkSender, SendQueueFull } from "./sendqueue.js";
+// The recorder page: camera -> camingest-client.js (MediaRecorder in 250 ms slices, acknowledged
+// send queue, resume) -> Socket.IO; landmarks come back and are drawn over the preview. The page
+// holds only what it shows: the client module is the same one other apps import.
+import { createClient } from "./camingest-client.js";
 import { drawFaces } from "./overlay.js";
 
-const TIMESLICE_MS = 250;
 const CODECS = [
   ["VP8", "video/webm;codecs=vp8"],
   ["VP9", "video/webm;codecs=vp9"],
@@ -33,10 +33,9 @@ const state = (window.camingest = {
   chunksRecorded: 0, analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], state: "idle", error: null,
 });
 
-let stream = null, recorder = null, sender = null, recStart = 0, autoTimer = null;
+let stream = null, recording = null, autoTimer = null;
 let frames = []; // landmark frames of this recording, in index order
 const recent = []; // arrival times of analysed frames, for the fps figure
-let chain = Promise.resolve(); // keeps blob -> ArrayBuffer conversions in recorder order
 
 function say(text, kind = "info") {
   ui.message.hidden = !text;
@@ -53,7 +52,7 @@ function setConnection(value) {
   ui.conn.dataset.state = value;
   ui.conn.textContent = { connected: "connected", reconnecting: "reconnecting…", offline: "offline" }[value];
   // a new recording needs the server: Record waits for the connection
-  ui.record.disabled = value !== "connected" || Boolean(recorder) || Boolean(environmentProblem());
+  ui.record.disabled = value !== "connected" || Boolean(recording) || Boolean(environmentProblem());
   renderBanner();
 }
 
@@ -82,9 +81,9 @@ function render() {
   $("s-frames").textContent = `${state.analysedFrames}${state.skippedFrames ? ` (+${state.skippedFrames} skipped)` : ""}`;
   const now = performance.now();
   while (recent.length && recent[0] < now - 2000) recent.shift();
-  $("s-fps").textContent = recorder ? `${(recent.length / 2).toFixed(1)} fps` : "—";
+  $("s-fps").textContent = recording ? `${(recent.length / 2).toFixed(1)} fps` : "—";
   const last = frames[frames.length - 1];
-  $("s-lag").textContent = recorder && last ? `${Math.max(0, now - recStart - last.pts_ms).toFixed(0)} ms` : "—";
+  $("s-lag").textContent = recording && last ? `${Math.max(0, now - recording.startedAt - last.pts_ms).toFixed(0)} ms` : "—";
 }
 
 // -- environment checks ---------------------------------------------------------------------
@@ -112,33 +111,13 @@ function cameraError(err) {
   }
 }
 
-// -- socket ---------------------------------------------------------------------------------
-const socket = io({ reconnectionDelay: 250, reconnectionDelayMax: 2000 });
-const emit = (event, payload, timeoutMs) => socket.timeout(timeoutMs).emitWithAck(event, payload);
+// -- server ---------------------------------------------------------------------------------
+const client = await createClient(location.origin);
+client.addEventListener("connection", (e) => setConnection(e.detail.state));
+window.addEventListener("offline", () => { if (!client.connected) setConnection("offline"); });
+window.addEventListener("online", () => { if (!client.connected) setConnection("reconnecting"); });
 
-socket.on("connect", () => {
-  setConnection("connected");
-  if (!sender?.session) return;
-  const lost = outage;
-  outage = null;
-  sender.resume()
-    .then(() => sender.drained())
-    .then(() => {
-      if (lost && state.state === "recording") {
-        say(`Reconnected: ${state.ackedChunks - lost.acked} chunks delivered, nothing lost.`, "ok");
-      }
-    })
-    .catch((e) => say(`Resume failed: ${e.message}`, "error"));
-});
-socket.on("disconnect", () => {
-  setConnection(navigator.onLine === false ? "offline" : "reconnecting");
-  if (["recording", "finishing", "waiting"].includes(state.state) && !outage) outage = { acked: state.ackedChunks };
-  sender?.disconnected();
-});
-window.addEventListener("offline", () => { if (!socket.connected) setConnection("offline"); });
-window.addEventListener("online", () => { if (!socket.connected) setConnection("reconnecting"); });
-socket.on("landmarks", (msg) => {
-  if (msg.session_id !== state.sessionId) return;
+function onLandmarks({ detail: msg }) {
   const now = performance.now();
   for (const frame of msg.frames) {
     frames[frame.index] = frame;
@@ -148,23 +127,22 @@ socket.on("landmarks", (msg) => {
   frames = frames.filter(Boolean);
   state.landmarkFrames = state.analysedFrames + state.skippedFrames;
   render();
-});
-socket.on("snapshot_landmarks", (msg) => {
+}
+function onSnapshotLandmarks({ detail: msg }) {
   const item = state.snapshots.find((s) => s.snapshot_id === msg.snapshot_id);
   if (!item) return;
   item.faces = msg.faces;
   item.draw?.();
-});
-socket.on("landmarks_filled", (msg) => {
+}
+function onFilled({ detail: msg }) {
   // after stop, the server filled the frames live analysis had no time for
-  if (msg.session_id !== state.sessionId || !state.skippedFrames) return;
+  if (!state.skippedFrames) return;
   state.filledFrames = state.skippedFrames;
   say(`All ${msg.analysed_frames} frames now have landmarks (${state.skippedFrames} skipped live were filled; ` +
     `faces in ${msg.frames_with_faces}).`, "ok");
-});
-socket.on("session_error", (msg) => {
-  if (msg.session_id === state.sessionId) say(`The server stopped analysing this session: ${msg.message}`, "error");
-});
+}
+// landmarks_filled comes after stop, when the recording object is done: listen on the client
+client.addEventListener("landmarks_filled", (e) => { if (e.detail.session_id === state.sessionId) onFilled(e); });
 
 // -- recording ------------------------------------------------------------------------------
 async function record() {
@@ -194,39 +172,34 @@ async function record() {
   Object.assign(state, { ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0, chunksRecorded: 0,
     analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], error: null });
   ui.gallery.replaceChildren();
-  sender = new ChunkSender({
-    emit,
-    onChange: (s) => {
-      Object.assign(state, { ackedChunks: s.ackedChunks, pendingChunks: s.pending, bytesSent: s.bytesSent });
-      if (s.fatal) { state.error = s.fatal; say(`The server refused a chunk: ${s.fatal.message}`, "error"); }
-      render();
-    },
-  });
   try {
-    recorder = new MediaRecorder(stream, options);
-    await sender.open(recorder.mimeType || options.mimeType, { userAgent: navigator.userAgent, keyframeS });
+    recording = await client.record(stream, { mimeType: options.mimeType, keyframeIntervalMs: options.videoKeyFrameIntervalDuration,
+      meta: { userAgent: navigator.userAgent, keyframeS } });
   } catch (err) {
     stopTracks();
-    ui.record.disabled = false;
+    recording = null;
+    setConnection(connection);
     return say(`Could not start: ${err.message}`, "error");
   }
-  state.sessionId = sender.session.session_id;
-  recorder.ondataavailable = (event) => {
-    if (!event.data.size) return;
-    const tMs = performance.now() - recStart;
-    state.chunksRecorded += 1;
-    chain = chain.then(async () => {
-      try {
-        sender.push(await event.data.arrayBuffer(), tMs);
-      } catch (err) {
-        if (err instanceof SendQueueFull) { say(`Recording stopped: ${err.message}.`, "error"); stop(); }
-        else throw err;
-      }
-    });
-  };
-  recStart = performance.now();
+  state.sessionId = recording.sessionId;
+  recording.addEventListener("progress", () => {
+    Object.assign(state, { ackedChunks: recording.ackedChunks, pendingChunks: recording.pendingChunks,
+      bytesSent: recording.bytesSent, chunksRecorded: recording.chunksRecorded });
+    render();
+  });
+  recording.addEventListener("error", (e) => {
+    state.error = e.detail;
+    say(e.detail.code === "queue_full" ? `${e.detail.message}.` : `The server refused a chunk: ${e.detail.message}`, "error");
+    stop();
+  });
+  recording.addEventListener("reconnected", (e) => {
+    if (state.state === "recording") say(`Reconnected: ${e.detail.delivered} chunks delivered, nothing lost.`, "ok");
+  });
+  recording.addEventListener("waiting", (e) => { state.state = "waiting"; waitStarted(e.detail.until); });
+  recording.addEventListener("landmarks", onLandmarks);
+  recording.addEventListener("snapshot_landmarks", onSnapshotLandmarks);
+  recording.addEventListener("session_error", (e) => say(`The server stopped analysing this session: ${e.detail.message}`, "error"));
   lockSettings(true);
-  recorder.start(TIMESLICE_MS);
   state.state = "recording";
   ui.stop.disabled = ui.snapshot.disabled = false;
   const every = Number(ui.autosnap.value);
@@ -240,19 +213,15 @@ function stopTracks() {
 }
 
 async function stop() {
-  if (!recorder || recorder.state === "inactive") return;
+  if (!recording || ["finishing", "waiting", "stopped"].includes(state.state)) return;
   ui.stop.disabled = ui.snapshot.disabled = true;
   clearInterval(autoTimer);
-  const stopped = new Promise((resolve) => recorder.addEventListener("stop", resolve, { once: true }));
-  recorder.stop();
-  await stopped;
-  stopTracks();
   state.state = "finishing";
   say("Sending the last chunks…");
+  const cancel = new AbortController();
+  stopWait = { until: 0, cancel: () => cancel.abort() };
   try {
-    await chain;
-    if (!socket.connected) await waitForServer();
-    const summary = await sender.close();
+    const summary = await recording.stop({ waitForServerMs: STOP_WAIT_S * 1000, signal: cancel.signal });
     state.state = "stopped";
     say(`Saved: ${summary.chunks} chunks, ${summary.frames} frames, ${(summary.duration_ms / 1000).toFixed(1)} s. ` +
       `See it on the Sessions page.`, "ok");
@@ -261,7 +230,10 @@ async function stop() {
     say(`Stopping failed: ${err.message}. The acknowledged chunks are stored; the server ends the session ` +
       "by itself once it has been idle for a while.", "error");
   }
-  recorder = null;
+  clearInterval(waitTicker);
+  stopWait = null;
+  stopTracks();
+  recording = null;
   lockSettings(false);
   setConnection(connection);
   render();
@@ -272,27 +244,13 @@ function lockSettings(locked) {
   for (const input of [ui.codec, ui.keyframe, ui.audio, ui.autosnap]) input.disabled = locked;
 }
 
-/** Stop pressed during an outage: wait (visibly, cancellably) for the server, then go on. */
-function waitForServer() {
-  state.state = "waiting";
-  return new Promise((resolve, reject) => {
-    const finish = (error) => {
-      clearInterval(ticker);
-      socket.off("connect", onConnect);
-      stopWait = null;
-      state.state = "finishing";
-      renderBanner();
-      if (error) reject(error); else resolve();
-    };
-    const onConnect = () => finish(null); // the connect handler resumes; close() waits for the queue
-    const ticker = setInterval(() => {
-      if (performance.now() > stopWait.until) finish(new Error(`the server did not come back within ${STOP_WAIT_S} s`));
-      else renderBanner();
-    }, 1000);
-    stopWait = { until: performance.now() + STOP_WAIT_S * 1000, cancel: () => finish(new Error("stop cancelled")) };
-    socket.on("connect", onConnect);
-    renderBanner();
-  });
+/** Stop pressed during an outage: the banner counts down to `until` and offers cancel. */
+let waitTicker = null;
+function waitStarted(until) {
+  stopWait.until = until;
+  clearInterval(waitTicker);
+  waitTicker = setInterval(renderBanner, 1000);
+  renderBanner();
 }
 
 async function snapshot() {
@@ -302,8 +260,7 @@ async function snapshot() {
   canvas.height = ui.preview.videoHeight;
   canvas.getContext("2d").drawImage(ui.preview, 0, 0);
   const blob = await new Promise((r) => canvas.toBlob(r, "image/jpeg", 0.9));
-  const ack = await emit("snapshot", { ...sender.session, mime: "image/jpeg", data: await blob.arrayBuffer(),
-    t_ms: performance.now() - recStart }, 15000).catch((e) => ({ ok: false, error: { message: e.message } }));
+  const ack = await recording.snapshot(blob);
   if (!ack.ok) return say(`Snapshot refused: ${ack.error.message}`, "error");
   const item = { snapshot_id: ack.snapshot_id, faces: null };
   state.snapshots.push(item);
@@ -334,7 +291,7 @@ function paint() {
   for (let i = frames.length - 1; i >= 0 && i >= frames.length - 10; i--) {
     // stale landmarks (the connection is down, analysis lags) would sit on the wrong face: hidden
     if (frames[i]?.faces) {
-      if (recorder && performance.now() - lastLandmarkAt < STALE_MS) drawFaces(ctx, frames[i].faces, ui.mode.value);
+      if (recording && performance.now() - lastLandmarkAt < STALE_MS) drawFaces(ctx, frames[i].faces, ui.mode.value);
       break;
     }
   }
