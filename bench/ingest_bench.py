@@ -22,9 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import socketio
-
 from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, start_server
+from ingest.client import CamingestClient, CamingestError
 from ingest.webm import WebMReader, build_unit
 
 
@@ -48,27 +47,24 @@ def reframe(repeat: int) -> dict:
 
 
 async def recorder(url: str, chunks: list[bytes], deadline: float, latencies: list[float], errors: list[str]) -> None:
-    sio = socketio.AsyncClient(reconnection=False)
-    await sio.connect(url, transports=["websocket"])
-    await asyncio.sleep(random.random() * 0.25)  # spread the clients over the 250 ms slice
-    try:
+    """One browser-like recorder: a chunk every 250 ms through the package's client."""
+    async with CamingestClient(url, reconnect=False) as client:
+        await asyncio.sleep(random.random() * 0.25)  # spread the clients over the 250 ms slice
         while time.monotonic() < deadline:
-            ack = await sio.call("start", {"mime": "video/webm;codecs=vp8,opus"}, timeout=30)
-            session = {"session_id": ack["session_id"], "token": ack["token"]}
+            session = await client.start("video/webm;codecs=vp8,opus")
             next_due = time.monotonic()
-            for seq, data in enumerate(chunks):
+            for data in chunks:
                 if time.monotonic() >= deadline:
                     break
                 next_due += 0.25
                 sent = time.perf_counter()
-                ack = await sio.call("chunk", {**session, "seq": seq, "data": data}, timeout=30)
+                try:
+                    await session.send(data)
+                except CamingestError as exc:
+                    errors.append(exc.code)
                 latencies.append((time.perf_counter() - sent) * 1000)
-                if not ack.get("ok"):
-                    errors.append(ack["error"]["code"])
                 await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-            await sio.call("stop", session, timeout=30)
-    finally:
-        await sio.disconnect()
+            await session.stop()
 
 
 async def acks(clients: int, seconds: float) -> dict:

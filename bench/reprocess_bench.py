@@ -35,9 +35,9 @@ import matplotlib.pyplot as plt
 from bench.common import chunks_of, machine_notes, start_server
 from bench.landmarks_bench import WEBCAMS, naive_fps
 from ingest.batch import Reprocessor
+from ingest.client import CamingestClient
 from ingest.landmarks import TrackerSettings, detect_faces
 from storage.store import SessionStore
-from tests.client import Client
 from tests.media import decoded_frames, match_faces
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -45,13 +45,12 @@ OUT = Path(__file__).resolve().parent / "results"
 
 async def store_sessions(url: str) -> dict[str, str]:
     ids = {}
-    async with Client(url) as client:
+    async with CamingestClient(url) as client:
         for name in WEBCAMS:
             session = await client.start()
-            for seq, chunk in enumerate(chunks_of(name)):
-                assert (await client.chunk(session, seq, chunk))["ok"]
-            await client.stop(session)
-            ids[name] = session["session_id"]
+            await session.send_stream(chunks_of(name))
+            await session.stop()
+            ids[name] = session.session_id
     return ids
 
 

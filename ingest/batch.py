@@ -23,6 +23,7 @@ from typing import Any
 from ingest.exceptions import InvalidMediaError, SessionClosedError
 from ingest.landmarks import TrackerSettings
 from ingest.webm import WebMReader, build_unit
+from storage.gallery import Gallery, GalleryMatrix
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, frame_result
 from storage.store import SessionStore, utc_now
 
@@ -47,6 +48,8 @@ class Job:
     start: int  # landmark frames [start, end)
     end: int
     settings: TrackerSettings
+    # the gallery when the job was planned (faces identified against it; travels with the job)
+    gallery: GalleryMatrix | None = None
 
 
 def scan_video_blocks(path: Path) -> tuple[bytes, list[VideoBlock]]:
@@ -66,6 +69,7 @@ def scan_video_blocks(path: Path) -> tuple[bytes, list[VideoBlock]]:
 
 def plan_jobs(path: Path, settings: TrackerSettings, max_frames: int = MAX_JOB_FRAMES_DEFAULT) -> list[Job]:
     init, blocks = scan_video_blocks(path)
+    gallery = Gallery(Path(settings.gallery_data_dir)).matrix() if settings.gallery_data_dir else None
     # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     jobs = []
@@ -75,13 +79,14 @@ def plan_jobs(path: Path, settings: TrackerSettings, max_frames: int = MAX_JOB_F
         while key > 0 and not blocks[key].keyframe:
             key -= 1
         span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key:end])
-        jobs.append(Job(str(path), init, span, key, start, end, settings))
+        jobs.append(Job(str(path), init, span, key, start, end, settings, gallery))
     return jobs
 
 
 def run_job(job: Job) -> list[dict[str, Any]]:
     """In a worker: decode the job's blocks, landmark frames [start, end)."""
     from ingest.decode import UnitDecoder
+    from ingest.identity import FixedGallery
     from ingest.landmarks import FaceTracker
 
     runs: list[tuple[int, bytes]] = []
@@ -94,12 +99,13 @@ def run_job(job: Job) -> list[dict[str, Any]]:
             else:
                 runs.append((timecode, data))
     decoder = UnitDecoder(first_index=job.first_index)
-    tracker = FaceTracker(job.settings)
+    tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
     out = []
     # frames are consumed as they are decoded: a long run from a distant keyframe holds one
     for frame in itertools.chain(decoder.decode(build_unit(job.init, runs)), decoder.flush()):
         if job.start <= frame.index < job.end:
-            out.append(frame_result(frame.index, frame.pts_ms, tracker.process(frame.gray(), frame.index)))
+            faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
+            out.append(frame_result(frame.index, frame.pts_ms, faces))
     if len(out) != job.end - job.start:
         raise InvalidMediaError(f"frames {job.start}-{job.end}: decoded {len(out)} of {job.end - job.start}")
     return out

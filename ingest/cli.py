@@ -70,7 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, metavar="FILE")
     importer.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     _add_data(importer)
+    gallery = commands.add_parser("gallery", help="the people faces are identified as: add, list, remove")
+    actions = gallery.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="enrol a person from face photos (one face per photo)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    _add_data(add)
+    listing = actions.add_parser("list", help="the people in the gallery")
+    _add_data(listing)
+    remove = actions.add_parser("remove", help="forget a person: their descriptors and photos")
+    remove.add_argument("name", metavar="NAME")
+    _add_data(remove)
     return parser
+
+
+def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.gallery import as_ingest_error, enrol_photos
+    from storage.gallery import Gallery, GalleryError, check_name
+
+    gallery = Gallery(settings.data_dir)
+    try:
+        if args.action == "list":
+            people = gallery.people()
+            for person in people:
+                print(f"{person['name']}\t{person['images']} photo{'s' if person['images'] != 1 else ''}")
+            if not people:
+                print("the gallery is empty; add someone with: camingest gallery add NAME PHOTO...")
+            return 0
+        name = check_name(args.name)
+        if args.action == "remove":
+            removed = gallery.remove(name)
+            print(f"removed {name} and {removed} photo{'s' if removed != 1 else ''}")
+            return 0
+        photos = []
+        for path in args.images:
+            if not path.is_file():
+                raise IngestError(f"{path} is not a file")
+            photos.append((path.read_bytes(), path.name))
+        from ingest.predictor import prepare_engine
+
+        prepare_engine(settings.landmark_engine)
+        enrolled, refusal = enrol_photos(photos, settings.landmark_engine)
+        if refusal is not None:
+            raise IngestError(refusal)
+        count = gallery.add(name, enrolled)
+        print(f"enrolled {name}: {count} photo{'s' if count != 1 else ''}")
+        return 0
+    except GalleryError as exc:
+        raise as_ingest_error(exc) from None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -231,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_import(settings, args.file)
         if args.command == "export":
             return cmd_export(settings, args.session_id, args.out, args.overlay)
+        if args.command == "gallery":
+            return cmd_gallery(settings, args)
     except (IngestError, RuntimeError, OSError, ValueError) as exc:
         print(f"camingest {args.command}: {exc}", file=sys.stderr)
         return 1

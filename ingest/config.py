@@ -95,6 +95,11 @@ class Settings:
     anchor_every: int = 5
     sweep_every: int = 300
     detect_upsample: int = 1
+    # Identification against the gallery (ingest/identity.py): the largest descriptor distance
+    # that names a face (dlib's documented 0.6), and how often (frames) a tracked face's
+    # descriptor is computed again (~10-30 ms each; 90 = every 3 s at 30 fps).
+    identity_threshold: float = 0.6
+    identify_every: int = 90
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

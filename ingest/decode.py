@@ -36,6 +36,11 @@ class DecodedFrame:
     def height(self) -> int:
         return self.frame.height
 
+    def rgb(self) -> np.ndarray:
+        """The frame in colour, (height, width, 3) uint8 (a conversion: only for the faces
+        being identified)."""
+        return self.frame.to_ndarray(format="rgb24")
+
     def gray(self) -> np.ndarray:
         """The luma plane as a (height, width) uint8 array (a view, no copy, when planar)."""
         frame = self.frame

@@ -35,6 +35,12 @@ class UnknownSessionError(IngestError, LookupError):
     code = "unknown_session"
 
 
+class NotFoundError(IngestError, LookupError):
+    """Something other than a session, chunk or snapshot does not exist (a gallery person)."""
+
+    code = "not_found"
+
+
 class UnknownChunkError(IngestError, LookupError):
     """The session exists; that chunk seq does not (HTTP 404)."""
 

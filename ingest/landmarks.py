@@ -24,13 +24,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import dlib
 import numpy as np
 
 from ingest.predictor import Predictor, predictor
+
+if TYPE_CHECKING:
+    from ingest.identity import GallerySource
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # iBUG-300W indices
@@ -54,6 +57,12 @@ class TrackerSettings:
     # for again on every frame until it is found or given up (then looked for at every anchor).
     max_misses: int = 3
     engine: str = "numba"  # landmark engine: numba (dlib's model, same points) or dlib
+    # identification (ingest/identity.py): a face's descriptor is computed when its track
+    # starts and every `identify_every` frames (~3 s at 30 fps); live workers read the gallery
+    # of the data folder `gallery_data_dir`, batch jobs carry theirs
+    identify_every: int = 90
+    identity_threshold: float = 0.6
+    gallery_data_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.anchor_every < 1 or self.detect_every < 1 or self.sweep_every < self.detect_every or self.sweep_every % self.detect_every:
@@ -71,6 +80,8 @@ class TrackerSettings:
             "sweep_every": self.sweep_every,
             "upsample": self.upsample,
             "scene_cut": self.scene_cut,
+            "identify_every": self.identify_every,
+            "identity_threshold": self.identity_threshold,
         }
 
 
@@ -164,6 +175,14 @@ def detect_near(gray: np.ndarray, box: Box, target: int = 100, reach: float = 1.
 
 
 @dataclass
+class _Identity:
+    descriptor: np.ndarray
+    described_at: int  # frame position of the descriptor
+    generation: object  # of the gallery it was matched against
+    identity: dict[str, Any] | None
+
+
+@dataclass
 class _Track:
     box: Box
     # the detector box relative to the points: its centre's offset from their mean, in units of
@@ -173,6 +192,7 @@ class _Track:
     offset: tuple[float, float]
     points: np.ndarray
     misses: int = 0  # searches in a row that found no face here
+    ident: _Identity | None = None  # who it is, carried along the track between descriptors
 
     @property
     def small(self) -> bool:
@@ -203,9 +223,17 @@ def _box_from(track: _Track) -> Box:
 class FaceTracker:
     """Landmarks for consecutive frames of one stream (one instance per session)."""
 
-    def __init__(self, settings: TrackerSettings | None = None, engine: Predictor | None = None) -> None:
+    def __init__(
+        self, settings: TrackerSettings | None = None, engine: Predictor | None = None, gallery: GallerySource | None = None
+    ) -> None:
         self.settings = settings or TrackerSettings()
         self.engine = engine or predictor(self.settings.engine)
+        if gallery is None and self.settings.gallery_data_dir is not None:
+            from ingest.identity import live_gallery
+
+            gallery = live_gallery(self.settings.gallery_data_dir)
+        self.gallery = gallery
+        self.descriptors = 0  # computed, for the benchmarks
         self._tracks: list[_Track] = []
         # where faces were lost since the last sweep: searched again at every anchor, so a small
         # face that HOG missed for a moment is found again without waiting for the next sweep
@@ -227,19 +255,51 @@ class FaceTracker:
         previous, self._thumb = self._thumb, thumb
         return previous is None or float(np.abs(thumb - previous).mean()) > self.settings.scene_cut
 
-    def process(self, gray: np.ndarray, index: int | None = None) -> list[dict[str, Any]]:
+    def process(
+        self, gray: np.ndarray, index: int | None = None, rgb: Callable[[], np.ndarray] | None = None
+    ) -> list[dict[str, Any]]:
         """Faces of the next frame. With ``index`` (the frame's index in its stream) sweeps,
         refreshes and anchors fall on multiples of their periods: a tracker started on a sweep
         frame (batch re-processing, one job per sweep period) then reproduces the live results
-        exactly."""
-        image = np.ascontiguousarray(gray)
+        exactly. ``rgb`` gives the frame in colour (only called when a face is identified)."""
         position = self._frames if index is None else index
+        self._locate(gray, position)
+        if self.gallery is not None and rgb is not None:
+            self._identify(position, rgb)
+        return self._faces()
+
+    def _identify(self, position: int, rgb: Callable[[], np.ndarray]) -> None:
+        """Descriptors for tracks that are new or due (only while the gallery holds someone);
+        identities re-matched from the descriptors a track has when the gallery changed."""
+        from ingest.identity import describe, nearest
+
+        assert self.gallery is not None
+        generation, matrix = self.gallery.current()
+        if not matrix.names:  # nobody to recognise: no descriptor costs anything, no face is "unknown"
+            for track in self._tracks:
+                track.ident = None
+            return
+        threshold = self.settings.identity_threshold
+        image = None
+        for track in self._tracks:
+            ident = track.ident
+            if ident is None or position - ident.described_at >= self.settings.identify_every:
+                image = rgb() if image is None else image
+                descriptor = describe(image, face_dict(track.box, track.points)["box"], track.points)
+                self.descriptors += 1
+                track.ident = _Identity(descriptor, position, generation, nearest(matrix, descriptor, threshold))
+            elif ident.generation != generation:
+                ident.identity = nearest(matrix, ident.descriptor, threshold)
+                ident.generation = generation
+
+    def _locate(self, gray: np.ndarray, position: int) -> None:
+        image = np.ascontiguousarray(gray)
         self._frames += 1
         settings = self.settings
         cut = self._scene_cut(image)  # always: the next frame compares with this one
         if cut or position % settings.sweep_every == 0:
             self._sweep(image)
-            return self._faces()
+            return
         if self._tracks:
             self._track(image)
         if position % settings.detect_every == 0:
@@ -248,10 +308,13 @@ class FaceTracker:
             self._anchor(image, lambda t: t.misses > 0 or t.small, [], search_lost=True)
         elif any(t.misses for t in self._tracks):
             self._anchor(image, lambda t: t.misses > 0, [], search_lost=False)
-        return self._faces()
 
     def _faces(self) -> list[dict[str, Any]]:
-        return [face_dict(t.box, t.points) for t in self._tracks]
+        faces = [face_dict(t.box, t.points) for t in self._tracks]
+        for face, track in zip(faces, self._tracks, strict=True):
+            if track.ident is not None:  # identified: a name, or null ("unknown") when nobody matched
+                face["identity"] = dict(track.ident.identity) if track.ident.identity else None
+        return faces
 
     def _fit(self, image: np.ndarray, boxes: list[Box]) -> np.ndarray:
         return self.engine.fit(image, np.array(boxes, dtype=np.int64).reshape(-1, 4))
@@ -296,9 +359,9 @@ class FaceTracker:
                 self.searches += 1
                 box = detect_near(image, track.box)
             if box is not None:
-                anchored.append(_Track(box, track.offset, track.points))
+                anchored.append(_Track(box, track.offset, track.points, ident=track.ident))
             elif track.misses < self.settings.max_misses:
-                kept.append(_Track(track.box, track.offset, track.points, track.misses + 1))
+                kept.append(_Track(track.box, track.offset, track.points, track.misses + 1, track.ident))
             else:
                 self._lost.append(track.box)
         for track, points in zip(anchored, self._fit(image, [t.box for t in anchored]), strict=True):
@@ -319,7 +382,7 @@ class FaceTracker:
         kept: list[_Track] = []
         for track, box, points in zip(self._tracks, boxes, self._fit(image, boxes), strict=True):
             if self._plausible(points, track, width, height):
-                kept.append(_Track(box, track.offset, points, track.misses))
+                kept.append(_Track(box, track.offset, points, track.misses, track.ident))
             else:
                 self._lost.append(box)  # looked for again at the next anchor
         self._tracks = kept

@@ -47,8 +47,25 @@ def draw_lips(bgr: np.ndarray, faces: list[dict[str, Any]]) -> None:
         bgr[y0:y1, x0:x1] = (region * (1 - alpha) + np.array(LIP_COLOUR, np.float32) * alpha).astype(np.uint8)
 
 
+def draw_names(bgr: np.ndarray, faces: list[dict[str, Any]]) -> None:
+    """Each identified face's name (or "unknown") on a dark label above its box."""
+    for face in faces:
+        if "identity" not in face:  # not identified (empty gallery): no label
+            continue
+        label = face["identity"]["name"] if face["identity"] else "unknown"
+        x, y, w, _ = face["box"]
+        scale = max(0.4, min(1.0, w / 250))
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(y - th - base - 6, 0)
+        cv2.rectangle(bgr, (x, top), (x + tw + 8, top + th + base + 6), (30, 30, 30), -1)
+        colour = (160, 220, 80) if face["identity"] else (200, 200, 200)
+        cv2.putText(bgr, label, (x + 4, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
 def draw(bgr: np.ndarray, faces: list[dict[str, Any]], overlay: str) -> None:
     if overlay == "landmarks":
         draw_landmarks(bgr, faces)
     elif overlay == "lips":
         draw_lips(bgr, faces)
+    if overlay != "none":
+        draw_names(bgr, faces)

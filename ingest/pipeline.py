@@ -75,6 +75,9 @@ def tracker_settings(settings: Settings) -> TrackerSettings:
         sweep_every=settings.sweep_every,
         upsample=settings.detect_upsample,
         engine=settings.landmark_engine,
+        identify_every=settings.identify_every,
+        identity_threshold=settings.identity_threshold,
+        gallery_data_dir=str(settings.data_dir),
     )
 
 

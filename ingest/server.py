@@ -24,6 +24,8 @@ from ingest.access import LOOPBACK_NAMES, access_middleware, socketio_origin_che
 from ingest.config import Settings
 from ingest.exceptions import IngestError
 from ingest.exports import Exports
+from ingest.gallery import GalleryService
+from ingest.gallery_routes import GALLERY, MAX_PHOTO_BYTES, add_gallery_routes
 from ingest.http import add_routes, errors_as_json
 from ingest.lifecycle import SessionLifecycle
 from ingest.metrics import Metrics
@@ -191,9 +193,18 @@ def build_app(settings: Settings) -> web.Application:
             await namespace.close(settings.shutdown_grace_s)
             log.info("shutdown: connections closed")
 
+    gallery = GalleryService(settings.data_dir, settings.landmark_engine)
+    app[GALLERY] = gallery
+    app[MAX_PHOTO_BYTES] = settings.max_snapshot_bytes
+
+    async def close_gallery(app: web.Application) -> None:
+        gallery.close()
+
+    app.on_cleanup.append(close_gallery)
     app.cleanup_ctx.append(services_ctx)
     app.on_shutdown.append(close_connections)
     add_routes(app, settings.pages_dir)
+    add_gallery_routes(app)
     return app
 
 

@@ -58,7 +58,7 @@ class SessionAnalyser:
             self.tracker.reset()  # tracks from before a gap would be stale
         out = []
         for frame in frames:
-            faces = self.tracker.process(frame.gray(), frame.index) if analyse else None
+            faces = self.tracker.process(frame.gray(), frame.index, rgb=frame.rgb) if analyse else None
             out.append(frame_result(frame.index, frame.pts_ms, faces))
         return out
 

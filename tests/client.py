@@ -7,34 +7,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import socketio
+
+from ingest.client import CamingestClient
 
 
-class Client:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: dict[str, list[Any]] = {}
-        for name in ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error"):
-            self.sio.on(name, self._recorder(name))
+class Client(CamingestClient):
+    """The package's client (ingest/client.py) plus raw helpers for protocol tests, which send
+    exactly the payloads they name (wrong seqs, foreign tokens) and read the acks as sent."""
 
-    def _recorder(self, name: str):
-        async def record(data: Any) -> None:
-            self.events.setdefault(name, []).append(data)
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, reconnect=False, **options)
 
-        return record
-
-    async def __aenter__(self) -> Client:
-        await self.sio.connect(self.url, transports=["websocket"])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.sio.disconnect()
-
-    async def call(self, event: str, payload: Any, timeout: float = 30) -> dict[str, Any]:
-        return await self.sio.call(event, payload, timeout=timeout)
-
-    async def start(self, mime: str = "video/webm;codecs=vp8", **extra: Any) -> dict[str, Any]:
+    async def start(self, mime: str = "video/webm;codecs=vp8", **extra: Any) -> dict[str, Any]:  # type: ignore[override]
         ack = await self.call("start", {"mime": mime, **extra})
         assert ack["ok"], ack
         return ack

@@ -47,9 +47,48 @@ export function drawLips(ctx, faces, color = "rgb(200, 20, 90)") {
   ctx.restore();
 }
 
+/** Each identified face's name (or "unknown") on a dark label above its box. */
+export function drawNames(ctx, faces, scale = 1) {
+  ctx.save();
+  const size = Math.round(14 / scale);
+  ctx.font = `600 ${size}px system-ui, sans-serif`;
+  ctx.textBaseline = "top";
+  for (const face of faces) {
+    if (!("identity" in face)) continue; // not identified (empty gallery): no label
+    const label = face.identity ? face.identity.name : "unknown";
+    const [x, y] = face.box;
+    const w = ctx.measureText(label).width + 10 / scale;
+    const h = size + 8 / scale;
+    const top = Math.max(0, y - h - 2 / scale);
+    ctx.fillStyle = "rgba(20, 20, 20, 0.75)";
+    ctx.fillRect(x, top, w, h);
+    ctx.fillStyle = face.identity ? "rgb(80, 220, 160)" : "rgb(200, 200, 200)";
+    ctx.fillText(label, x + 5 / scale, top + 4 / scale);
+  }
+  ctx.restore();
+}
+
 export function drawFaces(ctx, faces, mode, scale = 1) {
   if (mode === "lips") drawLips(ctx, faces);
   else if (mode === "landmarks") drawLandmarks(ctx, faces, scale);
+  if (mode !== "none") drawNames(ctx, faces, scale);
+}
+
+/** Who appears in a session's frames: [{name, first_ms, last_ms, frames}], most frames first
+ * ("unknown" for faces the gallery does not hold). */
+export function appearances(frames) {
+  const seen = new Map();
+  for (const frame of frames) {
+    for (const face of frame.faces ?? []) {
+      if (!("identity" in face)) continue;
+      const name = face.identity ? face.identity.name : "unknown";
+      const entry = seen.get(name) ?? { name, first_ms: frame.pts_ms, last_ms: frame.pts_ms, frames: 0 };
+      entry.last_ms = frame.pts_ms;
+      entry.frames += 1;
+      seen.set(name, entry);
+    }
+  }
+  return [...seen.values()].sort((a, b) => b.frames - a.frames);
 }
 
 /** Index of the last frame with pts_ms <= t in frames sorted by pts (binary search). */

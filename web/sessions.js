@@ -1,5 +1,5 @@
 // The sessions browser: list, play with the landmark overlay in sync, snapshots, downloads, delete.
-import { drawFaces, frameAt } from "./overlay.js";
+import { appearances, drawFaces, frameAt } from "./overlay.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("upload-button"),
@@ -7,7 +7,8 @@ const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("uploa
   facts: $("facts"), downloads: $("downloads"), gallery: $("gallery"), del: $("delete"), message: $("message"),
   sessionId: $("session-id"), copyId: $("copy-id"), exportForm: $("export"), exportOverlay: $("export-overlay"),
   exportFormat: $("export-format"), exportButton: $("export-button"), exportProgress: $("export-progress"),
-  exportStatus: $("export-status") };
+  exportStatus: $("export-status"), appearances: $("appearances"), enrolForm: $("enrol"), enrolName: $("enrol-name"),
+  enrolFile: $("enrol-file"), enrolStatus: $("enrol-status"), people: $("people") };
 let selected = null, frames = [];
 window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" } };
 let refresh = null;
@@ -102,6 +103,7 @@ async function open(id) {
   const skipped = data.frames.length - frames.length;
   ui.facts.textContent = `${selected.frames} frames · ${data.frames.length - skipped} analysed · faces in ${withFaces}`
     + (skipped ? ` · ${skipped} skipped` : "") + fillText(selected.fill);
+  showAppearances(data.frames);
   ui.downloads.replaceChildren(...[
     ["recording.webm", "Recording", `${id}.webm`], ["raw.webm", "Raw stream", `${id}-raw.webm`],
     ["landmarks", "Landmarks JSON", `${id}-landmarks.json`],
@@ -121,7 +123,8 @@ async function open(id) {
       try {
         const { faces } = await getJSON(`${base}/snapshots/${s.snapshot_id}/landmarks`);
         drawFaces(layer.getContext("2d"), faces, "landmarks", 0.5);
-        caption.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"}`;
+        caption.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"} `;
+        if (faces.length === 1) caption.append(enrolButton(`${base}/snapshots/${s.snapshot_id}`, s.mime));
       } catch { caption.textContent = "not analysed"; }
     };
     return figure;
@@ -158,6 +161,72 @@ ui.del.addEventListener("click", async () => {
   ui.player.removeAttribute("src");
   await loadList();
 });
+
+// Who appears: names from the landmarks, with first/last time and frames.
+const secs = (ms) => `${(ms / 1000).toFixed(1)} s`;
+function showAppearances(frames) {
+  const people = appearances(frames);
+  window.camingestSessions.appearances = people;
+  ui.appearances.replaceChildren(...people.map((p) => Object.assign(document.createElement("li"), {
+    textContent: `${p.name}: ${secs(p.first_ms)}–${secs(p.last_ms)}, ${p.frames} frame${p.frames === 1 ? "" : "s"}` })));
+}
+
+// The gallery: enrol from a photo or a snapshot, list, remove.
+async function loadPeople() {
+  try {
+    const { people } = await getJSON("/api/gallery");
+    window.camingestSessions.people = people.map((p) => p.name);
+    ui.people.replaceChildren(...people.map((p) => {
+      const item = document.createElement("li");
+      const remove = Object.assign(document.createElement("button"), { type: "button", className: "danger", textContent: "Remove" });
+      remove.dataset.testid = "remove-person";
+      remove.addEventListener("click", async () => {
+        if (!confirm(`Remove ${p.name} from the gallery? Their photos and descriptors are deleted.`)) return;
+        const r = await fetch(`/api/gallery/${encodeURIComponent(p.name)}`, { method: "DELETE" }).catch(() => null);
+        if (!r) return say(UNREACHABLE, "error");
+        if (!r.ok) return say((await r.json()).error.message, "error");
+        await loadPeople();
+      });
+      item.append(`${p.name} (${p.images} photo${p.images === 1 ? "" : "s"}) `, remove);
+      return item;
+    }));
+    if (!people.length) ui.people.innerHTML = '<li class="empty">Nobody yet: faces are not named.</li>';
+  } catch (err) { ui.people.replaceChildren(Object.assign(document.createElement("li"), { textContent: err.message })); }
+}
+async function enrol(name, file, fileName) {
+  const form = new FormData();
+  form.append("name", name);
+  form.append("file", file, fileName);
+  ui.enrolStatus.dataset.kind = "info";
+  ui.enrolStatus.textContent = `Enrolling ${name}…`;
+  let r;
+  try { r = await fetch("/api/gallery", { method: "POST", body: form }); } catch {
+    ui.enrolStatus.dataset.kind = "error";
+    return void (ui.enrolStatus.textContent = UNREACHABLE);
+  }
+  const body = await r.json().catch(() => ({}));
+  ui.enrolStatus.dataset.kind = r.ok ? "info" : "error";
+  ui.enrolStatus.textContent = r.ok ? `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`
+    : `Not enrolled: ${body.error?.message ?? `HTTP ${r.status}`}`;
+  if (r.ok) await loadPeople();
+}
+function enrolButton(url, mime) {
+  const button = Object.assign(document.createElement("button"), { type: "button", textContent: "Enrol…", title: "Add this face to the gallery" });
+  button.dataset.testid = "enrol-snapshot";
+  button.addEventListener("click", async () => {
+    const name = prompt("Whose face is this?")?.trim();
+    if (!name) return;
+    const blob = await (await fetch(url)).blob();
+    await enrol(name, blob, `snapshot.${mime.split("/")[1] ?? "jpg"}`);
+  });
+  return button;
+}
+ui.enrolForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const file = ui.enrolFile.files[0];
+  if (file) enrol(ui.enrolName.value.trim(), file, file.name).then(() => ui.enrolForm.reset());
+});
+loadPeople();
 
 // Export: the server encodes (one at a time), the page follows its progress and offers the file.
 let exportTimer = null;

@@ -1,0 +1,271 @@
+"""A Python client for a camingest server (asyncio, python-socketio): send a file or a live byte
+stream as chunks, resume after a lost connection or a server restart, receive landmarks.
+
+    async with CamingestClient("http://127.0.0.1:8080", token=None) as client:
+        session = await client.start("video/webm;codecs=vp8")
+        await session.send_file("clip.webm")           # or: await session.send_stream(async_iterable)
+        summary = await session.stop()
+        frames = await session.landmarks(summary["frames"])   # every frame's landmarks, by index
+
+Each chunk is sent with its seq and kept until the server's ack says it is stored
+(PROTOCOL.md); ``gap`` resends from the server's ``next_seq``; a lost connection (or an ack that
+does not come) waits for python-socketio's reconnect, resumes the session and resends the rest.
+Refusals (``too_large``, ``unsupported``, ...) raise :class:`CamingestError` with the server's
+code and message. Needs ``python-socketio[asyncio_client]`` (aiohttp is already a dependency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from collections.abc import AsyncIterable, Iterable
+from pathlib import Path
+from typing import Any
+
+import socketio
+
+# A 250 ms MediaRecorder blob of 640x480 VP8 is ~30-60 KB; files are cut into pieces of this size
+# (the server's reader takes any byte boundaries).
+FILE_PIECE_BYTES = 256 * 1024
+# Refusals worth retrying as they are (after a pause): the server is busy, its disk full.
+RETRYABLE = frozenset({"busy", "storage_full", "timeout", "internal"})
+SERVER_EVENTS = ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error")
+
+
+def image_mime(data: bytes) -> str:
+    """The snapshot type of an image file's bytes (the server checks the same magic numbers)."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/jpeg"
+
+
+class CamingestError(Exception):
+    """The server refused something; ``code`` is PROTOCOL.md's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class CamingestClient:
+    """One Socket.IO connection to a camingest server; reconnects by itself."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        ack_timeout: float = 30.0,
+        reconnect: bool = True,
+        retry_for: float = 300.0,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.ack_timeout = ack_timeout
+        self.retry_for = retry_for  # how long a chunk may wait for a lost server before failing
+        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.25, reconnection_delay_max=2)
+        self.connected = asyncio.Event()
+        self.sessions: dict[str, Session] = {}
+        # every server event as received (tests and tools read them); bounded per event name
+        self.events: dict[str, deque[Any]] = {name: deque(maxlen=10_000) for name in SERVER_EVENTS}
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        for name in SERVER_EVENTS:
+            self.sio.on(name, self._dispatcher(name))
+
+    async def __aenter__(self) -> CamingestClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        auth = {"token": self.token} if self.token else None
+        try:
+            await self.sio.connect(self.url, transports=["websocket"], auth=auth, wait_timeout=self.ack_timeout)
+        except socketio.exceptions.ConnectionError as exc:
+            raise CamingestError("unreachable", f"cannot connect to {self.url}: {exc}") from None
+        self.connected.set()
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+    async def call(self, event: str, payload: Any, timeout: float | None = None) -> dict[str, Any]:
+        """Emit ``event`` and return its ack (a dict with ``ok``), as the server sent it."""
+        return await self.sio.call(event, payload, timeout=timeout or self.ack_timeout)
+
+    async def start(self, mime: str = "video/webm;codecs=vp8", meta: dict[str, Any] | None = None) -> Session:
+        """Open a new session."""
+        ack = await self.call("start", {"mime": mime, "meta": meta or {}})
+        if not ack["ok"]:
+            raise CamingestError(ack["error"]["code"], ack["error"]["message"])
+        return self._session(ack)
+
+    async def resume(self, session_id: str, token: str) -> Session:
+        """Reattach a session started earlier (by this process or another, before a restart)."""
+        ack = await self.call("start", {"resume": {"session_id": session_id, "token": token}})
+        if not ack["ok"]:
+            raise CamingestError(ack["error"]["code"], ack["error"]["message"])
+        return self._session(ack)
+
+    def _session(self, ack: dict[str, Any]) -> Session:
+        session = Session(self, ack["session_id"], ack["token"], ack["next_seq"])
+        self.sessions[session.session_id] = session
+        return session
+
+    async def _on_connect(self) -> None:
+        self.connected.set()
+        for session in list(self.sessions.values()):
+            if not session.stopped:
+                session.resume_needed = True  # the next send resumes first (in its own task)
+
+    async def _on_disconnect(self, *reason: object) -> None:
+        self.connected.clear()
+
+    def _dispatcher(self, name: str):
+        async def dispatch(data: Any) -> None:
+            self.events[name].append(data)
+            session = self.sessions.get(data.get("session_id", "")) if isinstance(data, dict) else None
+            if session is not None:
+                session._on_event(name, data)
+
+        return dispatch
+
+
+class Session:
+    """One recording on the server. ``next_seq`` is the next seq to send."""
+
+    def __init__(self, client: CamingestClient, session_id: str, token: str, next_seq: int) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.token = token
+        self.next_seq = next_seq
+        self.stopped = False
+        self.resume_needed = False
+        self.frames: dict[int, dict[str, Any]] = {}  # landmark frames by index
+        self.snapshot_faces: dict[str, list[dict[str, Any]]] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.filled: dict[str, Any] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return {"session_id": self.session_id, "token": self.token}
+
+    async def send(self, data: bytes, t_ms: float | None = None) -> dict[str, Any]:
+        """Send the next chunk and return its ack once stored; retried across reconnects."""
+        payload: dict[str, Any] = {**self.ids, "seq": self.next_seq, "data": data}
+        if t_ms is not None:
+            payload["t_ms"] = t_ms
+        ack = await self._call_retrying("chunk", payload)
+        self.next_seq = max(self.next_seq, ack["next_seq"])
+        return ack
+
+    async def send_stream(self, source: AsyncIterable[bytes] | Iterable[bytes]) -> int:
+        """Send every piece of ``source`` (a live byte stream: bytes objects as they come) as the
+        next chunks; returns how many were sent."""
+        sent = 0
+        if isinstance(source, AsyncIterable):
+            async for piece in source:
+                await self.send(piece)
+                sent += 1
+        else:
+            for piece in source:
+                await self.send(piece)
+                sent += 1
+        return sent
+
+    async def send_file(self, path: str | os.PathLike[str], piece_bytes: int = FILE_PIECE_BYTES) -> int:
+        """Send a WebM file (as MediaRecorder writes it) in pieces of ``piece_bytes``."""
+
+        async def pieces() -> AsyncIterable[bytes]:
+            with open(Path(path), "rb") as f:
+                while piece := await asyncio.to_thread(f.read, piece_bytes):
+                    yield piece
+
+        return await self.send_stream(pieces())
+
+    async def snapshot(self, data: bytes, mime: str | None = None, t_ms: float | None = None) -> str:
+        """Store a still image (JPEG, PNG or WebP; the type read from the bytes unless given) with
+        the session; returns its snapshot id (its faces arrive in ``snapshot_faces``)."""
+        payload: dict[str, Any] = {**self.ids, "mime": mime or image_mime(data), "data": data}
+        if t_ms is not None:
+            payload["t_ms"] = t_ms
+        return (await self._call_retrying("snapshot", payload))["snapshot_id"]
+
+    async def stop(self) -> dict[str, Any]:
+        """End the session; returns its summary."""
+        ack = await self._call_retrying("stop", self.ids)
+        self.stopped = True
+        return ack["session"]
+
+    async def landmarks(self, frames: int, timeout: float = 120.0) -> list[dict[str, Any]]:
+        """Wait until live landmarks for frames 0..frames-1 arrived; returns them in index order
+        (a frame live analysis had no time for is ``{"skipped": true}``)."""
+
+        def complete() -> bool:
+            return all(i in self.frames for i in range(frames))
+
+        await self._wait(complete, timeout, f"landmarks of {frames} frames")
+        return [self.frames[i] for i in range(frames)]
+
+    async def _wait(self, condition: Any, timeout: float, what: str) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not condition():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"{what} did not arrive within {timeout:g} s") from None
+
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "landmarks":
+            for frame in data["frames"]:
+                self.frames[frame["index"]] = frame
+        elif name == "snapshot_landmarks":
+            self.snapshot_faces[data["snapshot_id"]] = data["faces"]
+        elif name == "landmarks_filled":
+            self.filled = data
+        elif name == "session_error":
+            self.errors.append(data)
+        self._changed.set()
+
+    async def _call_retrying(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Emit until acknowledged: retryable refusals after a pause, a lost connection after the
+        reconnect and a resume, ``gap`` by resending from ``next_seq`` (a chunk the server
+        already has is acked again without being stored twice)."""
+        client = self.client
+        deadline = asyncio.get_running_loop().time() + client.retry_for
+        pause = 0.25
+        while True:
+            try:
+                if self.resume_needed or not client.connected.is_set():
+                    await asyncio.wait_for(client.connected.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
+                    await self._resume()
+                ack = await client.call(event, payload)
+            except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+                ack = {"ok": False, "error": {"code": "timeout", "message": "no answer from the server"}}
+                self.resume_needed = True
+            if ack["ok"]:
+                return ack
+            code, message = ack["error"]["code"], ack["error"]["message"]
+            if code == "gap" and event == "chunk":
+                raise CamingestError(code, f"{message} (the server has chunks up to {ack.get('next_seq')})")
+            if code not in RETRYABLE or asyncio.get_running_loop().time() > deadline:
+                raise CamingestError(code, message)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+    async def _resume(self) -> None:
+        if not self.resume_needed:
+            return
+        ack = await self.client.call("start", {"resume": self.ids})
+        if not ack["ok"]:
+            raise CamingestError(ack["error"]["code"], ack["error"]["message"])
+        self.resume_needed = False
+        self.next_seq = ack["next_seq"]

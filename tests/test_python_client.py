@@ -1,0 +1,87 @@
+"""The Python client of the package (ingest/client.py) against a real server: a file sent in
+pieces, a live byte stream that survives a server killed and restarted, refusals as errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ingest.client import CamingestClient, CamingestError
+from tests.client import http_get, run, wait_for_summary
+from tests.conftest import free_port, load_recording
+
+RECORDING = load_recording("webcam_vp8_kf1s_250ms")
+
+
+def test_send_a_file_and_receive_its_landmarks(server_factory, tmp_path):
+    server = server_factory(env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000"})  # nothing skipped live
+    source = tmp_path / "clip.webm"
+    source.write_bytes(RECORDING.stream)
+    snapshot = RECORDING.snapshots[0].read_bytes()
+
+    async def scenario() -> None:
+        async with CamingestClient(server.url) as client:
+            session = await client.start(RECORDING.meta["mime"], meta={"app": "python"})
+            pieces = await session.send_file(source, piece_bytes=100_000)
+            snapshot_id = await session.snapshot(snapshot)
+            summary = await session.stop()
+            frames = await session.landmarks(summary["frames"])
+            await session._wait(lambda: snapshot_id in session.snapshot_faces, 60, "the snapshot's faces")
+        assert pieces == -(-len(RECORDING.stream) // 100_000) == summary["chunks"]
+        assert summary["frames"] == RECORDING.expected["video_frames"]
+        assert [f["index"] for f in frames] == list(range(summary["frames"]))
+        assert sum(1 for f in frames if f.get("faces")) >= 0.9 * summary["frames"]
+        base = f"{server.url}/api/sessions/{summary['id']}"
+        _, raw, _ = await http_get(base + "/raw.webm")
+        assert raw == source.read_bytes()
+        stored = await wait_for_summary(base, lambda s: "fill" not in s, "landmarks complete")
+        assert stored["meta"] == {"app": "python"} and len(session.snapshot_faces[snapshot_id]) == 1
+
+    run(scenario())
+
+
+def test_a_live_stream_survives_a_server_restart(server_factory, tmp_path):
+    """kill -9 of the server in the middle of a live stream: the client waits for it, resumes the
+    session and sends the rest; the stored stream is every byte, once."""
+    port = free_port()
+    data = tmp_path / "data"
+    server = server_factory("--no-analysis", data=data, port=port)
+    restarted: list[object] = []
+
+    async def live(client: CamingestClient):
+        for seq, chunk in enumerate(RECORDING.chunks):
+            if seq == 8:  # the server dies between two blobs of a recording and comes back
+                server.kill()
+                await asyncio.sleep(0)  # let the client notice on its own
+                restarted.append(await asyncio.to_thread(server_factory, "--no-analysis", data=data, port=port))
+            yield chunk
+
+    async def scenario() -> dict:
+        async with CamingestClient(server.url, retry_for=60) as client:
+            session = await client.start(RECORDING.meta["mime"])
+            sent = await session.send_stream(live(client))
+            assert sent == len(RECORDING.chunks)
+            return await session.stop()
+
+    summary = run(scenario())
+    assert restarted and summary["chunks"] == len(RECORDING.chunks) and summary["state"] == "stopped"
+    _, raw, _ = run(http_get(f"{server.url}/api/sessions/{summary['id']}/raw.webm"))
+    assert raw == RECORDING.stream
+
+
+def test_refusals_raise_with_the_servers_code_and_message(ingest_server):
+    async def scenario() -> None:
+        async with CamingestClient(ingest_server.url) as client:
+            with pytest.raises(CamingestError) as refused:
+                await client.start("text/plain")
+            assert (refused.value.code, refused.value.message) == (
+                "unsupported", "mime 'text/plain' is not supported; send WebM or Matroska (video/webm)")
+            with pytest.raises(CamingestError) as unknown:
+                await client.resume("20260101-000000-00000000", "nope")
+            assert unknown.value.code == "unknown_session"
+        with pytest.raises(CamingestError) as unreachable:
+            await CamingestClient(f"http://127.0.0.1:{free_port()}", ack_timeout=2).connect()
+        assert unreachable.value.code == "unreachable"
+
+    run(scenario())
