@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from ingest.exceptions import BadRequestError, TooLargeError
 from ingest.gallery import MAX_PHOTOS_PER_REQUEST, GalleryService
@@ -26,7 +26,7 @@ async def enrol(request: web.Request) -> web.StreamResponse:
     photos: list[tuple[bytes, str]] = []
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
-        if not isinstance(part, web.BodyPartReader):
+        if not isinstance(part, BodyPartReader):
             raise BadRequestError("nested multipart forms are not accepted")
         if part.name == "name":
             name = (await part.read(decode=True))[:1000].decode("utf-8", "replace")

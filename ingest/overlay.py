@@ -57,7 +57,7 @@ def draw_names(bgr: np.ndarray, faces: list[dict[str, Any]]) -> None:
         scale = max(0.4, min(1.0, w / 250))
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y - th - base - 6, 0)
-        cv2.rectangle(bgr, (x, top), (x + tw + 8, top + th + base + 6), (30, 30, 30), -1)
+        cv2.rectangle(bgr, (x, top), (x + tw + 8, top + th + base + 5), (30, 30, 30), -1)  # ends above the box
         colour = (160, 220, 80) if face["identity"] else (200, 200, 200)
         cv2.putText(bgr, label, (x + 4, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 

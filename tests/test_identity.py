@@ -210,3 +210,24 @@ def test_live_identity_of_one_person_nobody_and_two_people(server_factory, tmp_p
     assert sum(1 for names in names_per_frame(after) if "Obama" in names) >= 0.9 * len(after)
     meta = json.loads((data / "sessions" / two_people / "landmarks.meta.json").read_text())
     assert meta["identity_threshold"] == 0.6 and meta["identify_every"] == 90
+
+
+def test_export_overlay_writes_names_above_identified_faces():
+    from ingest.overlay import draw
+
+    face = {"box": [100, 120, 120, 120], "points": [[130 + i % 10, 160 + i // 10] for i in range(68)]}
+    frames = {}
+    for key, extra in {"plain": {}, "named": {"identity": {"name": "Obama", "distance": 0.1}},
+                       "unknown": {"identity": None}}.items():  # fmt: skip
+        bgr = np.full((300, 400, 3), 90, np.uint8)
+        draw(bgr, [{**face, **extra}], "landmarks")
+        frames[key] = bgr
+    label = (slice(90, 120), slice(100, 220))  # above the box
+    assert (frames["plain"][label] == 90).all()  # not identified: no label
+    assert (frames["named"][label] != 90).any() and (frames["unknown"][label] != 90).any()
+    assert not np.array_equal(frames["named"][label], frames["unknown"][label])  # "Obama" vs "unknown"
+    for key in frames:  # below the label, the same landmarks drawing
+        assert np.array_equal(frames[key][120:], frames["plain"][120:])
+    none = np.full((300, 400, 3), 90, np.uint8)
+    draw(none, [{**face, "identity": {"name": "Obama", "distance": 0.1}}], "none")
+    assert (none == 90).all()

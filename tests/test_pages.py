@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.client import Client, run
-from tests.conftest import ARTIFACTS, ffprobe_frames, free_port, load_recording
+from tests.conftest import ARTIFACTS, IMAGES, ffprobe_frames, free_port, load_recording
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -359,3 +359,48 @@ def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path
     listed = get_json(f"{server.url}/api/sessions/{recorded}/exports")["exports"]
     assert listed == [{"overlay": "lips", "format": "webm", "state": "done", "bytes": saved.stat().st_size,
                        "url": f"/api/sessions/{recorded}/exports/lips.webm"}]  # fmt: skip
+
+
+def test_gallery_on_the_pages_names_faces(server_factory, browser, tmp_path):
+    """Enrol from the sessions page with a photo; the recorder page then names the face live
+    (screenshot), and the session's detail lists who appears and when; remove from the page."""
+    server = server_factory()
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(server.url + "/sessions")
+    page.get_by_test_id("enrol-name").fill("Barack Obama")
+    page.get_by_test_id("enrol-file").set_input_files(str(IMAGES / "obama.jpg"))
+    page.get_by_test_id("enrol").click()
+    wait_until(page, "() => (window.camingestSessions.people || []).includes('Barack Obama')")
+    assert page.get_by_test_id("enrol-status").inner_text().startswith("Enrolled Barack Obama (1 photo).")
+    page.get_by_test_id("enrol-name").fill("Nobody")
+    page.get_by_test_id("enrol-file").set_input_files(str(Path(__file__)))
+    page.get_by_test_id("enrol").click()
+    wait_until(page, "() => document.querySelector('[data-testid=enrol-status]').dataset.kind === 'error'")
+    assert page.get_by_test_id("enrol-status").inner_text() == (
+        "Not enrolled: test_pages.py is not a photo; send a JPEG, PNG or WebP image of the person's face")
+
+    recorder = browser.new_page(viewport={"width": 1280, "height": 800})
+    recorder.goto(server.url + "/")
+    recorder.wait_for_selector("[data-testid=connection][data-state=connected]")
+    recorder.get_by_test_id("record").click()
+    wait_until(recorder, "() => window.camingest.analysedFrames > 45")
+    ARTIFACTS.mkdir(exist_ok=True)
+    recorder.screenshot(path=str(ARTIFACTS / "recorder-names.png"))
+    recorder.get_by_test_id("stop").click()
+    wait_until(recorder, "() => window.camingest.state === 'stopped'")
+    session_id = recorder.evaluate("() => window.camingest.sessionId")
+    summary = wait_for_summary(f"{server.url}/api/sessions/{session_id}", lambda s: "fill" not in s and s["finalized"])
+    frames = get_json(f"{server.url}/api/sessions/{session_id}/landmarks")["frames"]
+    named = [f for f in frames if any((face.get("identity") or {}).get("name") == "Barack Obama" for face in f["faces"])]
+    assert len(named) >= 0.9 * summary["frames_with_faces"] > 0
+
+    page.goto(f"{server.url}/sessions?id={session_id}")
+    wait_until(page, f"() => window.camingestSessions.selected === '{session_id}' && window.camingestSessions.appearances")
+    (who,) = [p for p in page.evaluate("() => window.camingestSessions.appearances") if p["name"] == "Barack Obama"]
+    assert who["frames"] == len(named) and who["first_ms"] == named[0]["pts_ms"] and who["last_ms"] == named[-1]["pts_ms"]
+    assert page.get_by_test_id("appearances").inner_text().startswith("Barack Obama: ")
+    page.screenshot(path=str(ARTIFACTS / "sessions-names.png"))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("remove-person").click()
+    wait_until(page, "() => window.camingestSessions.people.length === 0")
+    assert get_json(f"{server.url}/api/gallery") == {"people": []}
