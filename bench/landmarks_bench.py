@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 import socketio
 
-from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, start_server
+from bench.common import RECORDINGS, SHARED, chunks_of, machine_notes, percentile, start_server
 from ingest.landmarks import FaceTracker, TrackerSettings, detect_boxes, detector
 from ingest.predictor import predictor
 from tests.media import decoded_frames
@@ -118,6 +119,7 @@ async def live_client(url: str, name: str, lags: list[float], counts: dict) -> N
         now = time.monotonic()
         for frame in data["frames"]:
             counts["skipped" if frame.get("skipped") else "analysed"] += 1
+            counts["named"] += any((face.get("identity") or {}).get("name") for face in frame.get("faces") or [])
             lags.append((now - t0) * 1000 - frame["pts_ms"])
 
     await sio.connect(url, transports=["websocket"])
@@ -132,20 +134,23 @@ async def live_client(url: str, name: str, lags: list[float], counts: dict) -> N
     await sio.disconnect()
 
 
-async def live(sessions: int, workers: int, engine: str = "numba") -> dict:
+async def live(sessions: int, workers: int, engine: str = "numba", identify: bool = False) -> dict:
     name = "webcam_vp8_opus_250ms"
     with tempfile.TemporaryDirectory() as data:
+        if identify:  # one person enrolled: every face gets descriptors (an empty gallery costs nothing)
+            subprocess.run([sys.executable, "-m", "ingest.cli", "gallery", "add", "Obama", str(SHARED / "fixtures" / "images" / "obama.jpg"),
+                            "--data", data], check=True, capture_output=True)  # fmt: skip
         proc, url = start_server(Path(data), "--workers", str(workers), env={"CAMINGEST_LANDMARK_ENGINE": engine})
         await asyncio.sleep(3)  # workers load the predictor
         try:
             lags: list[float] = []
-            counts = {"analysed": 0, "skipped": 0}
+            counts = {"analysed": 0, "skipped": 0, "named": 0}
             await asyncio.gather(*(live_client(url, name, lags, counts) for _ in range(sessions)))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     expected = json.loads((RECORDINGS / name / "expected.json").read_text())["video_frames"] * sessions
-    return {"sessions": sessions, "workers": workers, "engine": engine, "frames": expected, **counts,
+    return {"sessions": sessions, "workers": workers, "engine": engine, "identify": identify, "frames": expected, **counts,
             "lag_p50_ms": percentile(lags, 50), "lag_p95_ms": percentile(lags, 95), "lag_max_ms": max(lags)}  # fmt: skip
 
 
@@ -158,6 +163,7 @@ def main() -> None:
     lv.add_argument("--sessions", type=int, nargs="+", default=[2, 4, 6, 8, 10])
     lv.add_argument("--workers", type=int, default=2)
     lv.add_argument("--engine", nargs="+", default=["numba"], choices=["numba", "dlib"])
+    lv.add_argument("--identify", nargs="+", default=["off"], choices=["off", "on"], help="a gallery of one person, or none")
     en = sub.add_parser("engine")
     en.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
@@ -169,7 +175,8 @@ def main() -> None:
     else:
         for n in args.sessions:
             for name in args.engine:  # side by side, one session count at a time
-                print(json.dumps(asyncio.run(live(n, args.workers, name))), flush=True)
+                for identify in args.identify:
+                    print(json.dumps(asyncio.run(live(n, args.workers, name, identify == "on"))), flush=True)
 
 
 if __name__ == "__main__":

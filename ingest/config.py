@@ -100,6 +100,9 @@ class Settings:
     # descriptor is computed again (~10-30 ms each; 90 = every 3 s at 30 fps).
     identity_threshold: float = 0.6
     identify_every: int = 90
+    # Share of a live worker's time descriptors may take (a token bucket, 0.5 s burst): under
+    # load names come a few seconds later instead of landmarks being skipped. Batch: unbounded.
+    identify_share: float = 0.15
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -21,6 +21,7 @@ Models come from the face-recognition-models wheel: nothing is downloaded at run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -33,7 +34,7 @@ import numpy as np
 from ingest.predictor import Predictor, predictor
 
 if TYPE_CHECKING:
-    from ingest.identity import GallerySource
+    from ingest.identity import DescriptorBudget, GallerySource
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 # iBUG-300W indices
@@ -63,6 +64,8 @@ class TrackerSettings:
     identify_every: int = 90
     identity_threshold: float = 0.6
     gallery_data_dir: str | None = None
+    # share of a live worker's time descriptors may take (ingest/identity.DescriptorBudget)
+    identify_share: float = 0.15
 
     def __post_init__(self) -> None:
         if self.anchor_every < 1 or self.detect_every < 1 or self.sweep_every < self.detect_every or self.sweep_every % self.detect_every:
@@ -228,10 +231,12 @@ class FaceTracker:
     ) -> None:
         self.settings = settings or TrackerSettings()
         self.engine = engine or predictor(self.settings.engine)
+        self.budget: DescriptorBudget | None = None  # live only: batch identifies every due face
         if gallery is None and self.settings.gallery_data_dir is not None:
-            from ingest.identity import live_gallery
+            from ingest.identity import live_budget, live_gallery
 
             gallery = live_gallery(self.settings.gallery_data_dir)
+            self.budget = live_budget(self.settings.identify_share)
         self.gallery = gallery
         self.descriptors = 0  # computed, for the benchmarks
         self._tracks: list[_Track] = []
@@ -281,11 +286,17 @@ class FaceTracker:
             return
         threshold = self.settings.identity_threshold
         image = None
-        for track in self._tracks:
+        # faces without a name yet first, then those due again (the budget may not cover all)
+        for track in sorted(self._tracks, key=lambda t: t.ident is not None):
             ident = track.ident
             if ident is None or position - ident.described_at >= self.settings.identify_every:
+                if self.budget is not None and not self.budget.available():
+                    continue  # keeps what it has; identified on a later frame
                 image = rgb() if image is None else image
+                start = time.perf_counter()
                 descriptor = describe(image, face_dict(track.box, track.points)["box"], track.points)
+                if self.budget is not None:
+                    self.budget.spend(time.perf_counter() - start)
                 self.descriptors += 1
                 track.ident = _Identity(descriptor, position, generation, nearest(matrix, descriptor, threshold))
             elif ident.generation != generation:

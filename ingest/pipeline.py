@@ -77,6 +77,7 @@ def tracker_settings(settings: Settings) -> TrackerSettings:
         engine=settings.landmark_engine,
         identify_every=settings.identify_every,
         identity_threshold=settings.identity_threshold,
+        identify_share=settings.identify_share,
         gallery_data_dir=str(settings.data_dir),
     )
 
