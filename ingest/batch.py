@@ -83,13 +83,12 @@ def plan_jobs(path: Path, settings: TrackerSettings, max_frames: int = MAX_JOB_F
     return jobs
 
 
-def run_job(job: Job) -> list[dict[str, Any]]:
-    """In a worker: decode the job's blocks, landmark frames [start, end)."""
-    from ingest.decode import UnitDecoder
-    from ingest.identity import FixedGallery
-    from ingest.landmarks import FaceTracker
+Runs = list[tuple[int, bytes]]  # (cluster timecode, the bytes of its blocks), in stream order
 
-    runs: list[tuple[int, bytes]] = []
+
+def read_runs(job: Job) -> Runs:
+    """The job's compressed blocks, read from its stream file, grouped by cluster."""
+    runs: Runs = []
     with open(job.path, "rb") as f:
         for timecode, offset, length in job.blocks:
             f.seek(offset)
@@ -98,6 +97,21 @@ def run_job(job: Job) -> list[dict[str, Any]]:
                 runs[-1] = (timecode, runs[-1][1] + data)
             else:
                 runs.append((timecode, data))
+    return runs
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """In a worker: decode the job's blocks, landmark frames [start, end)."""
+    return landmark_runs(job, read_runs(job))
+
+
+def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
+    """Decode ``runs`` (the job's blocks, from the keyframe before its range) with a fresh
+    decoder and track frames [start, end) with a fresh tracker; no file is read here."""
+    from ingest.decode import UnitDecoder
+    from ingest.identity import FixedGallery
+    from ingest.landmarks import FaceTracker
+
     decoder = UnitDecoder(first_index=job.first_index)
     tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
     out = []
@@ -159,20 +173,38 @@ class Reprocessor:
         (a short session is one or two jobs of unequal length). Yields (session id, result) as
         each session is committed, in plan order."""
         jobs = [job for _, session_jobs in plan for job in session_jobs]
-        results: Iterator[list[dict[str, Any]]] = self._pool.imap(run_job, jobs)  # in job order
+        results = self._results(jobs)  # in job order
         for session_id, session_jobs in plan:
             paths = self.store.paths(session_id)
+            failure: BaseException | None = None
             with LandmarkRewrite(paths.landmarks) as rewrite:
-                for _ in session_jobs:
+                for job in session_jobs:
                     batch = next(results)
-                    rewrite.write(batch)
+                    if isinstance(batch, BaseException):  # this session only: the others go on
+                        failure = failure or batch
+                        progress(job.end - job.start)
+                        continue
+                    if failure is None:
+                        rewrite.write(batch)
                     progress(len(batch))
-                counts = rewrite.commit()
+                if failure is None:
+                    counts = rewrite.commit()
+            if failure is not None:  # never committed: the previous landmarks stay
+                yield session_id, {"error": str(failure)}
+                continue
             yield session_id, self._finish(session_id, counts)
+
+    def _results(self, jobs: list[Job]) -> Iterator[list[dict[str, Any]] | BaseException]:
+        """Each job's frames, in job order (an exception in place of a job whose input could not
+        be read, where the executor can tell). Local worker processes here."""
+        return self._pool.imap(run_job, jobs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"workers": self.workers}
 
     def _finish(self, session_id: str, counts: LandmarkCounts) -> dict[str, Any]:
         paths = self.store.paths(session_id)
-        meta = {"mode": "batch", "workers": self.workers, "finished_at": utc_now(), **self.settings.describe()}
+        meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(), **self.settings.describe()}
         (paths.root / "landmarks.meta.json").write_text(json.dumps(meta))
         self.store.reset_landmark_counts(session_id, counts)
         if not paths.recording.exists() and self.store.get_row(session_id)["state"] == "stopped":

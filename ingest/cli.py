@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
     reprocess.add_argument("--all", action="store_true", help="every stopped or failed session")
     reprocess.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    reprocess.add_argument("--cluster", default=None, metavar="ADDRESS",
+                           help="run the jobs on the Dask cluster whose scheduler is ADDRESS (tcp://host:8786; "
+                                "or $CAMINGEST_CLUSTER)")  # fmt: skip
     _add_data(reprocess)
 
     export = commands.add_parser("export", help="re-encode a session with an overlay drawn on every frame")
@@ -131,6 +134,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         tls_cert=getattr(args, "tls_cert", None),
         tls_key=getattr(args, "tls_key", None),
         pages_dir=getattr(args, "pages", None),
+        cluster=getattr(args, "cluster", None),
     )
 
 
@@ -204,17 +208,41 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
         for session_id in session_ids:
             store.get_row(session_id)  # unknown ids fail before any work starts
         workers = settings.workers or os.cpu_count() or 1
-        with Reprocessor(store, tracker_settings(settings), workers) as reprocessor:
-            plan = [(session_id, reprocessor.jobs(session_id)) for session_id in session_ids]
+        reprocessor: Reprocessor
+        if settings.cluster:
+            from ingest.cluster import ClusterReprocessor
+
+            reprocessor = ClusterReprocessor(store, tracker_settings(settings), settings.cluster)
+        else:
+            reprocessor = Reprocessor(store, tracker_settings(settings), workers)
+        failed = 0
+        with reprocessor:
+            plan = []
+            for session_id in session_ids:
+                try:
+                    plan.append((session_id, reprocessor.jobs(session_id)))
+                except OSError as exc:  # this session only: the others go on
+                    failed += 1
+                    reason = exc.strerror or type(exc).__name__
+                    print(f"{session_id}: failed, its landmarks are kept: its stored stream cannot be read ({reason})",
+                          file=sys.stderr)  # fmt: skip
             total = sum(job.end - job.start for _, jobs in plan for job in jobs)
-            with tqdm(total=total, unit="frame", desc="reprocess", dynamic_ncols=True) as bar:
+            where = f" on {settings.cluster} ({reprocessor.workers} threads)" if settings.cluster else ""
+            with tqdm(total=total, unit="frame", desc=f"reprocess{where}", dynamic_ncols=True) as bar:
                 for session_id, result in reprocessor.run_many(plan, bar.update):
-                    bar.write(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
+                    if "error" in result:
+                        failed += 1
+                        bar.write(f"{session_id}: failed, its landmarks are kept: {result['error']}")
+                    else:
+                        bar.write(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
     except KeyboardInterrupt:
         print("camingest reprocess: interrupted; the previous landmarks are kept", file=sys.stderr)
         return 130
     finally:
         store.close()
+    if failed:
+        print(f"camingest reprocess: {failed} of {len(session_ids)} sessions failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -259,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = _settings(args)
-        if args.command in ("serve", "reprocess", "import", "close") and settings.analysis:
+        local_analysis = not (args.command == "reprocess" and settings.cluster)  # a cluster's workers load their own
+        if args.command in ("serve", "reprocess", "import", "close") and settings.analysis and local_analysis:
             from ingest.predictor import prepare_engine
 
             prepare_engine(settings.landmark_engine)

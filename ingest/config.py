@@ -51,6 +51,9 @@ class Settings:
     # Your own pages (e.g. one written for the Node tutorials), served at /pages/ from this folder:
     # same origin as camingest, so their `io()` and `/socket.io/socket.io.js` work unchanged.
     pages_dir: str | None = None
+    # `reprocess` runs its jobs on the Dask cluster whose scheduler is at this address
+    # (tcp://host:8786; needs camingest[cluster] here and camingest on the workers).
+    cluster: str | None = None
     # Allowed Origin headers for Socket.IO connections. Empty = same origin as the server only.
     # "*" allows any origin (only for trusted networks).
     cors_origins: tuple[str, ...] = ()

@@ -1,0 +1,195 @@
+"""reprocess on a real Dask cluster (issue 13): a scheduler and two single-threaded workers on
+loopback, started here as `dask scheduler` / `dask worker` processes. Results equal the local
+path's frame for frame, through a worker killed mid-run; an unreachable scheduler or an
+unreadable stream end as documented, with the previous landmarks kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client import Client, run
+from tests.conftest import IMAGES, ROOT, free_port, load_recording
+from tests.test_batch import cli, read_landmarks
+
+distributed = pytest.importorskip("distributed")
+DASK = shutil.which("dask") or str(Path(sys.executable).parent / "dask")
+NAMES = ["webcam_vp8_opus_250ms", "webcam_vp8_kf1s_250ms", "webcam_h264_250ms", "two_people_720p_vp8"]
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A scheduler and 2 workers (1 process, 1 thread each, under a nanny that restarts them)."""
+    folder = tmp_path_factory.mktemp("dask")
+    scheduler_file = folder / "scheduler.json"
+    log = open(folder / "dask.log", "w")  # noqa: SIM115 -- closed at teardown
+    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT}
+    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
+    client = None
+    try:
+        deadline_client = distributed.Client(scheduler_file=str(scheduler_file), timeout=60) if _wait_file(scheduler_file) else None
+        assert deadline_client is not None, (folder / "dask.log").read_text()
+        client = deadline_client
+        for _ in range(2):
+            procs.append(subprocess.Popen([DASK, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
+                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common))  # fmt: skip
+        client.wait_for_workers(2, timeout=120)
+        yield client, json.loads(scheduler_file.read_text())["address"]
+    finally:
+        if client is not None:
+            client.close()
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def _wait_file(path: Path, timeout: float = 60) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():  # the scheduler writes it once it listens
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """The fixture sessions stored by a server without analysis, a gallery of one person, and
+    the local reprocess's landmarks as the reference."""
+    from tests.conftest import ServerProcess
+
+    data = tmp_path_factory.mktemp("cluster") / "data"
+    server = ServerProcess(data, "--no-analysis").start()
+
+    async def store() -> list[str]:
+        ids = []
+        async with Client(server.url) as client:
+            for name in NAMES:
+                recording = load_recording(name)
+                session = await client.start(recording.meta["mime"])
+                await client.send_all(session, recording.chunks)
+                await client.stop(session)
+                ids.append(session["session_id"])
+        return ids
+
+    try:
+        ids = run(store())
+    finally:
+        server.stop()
+    assert cli("gallery", "add", "Obama", str(IMAGES / "obama.jpg"), data=data).returncode == 0
+    local = cli("reprocess", "--all", "--workers", "2", data=data)
+    assert local.returncode == 0, local.stderr
+    reference = {sid: read_landmarks(data / "sessions" / sid / "landmarks.jsonl") for sid in ids}
+    return data, ids, reference
+
+
+def landmarks_of(data: Path, ids: list[str]) -> dict[str, list[dict]]:
+    return {sid: read_landmarks(data / "sessions" / sid / "landmarks.jsonl") for sid in ids}
+
+
+def wipe(data: Path, ids: list[str]) -> None:
+    for sid in ids:
+        (data / "sessions" / sid / "landmarks.jsonl").write_text("")
+
+
+def test_cluster_reprocess_equals_local(dask_cluster, stored):
+    _, address = dask_cluster
+    data, ids, reference = stored
+    assert any(face.get("identity") for f in reference[ids[0]] for face in f["faces"])  # names travel too
+    wipe(data, ids)
+    result = cli("reprocess", *ids, "--cluster", address, data=data)
+    assert result.returncode == 0, result.stderr
+    assert landmarks_of(data, ids) == reference
+    meta = json.loads((data / "sessions" / ids[0] / "landmarks.meta.json").read_text())
+    assert meta["mode"] == "batch" and meta["cluster"] == address and meta["workers"] == 2
+    # CAMINGEST_CLUSTER does the same as the flag
+    wipe(data, ids[:1])
+    env = dict(os.environ, CAMINGEST_CLUSTER=address)
+    again = subprocess.run([sys.executable, "-m", "ingest.cli", "reprocess", ids[0], "--data", str(data)],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert landmarks_of(data, ids[:1]) == {ids[0]: reference[ids[0]]}
+
+
+def test_a_worker_killed_mid_run_changes_nothing(dask_cluster, stored):
+    """SIGKILL of a worker that holds a job: the scheduler runs it elsewhere; identical results."""
+    from ingest.cluster import ClusterReprocessor
+    from ingest.config import Settings
+    from ingest.pipeline import tracker_settings
+    from storage.store import SessionStore
+
+    client, address = dask_cluster
+    data, ids, reference = stored
+    wipe(data, ids)
+    killed: list[int] = []
+
+    def kill_a_busy_worker(frames: int) -> None:
+        if killed:
+            return
+        busy = [worker for worker, keys in client.processing().items() if keys]
+        assert busy, "no job in flight to interrupt"
+        pid = client.run(os.getpid, workers=busy[:1])[busy[0]]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    store = SessionStore(data)
+    store.open(recover=False)
+    try:
+        settings = tracker_settings(Settings(data_dir=data))
+        with ClusterReprocessor(store, settings, address) as reprocessor:
+            plan = [(sid, reprocessor.jobs(sid)) for sid in ids]
+            results = dict(reprocessor.run_many(plan, kill_a_busy_worker))
+    finally:
+        store.close()
+    assert killed and all("error" not in r for r in results.values())
+    assert landmarks_of(data, ids) == reference
+    client.wait_for_workers(2, timeout=120)  # the nanny restarted it, for the next tests
+
+
+def test_unreachable_scheduler_is_one_line_and_keeps_landmarks(stored):
+    data, ids, _ = stored
+    before = {sid: (data / "sessions" / sid / "landmarks.jsonl").read_bytes() for sid in ids}
+    address = f"tcp://127.0.0.1:{free_port()}"
+    result = cli("reprocess", *ids, "--cluster", address, data=data)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"camingest reprocess: cannot reach the Dask scheduler at {address} (")
+    assert line.endswith("); is `dask scheduler` running there?")
+    assert {sid: (data / "sessions" / sid / "landmarks.jsonl").read_bytes() for sid in ids} == before
+
+
+def test_an_unreadable_stream_fails_that_session_only(dask_cluster, stored):
+    _, address = dask_cluster
+    data, ids, reference = stored
+    broken, rest = ids[0], ids[1:]
+    stream = data / "sessions" / broken / "stream.webm"
+    kept = stream.with_name("stream.webm.kept")
+    stream.rename(kept)
+    stream.mkdir()  # a directory where the stream should be: not readable as a file
+    before = (data / "sessions" / broken / "landmarks.jsonl").read_bytes()
+    wipe(data, rest)
+    try:
+        result = cli("reprocess", *ids, "--cluster", address, data=data)
+    finally:
+        stream.rmdir()
+        kept.rename(stream)
+    assert result.returncode == 1
+    assert f"{broken}: failed, its landmarks are kept: its stored stream cannot be read (Is a directory)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"camingest reprocess: 1 of {len(ids)} sessions failed"
+    assert (data / "sessions" / broken / "landmarks.jsonl").read_bytes() == before
+    assert landmarks_of(data, rest) == {sid: reference[sid] for sid in rest}
