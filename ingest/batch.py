@@ -174,25 +174,30 @@ class Reprocessor:
         each session is committed, in plan order."""
         jobs = [job for _, session_jobs in plan for job in session_jobs]
         results = self._results(jobs)  # in job order
-        for session_id, session_jobs in plan:
-            paths = self.store.paths(session_id)
-            failure: BaseException | None = None
-            with LandmarkRewrite(paths.landmarks) as rewrite:
-                for job in session_jobs:
-                    batch = next(results)
-                    if isinstance(batch, BaseException):  # this session only: the others go on
-                        failure = failure or batch
-                        progress(job.end - job.start)
-                        continue
+        try:
+            for session_id, session_jobs in plan:
+                paths = self.store.paths(session_id)
+                failure: BaseException | None = None
+                with LandmarkRewrite(paths.landmarks) as rewrite:
+                    for job in session_jobs:
+                        batch = next(results)
+                        if isinstance(batch, BaseException):  # this session only: the others go on
+                            failure = failure or batch
+                            progress(job.end - job.start)
+                            continue
+                        if failure is None:
+                            rewrite.write(batch)
+                        progress(len(batch))
                     if failure is None:
-                        rewrite.write(batch)
-                    progress(len(batch))
-                if failure is None:
-                    counts = rewrite.commit()
-            if failure is not None:  # never committed: the previous landmarks stay
-                yield session_id, {"error": str(failure)}
-                continue
-            yield session_id, self._finish(session_id, counts)
+                        counts = rewrite.commit()
+                if failure is not None:  # never committed: the previous landmarks stay
+                    yield session_id, {"error": str(failure)}
+                    continue
+                yield session_id, self._finish(session_id, counts)
+        finally:  # an interrupted run stops the executor's work now, not when collected
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
 
     def _results(self, jobs: list[Job]) -> Iterator[list[dict[str, Any]] | BaseException]:
         """Each job's frames, in job order (an exception in place of a job whose input could not

@@ -5,6 +5,7 @@ unreadable stream end as documented, with the previous landmarks kept."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ from tests.conftest import IMAGES, ROOT, free_port, load_recording
 from tests.test_batch import cli, read_landmarks
 
 distributed = pytest.importorskip("distributed")
+# work cancelled late (by the garbage collector, after the client closed) shows up as this
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 DASK = shutil.which("dask") or str(Path(sys.executable).parent / "dask")
 NAMES = ["webcam_vp8_opus_250ms", "webcam_vp8_kf1s_250ms", "webcam_h264_250ms", "two_people_720p_vp8"]
 
@@ -193,3 +196,77 @@ def test_an_unreadable_stream_fails_that_session_only(dask_cluster, stored):
     assert result.stderr.strip().splitlines()[-1] == f"camingest reprocess: 1 of {len(ids)} sessions failed"
     assert (data / "sessions" / broken / "landmarks.jsonl").read_bytes() == before
     assert landmarks_of(data, rest) == {sid: reference[sid] for sid in rest}
+
+
+def reprocess_in_process(data: Path, ids: list[str], address: str, progress, **options):
+    from ingest.cluster import ClusterReprocessor
+    from ingest.config import Settings
+    from ingest.pipeline import tracker_settings
+    from storage.store import SessionStore
+
+    store = SessionStore(data)
+    store.open(recover=False)
+    try:
+        with ClusterReprocessor(store, tracker_settings(Settings(data_dir=data)), address, **options) as reprocessor:
+            plan = [(sid, reprocessor.jobs(sid)) for sid in ids]
+            return dict(reprocessor.run_many(plan, progress))
+    finally:
+        store.close()
+
+
+def test_ctrl_c_cancels_the_clusters_work(dask_cluster, stored):
+    client, address = dask_cluster
+    data, ids, _ = stored
+    before = landmarks_of(data, ids)
+
+    def interrupt(frames: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reprocess_in_process(data, ids, address, interrupt)
+
+    def tasks(dask_scheduler) -> int:
+        return len(dask_scheduler.tasks)
+
+    from tests.client import wait_until
+
+    async def idle() -> bool:
+        return await asyncio.to_thread(client.run_on_scheduler, tasks) == 0
+
+    run(wait_until(idle, "the scheduler forgot the cancelled jobs", timeout=30))
+    assert landmarks_of(data, ids) == before  # nothing committed after the first session's results
+
+
+def test_losing_every_worker_ends_in_one_error_with_landmarks_kept(tmp_path, stored):
+    """A cluster whose only worker dies (no nanny to restart it): the run ends after the
+    no-workers timeout with a ClusterError; sessions not yet committed keep their landmarks."""
+    from ingest.cluster import ClusterError
+
+    data, ids, _ = stored
+    scheduler_file = tmp_path / "scheduler.json"
+    log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 -- closed below
+    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT}
+    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
+    try:
+        assert _wait_file(scheduler_file), (tmp_path / "dask.log").read_text()
+        procs.append(subprocess.Popen([DASK, "worker", "--scheduler-file", str(scheduler_file), "--no-nanny",
+                                       "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common))  # fmt: skip
+        address = json.loads(scheduler_file.read_text())["address"]
+        before = landmarks_of(data, ids)
+
+        def kill_the_worker(frames: int) -> None:
+            if procs[1].poll() is None:
+                procs[1].send_signal(signal.SIGKILL)
+
+        with pytest.raises(ClusterError) as lost:
+            reprocess_in_process(data, ids, address, kill_the_worker, no_workers_timeout_s=5)
+        assert str(lost.value) == (
+            f"the Dask cluster at {address} has had no workers (or no scheduler) for 5 s")
+        after = landmarks_of(data, ids)
+        assert after[ids[-1]] == before[ids[-1]]  # the last session was never committed
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(30)
+        log.close()
