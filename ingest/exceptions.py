@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import errno
 
-
-class IngestError(Exception):
-    """Base class; ``code`` is the PROTOCOL.md error code sent to clients."""
-
-    code = "internal"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+# the base and the store's own error are defined below ingest, so that storage raises members of
+# this same family without importing ingest (re-exported here)
+from storage.errors import IngestError as IngestError
+from storage.errors import UnknownSessionError as UnknownSessionError
 
 
 class BadRequestError(IngestError, ValueError):
@@ -29,10 +21,6 @@ class BadRequestError(IngestError, ValueError):
 
 class UnauthorizedError(IngestError, PermissionError):
     code = "unauthorized"
-
-
-class UnknownSessionError(IngestError, LookupError):
-    code = "unknown_session"
 
 
 class NotFoundError(IngestError, LookupError):

@@ -23,6 +23,7 @@ from ingest.overlay import OVERLAYS
 from ingest.preview import BOUNDARY, WAIT, annotated_frames, part
 from ingest.services import SERVICES, Services
 from ingest.upload import upload_session
+from ingest.webm import build_unit
 from storage.store import validate_session_id
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ async def chunk_webm(request: web.Request) -> web.StreamResponse:
 
     def unit() -> bytes | None:
         init = store.init_segment(session_id)
-        return None if init is None else store.chunk_unit(session_id, row, init)
+        return None if init is None else build_unit(init, store.chunk_runs(session_id, row))
 
     data = await asyncio.to_thread(unit)
     if data is None:

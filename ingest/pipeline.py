@@ -36,6 +36,7 @@ from ingest.exceptions import CapacityError, IngestError, InvalidMediaError
 from ingest.fill import Filler
 from ingest.landmarks import TrackerSettings
 from ingest.metrics import Metrics
+from ingest.webm import build_unit
 from ingest.worker_protocol import (
     CRASHED,
     AnalyseImage,
@@ -280,7 +281,7 @@ class LivePipeline:
         init = self.store.init_segment(session_id) or b""
         for row in rows[rows.index(start) :]:
             if row["units"] != "[]":
-                pipe.pending.append((row["seq"], self.store.chunk_unit(session_id, row, init)))
+                pipe.pending.append((row["seq"], build_unit(init, self.store.chunk_runs(session_id, row))))
         pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
         return pipe
 

@@ -15,6 +15,7 @@ import cv2
 
 from ingest.decode import UnitDecoder
 from ingest.overlay import draw
+from ingest.webm import build_unit
 from storage.landmarks import LandmarkTail
 from storage.store import SessionStore
 
@@ -53,7 +54,7 @@ def annotated_frames(store: SessionStore, session_id: str, overlay: str) -> Iter
                 if row["units"] == "[]":
                     continue
                 landmarks.refresh()
-                for frame in decoder.decode(store.chunk_unit(session_id, row, init)):
+                for frame in decoder.decode(build_unit(init, store.chunk_runs(session_id, row))):
                     yield render(frame)
             continue
         if store.get_row(session_id)["state"] != "recording":

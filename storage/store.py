@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ingest.exceptions import UnknownSessionError
-from ingest.webm import build_unit
+from storage.errors import UnknownSessionError
 from storage.index import Index
 from storage.landmarks import LandmarkCounts
 
@@ -337,14 +336,14 @@ class SessionStore:
         )
         return None if row is None else bytes(row["init"])
 
-    def chunk_unit(self, session_id: str, row: dict[str, Any], init: bytes) -> bytes:
-        """The standalone unit of a stored chunk: ``init`` + the blocks that chunk completed,
-        rebuilt from the locations kept in its index row (no re-parsing)."""
-        runs = [
+    def chunk_runs(self, session_id: str, row: dict[str, Any]) -> list[tuple[int, bytes]]:
+        """The blocks a stored chunk completed, by cluster timecode, read from the locations
+        kept in its index row (no re-parsing): with the init segment, ``ingest.webm.build_unit``
+        makes them a standalone WebM."""
+        return [
             (timecode, b"".join(self.read_stream(session_id, offset, length) for offset, length in spans))
             for timecode, spans in json.loads(row["units"])
         ]
-        return build_unit(init, runs)
 
     def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
         with open(self.paths(session_id).stream, "rb") as f:
