@@ -25,21 +25,14 @@ from typing import Any
 
 import socketio
 
+from ingest.images import image_type
+
 # A 250 ms MediaRecorder blob of 640x480 VP8 is ~30-60 KB; files are cut into pieces of this size
 # (the server's reader takes any byte boundaries).
 FILE_PIECE_BYTES = 256 * 1024
 # Refusals worth retrying as they are (after a pause): the server is busy, its disk full.
 RETRYABLE = frozenset({"busy", "storage_full", "timeout", "internal"})
 SERVER_EVENTS = ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error")
-
-
-def image_mime(data: bytes) -> str:
-    """The snapshot type of an image file's bytes (the server checks the same magic numbers)."""
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/jpeg"
 
 
 class CamingestError(Exception):
@@ -193,7 +186,7 @@ class Session:
     async def snapshot(self, data: bytes, mime: str | None = None, t_ms: float | None = None) -> str:
         """Store a still image (JPEG, PNG or WebP; the type read from the bytes unless given) with
         the session; returns its snapshot id (its faces arrive in ``snapshot_faces``)."""
-        payload: dict[str, Any] = {**self.ids, "mime": mime or image_mime(data), "data": data}
+        payload: dict[str, Any] = {**self.ids, "mime": mime or image_type(data) or "image/jpeg", "data": data}
         if t_ms is not None:
             payload["t_ms"] = t_ms
         return (await self._call_retrying("snapshot", payload))["snapshot_id"]

@@ -21,11 +21,11 @@ import dlib
 import numpy as np
 
 from ingest.exceptions import InvalidMediaError
+from ingest.images import IMAGE_EXTENSIONS, image_type
 from storage.gallery import Enrolment, Gallery, GalleryMatrix
 
 # the enrolment photo is analysed at most this large (width x height), as snapshots are
 ENROL_MAX_PIXELS = 4_000_000
-IMAGE_TYPES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG": ".png"}
 
 
 @cache
@@ -135,10 +135,8 @@ def enrolment(data: bytes, source: str, upsample: int = 1, engine: str = "numba"
     which one would be taken: a cropped photo makes it certain)."""
     from ingest.landmarks import detect_faces
 
-    extension = next((ext for magic, ext in IMAGE_TYPES.items() if data.startswith(magic)), None)
-    if extension is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        extension = ".webp"
-    if extension is None:
+    mime = image_type(data)
+    if mime is None:
         raise InvalidMediaError(f"{source} is not a photo; send a JPEG, PNG or WebP image of the person's face")
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -160,4 +158,4 @@ def enrolment(data: bytes, source: str, upsample: int = 1, engine: str = "numba"
         )
     descriptor = describe(rgb, largest["box"], largest["points"])
     box = tuple(round(v / scale) for v in largest["box"])
-    return Enrolment(data, source, extension, box, descriptor)  # type: ignore[arg-type]
+    return Enrolment(data, source, IMAGE_EXTENSIONS[mime], box, descriptor)  # type: ignore[arg-type]

@@ -11,6 +11,19 @@ from dataclasses import dataclass
 
 from ingest.exceptions import InvalidMediaError
 
+IMAGE_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
+
+
+def image_type(data: bytes) -> str | None:
+    """JPEG, PNG or WebP by the file's magic number (its first bytes); None for anything else."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 # JPEG Start-Of-Frame markers (all but DHT C4, JPG C8 and DAC CC carry the frame size).

@@ -110,30 +110,51 @@ def detect_faces(gray: np.ndarray, upsample: int = 1, engine: str = "numba") -> 
     return [face_dict(box, p) for box, p in zip(boxes, points, strict=True)]
 
 
-def detect_faces_in_file(path: str, upsample: int, engine: str, max_pixels: int) -> list[dict[str, Any]]:
+def detect_faces_in_file(
+    path: str,
+    upsample: int,
+    engine: str,
+    max_pixels: int,
+    gallery: GallerySource | None = None,
+    identity_threshold: float = 0.6,
+) -> list[dict[str, Any]]:
     """Faces of a stored image (a snapshot), at a bounded cost: an image over ``max_pixels`` is
     decoded reduced (JPEG's own 1/2, 1/4, 1/8 scaling: cheap; other formats are resized after
-    decoding) and resized to fit, faces are found there, and the boxes and points scaled back to
-    the image's own pixels. Raises ``ValueError`` if the file does not decode."""
+    decoding) and resized to fit, faces are found there (and identified, when ``gallery`` holds
+    people), and the boxes and points scaled back to the image's own pixels. Raises
+    ``ValueError`` if the file does not decode."""
     from ingest.images import probe_image
 
     with open(path, "rb") as f:
         info = probe_image(f.read(256 * 1024))  # the header holds the size
-    flag = cv2.IMREAD_GRAYSCALE
-    for factor, reduced in ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-                            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2)):  # fmt: skip
+    matrix = gallery.current()[1] if gallery is not None else None
+    identify = matrix is not None and bool(matrix.names)
+    # colour only when a face will be described: JPEG's luma alone decodes faster
+    flags = ((cv2.IMREAD_COLOR, cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_COLOR_8)
+             if identify else (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_REDUCED_GRAYSCALE_2, cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                               cv2.IMREAD_REDUCED_GRAYSCALE_8))  # fmt: skip
+    flag = flags[0]
+    for factor, reduced in ((8, flags[3]), (4, flags[2]), (2, flags[1])):
         if info.pixels / (factor * factor) >= max_pixels:
             flag = reduced
             break
-    gray = cv2.imread(path, flag)
-    if gray is None:
+    image = cv2.imread(path, flag)
+    if image is None:
         raise ValueError("the image does not decode")
-    height, width = gray.shape
+    height, width = image.shape[:2]
     if height * width > max_pixels:
         shrink = (max_pixels / (height * width)) ** 0.5
         size = (max(int(width * shrink), 1), max(int(height * shrink), 1))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if identify else image
     faces = detect_faces(gray, upsample, engine)
+    if faces and identify:
+        from ingest.identity import describe, nearest
+
+        assert matrix is not None
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        for face in faces:
+            face["identity"] = nearest(matrix, describe(rgb, face["box"], face["points"]), identity_threshold)
     sx, sy = info.width / gray.shape[1], info.height / gray.shape[0]
     if sx == sy == 1:
         return faces
@@ -142,6 +163,7 @@ def detect_faces_in_file(path: str, upsample: int, engine: str, max_pixels: int)
             "box": [round(face["box"][0] * sx), round(face["box"][1] * sy),
                     round(face["box"][2] * sx), round(face["box"][3] * sy)],
             "points": [[round(x * sx), round(y * sy)] for x, y in face["points"]],
+            **({"identity": face["identity"]} if "identity" in face else {}),
         }
         for face in faces
     ]

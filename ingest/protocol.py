@@ -31,6 +31,7 @@ from ingest.exceptions import (
     UnsupportedError,
     storage_error,
 )
+from ingest.images import image_type
 from ingest.services import Services
 from ingest.session import LiveSession
 from storage.store import sha256_hex, validate_session_id
@@ -75,13 +76,6 @@ def _sniff_container(blob: bytes) -> str:
         raise UnsupportedError("the first video blob is not WebM/Matroska (the classic client's MediaRecorder)")
     return "video/x-matroska" if b"matroska" in blob[:64] else "video/webm"
 
-
-def _sniff_image(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/jpeg"
 
 
 def error_ack(exc: IngestError) -> Ack:
@@ -184,7 +178,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             if "session" not in classic or not isinstance(data, dict) or not isinstance(data.get("data"), bytes):
                 log.warning("classic client %s: an image before any video, or without data: ignored", sid)
                 return
-            payload = {**classic["session"], "mime": _sniff_image(data["data"]), "data": data["data"]}
+            payload = {**classic["session"], "mime": image_type(data["data"]) or "image/jpeg", "data": data["data"]}
             if isinstance(data.get("timeMillis"), int | float):
                 payload["t_ms"] = float(data["timeMillis"])
             ack = await self._answer(self._snapshot, sid, payload)

@@ -106,6 +106,7 @@ def _handle(
     """The one reply to ``request`` (None for Drop): a failure is reported, the worker goes on
     serving its other sessions."""
     from ingest.batch import run_job
+    from ingest.identity import live_gallery
     from ingest.landmarks import detect_faces_in_file
 
     try:
@@ -123,7 +124,9 @@ def _handle(
         if isinstance(request, RunJob):
             return JobFrames(request.job_id, run_job(request.job))
         if isinstance(request, AnalyseImage):
-            faces = detect_faces_in_file(request.path, snapshot_upsample, tracker_settings.engine, request.max_pixels)
+            gallery = live_gallery(tracker_settings.gallery_data_dir) if tracker_settings.gallery_data_dir else None
+            faces = detect_faces_in_file(request.path, snapshot_upsample, tracker_settings.engine, request.max_pixels,
+                                         gallery, tracker_settings.identity_threshold)  # fmt: skip
             return ImageFaces(request.request_id, faces)
         raise TypeError(f"unknown request {type(request).__name__}")
     except Exception as exc:  # report, keep serving the other sessions

@@ -187,3 +187,24 @@ def clip(tmp_path_factory) -> Path:
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                     "-fps_mode", "passthrough", str(mp4)], check=True)  # fmt: skip
     return mp4
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, driven by Playwright
+
+
+def chromium_args(camera: Path) -> list[str]:
+    return [
+        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def browser(face_camera):
+    """Headless Chromium whose fake camera shows a face (the page tests)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(face_camera))
+        yield browser
+        browser.close()

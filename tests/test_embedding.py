@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ffprobe_frames
-from tests.test_pages import CHROMIUM, chromium_args, fetch, get_json, wait_for_summary, wait_until
+from tests.conftest import CHROMIUM, ffprobe_frames
+from tests.test_pages import fetch, get_json, wait_for_summary, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 PAGES = Path(__file__).parent / "pages"
-
-
-@pytest.fixture
-def browser(face_camera):
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(face_camera))
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -231,3 +231,25 @@ def test_export_overlay_writes_names_above_identified_faces():
     none = np.full((300, 400, 3), 90, np.uint8)
     draw(none, [{**face, "identity": {"name": "Obama", "distance": 0.1}}], "none")
     assert (none == 90).all()
+
+
+def test_snapshots_are_identified(server_factory, photos):
+    from ingest.client import CamingestClient
+
+    server = server_factory()
+
+    async def scenario() -> None:
+        assert (await enrol(server.url, "Obama", photos["obama"]))[0] == 201
+        async with CamingestClient(server.url) as client:
+            session = await client.start(WEBCAM.meta["mime"])
+            await session.send_stream(WEBCAM.chunks[:2])
+            known = await session.snapshot(photos["obama"].read_bytes())
+            stranger = await session.snapshot(photos["far"].read_bytes())
+            await session._wait(lambda: {known, stranger} <= set(session.snapshot_faces), 60, "snapshot faces")
+            await session.stop()
+        (face,) = session.snapshot_faces[known]
+        assert face["identity"]["name"] == "Obama" and face["identity"]["distance"] < 0.3
+        (face,) = session.snapshot_faces[stranger]
+        assert face["identity"] is None  # identified, nobody matched: "unknown"
+
+    run(scenario())

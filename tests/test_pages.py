@@ -12,27 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.client import Client, run
-from tests.conftest import ARTIFACTS, IMAGES, ffprobe_frames, free_port, load_recording
+from tests.conftest import ARTIFACTS, CHROMIUM, IMAGES, chromium_args, ffprobe_frames, free_port, load_recording
 
 playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
-
-
-def chromium_args(camera: Path) -> list[str]:
-    return [
-        "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-video-capture={camera}", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-    ]  # fmt: skip
-
-
-@pytest.fixture
-def browser(face_camera):
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=chromium_args(face_camera))
-        yield browser
-        browser.close()
 
 
 def get_json(url: str) -> dict:
@@ -60,8 +43,17 @@ def state(page) -> dict:
     )
 
 
+PAGE_STATE = """() => JSON.stringify({camingest: window.camingest, sessions: window.camingestSessions,
+  result: window.result, sent: window.sent, landmarkFrames: window.landmarkFrames, facesSeen: window.facesSeen},
+  (key, value) => key === "snapshots" || key === "frames" ? undefined : value)"""
+
+
 def wait_until(page, condition: str, timeout_ms: int = 60_000) -> None:
-    page.wait_for_function(condition, timeout=timeout_ms, polling=100)
+    """The page poller: fails with what the page knew, not only that time ran out."""
+    try:
+        page.wait_for_function(condition, timeout=timeout_ms, polling=100)
+    except playwright.TimeoutError:
+        raise AssertionError(f"{condition} still false after {timeout_ms / 1000:g} s; page: {page.evaluate(PAGE_STATE)}") from None
 
 
 def test_record_snapshot_stop(server_factory, browser, tmp_path):
