@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,17 +147,20 @@ class LandmarkRewrite:
     def __enter__(self) -> LandmarkRewrite:
         """Opens the files here, not in ``__init__``: whatever interrupts the opening (Ctrl-C, an
         unreadable old file) leaves no temporary file behind."""
-        # a unique name: the server's fill and a `camingest reprocess` may rewrite at once
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        self.tmp = Path(tmp)
+        # a unique name: the server's fill and a `camingest reprocess` may rewrite at once. The
+        # name is chosen before the file exists, so a Ctrl-C at any bytecode still finds it to
+        # remove (mkstemp names it only on return: an interrupt in between left it behind)
+        self.tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        fd: int | None = None
         try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._out = os.fdopen(fd, "wb")
             self._old = _lines(self.path)
             self._ahead: tuple[int, bytes] | None = next(self._old, None)
         except BaseException:
             if hasattr(self, "_out"):
                 self._out.close()
-            else:
+            elif fd is not None:
                 os.close(fd)
             self.tmp.unlink(missing_ok=True)
             raise
