@@ -24,6 +24,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 from ingest.batch import Job, Reprocessor, landmark_runs, read_runs
@@ -40,7 +41,9 @@ class ClusterError(IngestError):
     """The cluster cannot be used (unreachable, no workers, wrong version, lost mid-run)."""
 
 
+@cache
 def version() -> str:
+    """This camingest's version (read from its installed metadata once per process)."""
     from ingest.cli import _version
 
     return _version()
@@ -73,10 +76,6 @@ def _worker_plugin(engine: str) -> Any:
             predictor(self.engine)
 
     return CamingestPlugin(engine)
-
-
-def _worker_version() -> str:
-    return version()
 
 
 class ClusterReprocessor(Reprocessor):
@@ -118,7 +117,7 @@ class ClusterReprocessor(Reprocessor):
 
     def _check_versions(self) -> None:
         try:
-            versions = self.client.run(_worker_version)
+            versions = self.client.run(version)
         except Exception as exc:  # a worker without camingest cannot even run the check
             raise ClusterError(
                 f"the Dask workers cannot run camingest ({_reason(exc)}); install camingest {version()} on them"

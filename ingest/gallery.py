@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.exceptions import BadRequestError, CapacityError, IngestError, InvalidMediaError, NotFoundError
-from storage.gallery import Enrolment, Gallery, GalleryError
+from storage.gallery import Enrolment, Gallery, GalleryError, check_name
 
 MAX_PHOTOS_PER_REQUEST = 10
 
@@ -52,7 +52,7 @@ class GalleryService:
         if len(photos) > MAX_PHOTOS_PER_REQUEST:
             raise BadRequestError(f"{len(photos)} photos sent; at most {MAX_PHOTOS_PER_REQUEST} per request")
         try:
-            name = await asyncio.to_thread(_checked_name, name)
+            name = check_name(name)  # no I/O: on the loop
         except GalleryError as exc:
             raise as_ingest_error(exc) from None
         if self._busy.locked():
@@ -80,8 +80,3 @@ class GalleryService:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _checked_name(name: str) -> str:
-    from storage.gallery import check_name
-
-    return check_name(name)

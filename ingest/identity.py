@@ -1,8 +1,8 @@
 """Who a face is: dlib's ResNet face descriptor (face-recognition-models'
 ``dlib_face_recognition_resnet_model_v1.dat``) compared with the gallery's (storage/gallery.py).
 
-A descriptor costs ~10-30 ms per face on a free core (it holds the GIL: never on the server's
-event loop), so faces are identified per track (ingest/landmarks.py): when a track starts,
+A descriptor costs ~75 ms per face on this project's 2-core machine (BENCHMARKS.md; it holds the
+GIL: never on the server's event loop), so faces are identified per track (ingest/landmarks.py): when a track starts,
 every ``identify_every`` frames, and again (from the descriptor it has, no new one) when the
 gallery changes. Two descriptors of the same person lie within ~0.6 (dlib's threshold, 99.38%
 on LFW): the nearest gallery photo within ``identity_threshold`` names the face.
@@ -21,7 +21,7 @@ import dlib
 import numpy as np
 
 from ingest.exceptions import InvalidMediaError
-from ingest.images import IMAGE_EXTENSIONS, image_type
+from ingest.images import EXTENSIONS, image_type
 from storage.gallery import Enrolment, Gallery, GalleryMatrix
 
 # the enrolment photo is analysed at most this large (width x height), as snapshots are
@@ -158,4 +158,4 @@ def enrolment(data: bytes, source: str, upsample: int = 1, engine: str = "numba"
         )
     descriptor = describe(rgb, largest["box"], largest["points"])
     box = tuple(round(v / scale) for v in largest["box"])
-    return Enrolment(data, source, IMAGE_EXTENSIONS[mime], box, descriptor)  # type: ignore[arg-type]
+    return Enrolment(data, source, f".{EXTENSIONS[mime]}", box, descriptor)  # type: ignore[arg-type]

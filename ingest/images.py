@@ -11,19 +11,6 @@ from dataclasses import dataclass
 
 from ingest.exceptions import InvalidMediaError
 
-IMAGE_EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
-
-
-def image_type(data: bytes) -> str | None:
-    """JPEG, PNG or WebP by the file's magic number (its first bytes); None for anything else."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 # JPEG Start-Of-Frame markers (all but DHT C4, JPG C8 and DAC CC carry the frame size).
@@ -41,16 +28,28 @@ class ImageInfo:
         return self.width * self.height
 
 
+def image_type(data: bytes) -> str | None:
+    """JPEG, PNG or WebP by the file's magic number (its first bytes); None for anything else."""
+    if data.startswith(PNG_SIGNATURE):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def probe_image(data: bytes) -> ImageInfo:
     """Type and size of a JPEG, PNG or WebP file; ``InvalidMediaError`` for anything else."""
-    if data.startswith(PNG_SIGNATURE):
+    mime = image_type(data)
+    if mime == "image/png":
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise InvalidMediaError("PNG without an IHDR header")
         width, height = struct.unpack(">II", data[16:24])
         return _checked("image/png", width, height)
-    if data.startswith(b"\xff\xd8"):
+    if mime == "image/jpeg":
         return _jpeg(data)
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if mime == "image/webp":
         return _webp(data)
     raise InvalidMediaError("not a JPEG, PNG or WebP image (unknown magic bytes)")
 

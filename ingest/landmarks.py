@@ -93,9 +93,14 @@ def detector() -> Any:
     return dlib.get_frontal_face_detector()
 
 
-def face_dict(box: Box, points: np.ndarray) -> dict[str, Any]:
+def xywh(box: Box) -> list[int]:
+    """A dlib rectangle (inclusive corners) as PROTOCOL.md's [x, y, w, h]."""
     left, top, right, bottom = box
-    return {"box": [left, top, right - left + 1, bottom - top + 1], "points": points.tolist()}
+    return [left, top, right - left + 1, bottom - top + 1]
+
+
+def face_dict(box: Box, points: np.ndarray) -> dict[str, Any]:
+    return {"box": xywh(box), "points": points.tolist()}
 
 
 def detect_boxes(gray: np.ndarray, upsample: int) -> list[Box]:
@@ -316,7 +321,7 @@ class FaceTracker:
                     continue  # keeps what it has; identified on a later frame
                 image = rgb() if image is None else image
                 start = time.perf_counter()
-                descriptor = describe(image, face_dict(track.box, track.points)["box"], track.points)
+                descriptor = describe(image, xywh(track.box), track.points)
                 if self.budget is not None:
                     self.budget.spend(time.perf_counter() - start)
                 self.descriptors += 1

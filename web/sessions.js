@@ -14,15 +14,18 @@ window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { st
 let refresh = null;
 
 const UNREACHABLE = "The server cannot be reached. Is camingest running? Try again in a moment.";
-const getJSON = async (url) => {
+/** fetch + JSON: the body, or an Error with the server's message (or UNREACHABLE, `unreachable` set). */
+const api = async (url, init) => {
   let r;
   try {
-    r = await fetch(url);
+    r = await fetch(url, init);
   } catch {
-    throw new Error(UNREACHABLE); // fetch's own "Failed to fetch" says nothing to a person
+    // fetch's own "Failed to fetch" says nothing to a person
+    throw Object.assign(new Error(UNREACHABLE), { unreachable: true });
   }
-  if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error?.message ?? `HTTP ${r.status}`);
-  return r.json();
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error?.message ?? `HTTP ${r.status}`);
+  return body;
 };
 const when = (iso) => new Date(iso).toLocaleString();
 const mb = (n) => `${(n / 1048576).toFixed(1)} MiB`;
@@ -38,7 +41,7 @@ const fillText = (fill) => !fill ? "" : fill.state === "queued" ? " · landmarks
   : ` · landmarks ${Math.floor((100 * fill.frames_done) / Math.max(1, fill.frames_total))}%`;
 
 async function loadList() {
-  const { sessions } = await getJSON("/api/sessions");
+  const { sessions } = await api("/api/sessions");
   window.camingestSessions.listed = sessions.map((s) => s.id);
   // while landmarks are being filled, follow them; reload the open session once they are done
   clearTimeout(refresh);
@@ -88,7 +91,7 @@ window.addEventListener("popstate", () => {
 });
 
 async function open(id) {
-  selected = await getJSON(`/api/sessions/${id}`);
+  selected = await api(`/api/sessions/${id}`);
   window.camingestSessions.selected = id;
   ui.sessionId.textContent = id;
   for (const c of ui.list.children) c.setAttribute?.("aria-selected", String(c.dataset.sessionId === id));
@@ -96,7 +99,7 @@ async function open(id) {
   say("");
   const base = `/api/sessions/${id}`;
   ui.player.src = `${base}/recording.webm`;
-  const data = await getJSON(`${base}/landmarks`);
+  const data = await api(`${base}/landmarks`);
   frames = data.frames.filter((f) => f.faces);
   window.camingestSessions.frames = data.frames.length;
   const withFaces = frames.filter((f) => f.faces.length).length;
@@ -121,7 +124,7 @@ async function open(id) {
       layer.width = img.naturalWidth;
       layer.height = img.naturalHeight;
       try {
-        const { faces } = await getJSON(`${base}/snapshots/${s.snapshot_id}/landmarks`);
+        const { faces } = await api(`${base}/snapshots/${s.snapshot_id}/landmarks`);
         drawFaces(layer.getContext("2d"), faces, "landmarks", 0.5);
         caption.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"} `;
         if (faces.length === 1) caption.append(enrolButton(`${base}/snapshots/${s.snapshot_id}`, s.mime));
@@ -148,13 +151,11 @@ const tick = () => { paint(); requestAnimationFrame(tick); };
 
 ui.del.addEventListener("click", async () => {
   if (!selected || !confirm(`Delete the session of ${when(selected.created_at)}? Its files are removed for good.`)) return;
-  let r;
   try {
-    r = await fetch(`/api/sessions/${selected.id}`, { method: "DELETE" });
-  } catch {
-    return say(UNREACHABLE, "error");
+    await api(`/api/sessions/${selected.id}`, { method: "DELETE" });
+  } catch (err) {
+    return say(err.message, "error");
   }
-  if (!r.ok) return say((await r.json()).error.message, "error");
   selected = null;
   history.replaceState(null, "", location.pathname);
   ui.detail.hidden = true;
@@ -174,7 +175,7 @@ function showAppearances(frames) {
 // The gallery: enrol from a photo or a snapshot, list, remove.
 async function loadPeople() {
   try {
-    const { people } = await getJSON("/api/gallery");
+    const { people } = await api("/api/gallery");
     window.camingestSessions.people = people.map((p) => p.name);
     ui.people.replaceChildren(...people.map((p) => {
       const item = document.createElement("li");
@@ -182,9 +183,9 @@ async function loadPeople() {
       remove.dataset.testid = "remove-person";
       remove.addEventListener("click", async () => {
         if (!confirm(`Remove ${p.name} from the gallery? Their photos and descriptors are deleted.`)) return;
-        const r = await fetch(`/api/gallery/${encodeURIComponent(p.name)}`, { method: "DELETE" }).catch(() => null);
-        if (!r) return say(UNREACHABLE, "error");
-        if (!r.ok) return say((await r.json()).error.message, "error");
+        try {
+          await api(`/api/gallery/${encodeURIComponent(p.name)}`, { method: "DELETE" });
+        } catch (err) { return say(err.message, "error"); }
         await loadPeople();
       });
       item.append(`${p.name} (${p.images} photo${p.images === 1 ? "" : "s"}) `, remove);
@@ -199,16 +200,14 @@ async function enrol(name, file, fileName) {
   form.append("file", file, fileName);
   ui.enrolStatus.dataset.kind = "info";
   ui.enrolStatus.textContent = `Enrolling ${name}…`;
-  let r;
-  try { r = await fetch("/api/gallery", { method: "POST", body: form }); } catch {
+  let body;
+  try { body = await api("/api/gallery", { method: "POST", body: form }); } catch (err) {
     ui.enrolStatus.dataset.kind = "error";
-    return void (ui.enrolStatus.textContent = UNREACHABLE);
+    return void (ui.enrolStatus.textContent = err.unreachable ? err.message : `Not enrolled: ${err.message}`);
   }
-  const body = await r.json().catch(() => ({}));
-  ui.enrolStatus.dataset.kind = r.ok ? "info" : "error";
-  ui.enrolStatus.textContent = r.ok ? `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`
-    : `Not enrolled: ${body.error?.message ?? `HTTP ${r.status}`}`;
-  if (r.ok) await loadPeople();
+  ui.enrolStatus.dataset.kind = "info";
+  ui.enrolStatus.textContent = `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`;
+  await loadPeople();
 }
 function enrolButton(url, mime) {
   const button = Object.assign(document.createElement("button"), { type: "button", textContent: "Enrol…", title: "Add this face to the gallery" });
@@ -252,7 +251,7 @@ function showExport(job) {
 }
 async function followExport(id, overlay, format) {
   try {
-    const { exports } = await getJSON(`/api/sessions/${id}/exports`);
+    const { exports } = await api(`/api/sessions/${id}/exports`);
     if (selected?.id !== id) return; // another session was opened meanwhile
     const job = exports.find((e) => e.overlay === overlay && e.format === format);
     showExport(job ?? null);
@@ -266,13 +265,11 @@ ui.exportForm.addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!selected) return;
   const id = selected.id, overlay = ui.exportOverlay.value, format = ui.exportFormat.value;
-  let r;
+  let body;
   try {
-    r = await fetch(`/api/sessions/${id}/exports`, { method: "POST", headers: { "Content-Type": "application/json" },
+    body = await api(`/api/sessions/${id}/exports`, { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ overlay, format }) });
-  } catch { return showExport({ state: "failed", error: UNREACHABLE }); }
-  const body = await r.json().catch(() => ({}));
-  if (!r.ok) return showExport({ state: "failed", error: body.error?.message ?? `HTTP ${r.status}` });
+  } catch (err) { return showExport({ state: "failed", error: err.message }); }
   showExport(body);
   followExport(id, overlay, format);
 });
