@@ -113,9 +113,9 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
         from ingest.predictor import prepare_engine
 
         prepare_engine(settings.landmark_engine)
-        enrolled, refusal = enrol_photos(photos, settings.landmark_engine)
+        enrolled, refusal = enrol_photos(photos, settings.landmark_engine, settings.max_snapshot_pixels)
         if refusal is not None:
-            raise IngestError(refusal)
+            raise refusal
         count = gallery.add(name, enrolled)
         print(f"enrolled {name}: {count} photo{'s' if count != 1 else ''}")
         return 0

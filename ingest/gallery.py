@@ -15,22 +15,31 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ingest.exceptions import BadRequestError, CapacityError, IngestError, InvalidMediaError, NotFoundError
+from ingest.exceptions import (
+    BadRequestError,
+    CapacityError,
+    IngestError,
+    InvalidMediaError,
+    NotFoundError,
+    TooLargeError,
+)
 from storage.gallery import Enrolment, Gallery, GalleryError, check_name
 
 MAX_PHOTOS_PER_REQUEST = 10
 
 
-def enrol_photos(photos: list[tuple[bytes, str]], engine: str) -> tuple[list[Enrolment], str | None]:
-    """Each photo's face (all or nothing): the enrolments, or the first refusal's message."""
+def enrol_photos(
+    photos: list[tuple[bytes, str]], engine: str, max_pixels: int
+) -> tuple[list[Enrolment], IngestError | None]:
+    """Each photo's face (all or nothing): the enrolments, or the first refusal."""
     from ingest.identity import enrolment
 
     out = []
     for data, source in photos:
         try:
-            out.append(enrolment(data, source, engine=engine))
-        except InvalidMediaError as exc:
-            return [], exc.message
+            out.append(enrolment(data, source, engine=engine, max_pixels=max_pixels))
+        except (InvalidMediaError, TooLargeError) as exc:
+            return [], exc
     return out, None
 
 
@@ -40,9 +49,10 @@ def as_ingest_error(exc: GalleryError) -> IngestError:
 
 
 class GalleryService:
-    def __init__(self, data_dir: Path, engine: str) -> None:
+    def __init__(self, data_dir: Path, engine: str, max_pixels: int) -> None:
         self.gallery = Gallery(data_dir)
         self.engine = engine
+        self.max_pixels = max_pixels  # declared by a photo's header (max_snapshot_pixels)
         self._pool: ProcessPoolExecutor | None = None
         self._busy = asyncio.Lock()
 
@@ -61,9 +71,9 @@ class GalleryService:
             if self._pool is None:  # started on first use: the server need not pay for it
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             loop = asyncio.get_running_loop()
-            enrolled, refusal = await loop.run_in_executor(self._pool, enrol_photos, photos, self.engine)
+            enrolled, refusal = await loop.run_in_executor(self._pool, enrol_photos, photos, self.engine, self.max_pixels)
         if refusal is not None:
-            raise InvalidMediaError(refusal)
+            raise refusal
         count = await asyncio.to_thread(self.gallery.add, name, enrolled)
         return {"name": name, "images": count}
 

@@ -20,8 +20,8 @@ import cv2
 import dlib
 import numpy as np
 
-from ingest.exceptions import InvalidMediaError
-from ingest.images import EXTENSIONS, image_type
+from ingest.exceptions import InvalidMediaError, TooLargeError
+from ingest.images import EXTENSIONS, image_type, probe_image
 from storage.gallery import Enrolment, Gallery, GalleryMatrix
 
 # the enrolment photo is analysed at most this large (width x height), as snapshots are
@@ -129,15 +129,26 @@ def live_gallery(data_dir: str) -> LiveGallery:
     return LiveGallery(data_dir)
 
 
-def enrolment(data: bytes, source: str, upsample: int = 1, engine: str = "numba") -> Enrolment:
+def enrolment(
+    data: bytes, source: str, upsample: int = 1, engine: str = "numba", max_pixels: int = 40_000_000
+) -> Enrolment:
     """The face of one enrolment photo. Refuses (``InvalidMediaError`` naming ``source``) what
     is not a JPEG/PNG/WebP image, a photo without a face, and one with several faces (saying
-    which one would be taken: a cropped photo makes it certain)."""
+    which one would be taken: a cropped photo makes it certain); ``TooLargeError`` for a header
+    that declares more than ``max_pixels`` (checked before decoding, as for snapshots)."""
     from ingest.landmarks import detect_faces
 
     mime = image_type(data)
     if mime is None:
         raise InvalidMediaError(f"{source} is not a photo; send a JPEG, PNG or WebP image of the person's face")
+    try:
+        info = probe_image(data)
+    except InvalidMediaError as exc:
+        raise InvalidMediaError(f"{source}: {exc.message}") from None
+    if info.pixels > max_pixels:
+        raise TooLargeError(
+            f"{source} declares {info.width}x{info.height} = {info.pixels} pixels, more than max_snapshot_pixels={max_pixels}"
+        )
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InvalidMediaError(f"{source} does not decode as an image; it may be damaged")

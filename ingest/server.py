@@ -193,7 +193,7 @@ def build_app(settings: Settings) -> web.Application:
             await namespace.close(settings.shutdown_grace_s)
             log.info("shutdown: connections closed")
 
-    gallery = GalleryService(settings.data_dir, settings.landmark_engine)
+    gallery = GalleryService(settings.data_dir, settings.landmark_engine, settings.max_snapshot_pixels)
     app[GALLERY] = gallery
     app[MAX_PHOTO_BYTES] = settings.max_snapshot_bytes
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -43,11 +45,14 @@ def photos(tmp_path_factory) -> dict[str, Path]:
         "both": folder / "both.png",
         "blank": folder / "blank.png",
         "text": folder / "notes.txt",
+        "bomb": folder / "bomb.png",
     }
     files["far"].write_bytes(png(far))
     files["both"].write_bytes(png(both))
     files["blank"].write_bytes(png(np.full((240, 320, 3), 128, np.uint8)))
     files["text"].write_text("not a photo\n")
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 50000, 50000, 8, 2, 0, 0, 0)  # 50000x50000 RGB, no pixel data
+    files["bomb"].write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
     return files
 
 
@@ -60,6 +65,7 @@ def test_gallery_command_line(tmp_path, photos):
     refusals = {
         "text": "camingest gallery: notes.txt is not a photo; send a JPEG, PNG or WebP image of the person's face\n",
         "blank": "camingest gallery: blank.png: no face found; use a photo where the face is clearly visible, from the front\n",
+        "bomb": "camingest gallery: bomb.png declares 50000x50000 = 2500000000 pixels, more than max_snapshot_pixels=40000000\n",
     }
     for key, message in refusals.items():
         result = cli("gallery", "add", "Someone", str(photos[key]), data=data)
@@ -104,6 +110,9 @@ def test_gallery_routes(server_factory, photos):
             "blank.png: no face found; use a photo where the face is clearly visible, from the front"}})  # fmt: skip
         assert await enrol(server.url, "Notes", photos["text"]) == (422, {"error": {"code": "invalid_media", "message":
             "notes.txt is not a photo; send a JPEG, PNG or WebP image of the person's face"}})  # fmt: skip
+        # an image bomb: refused from its header, before anything decodes it
+        assert await enrol(server.url, "Bomb", photos["bomb"]) == (413, {"error": {"code": "too_large", "message":
+            "bomb.png declares 50000x50000 = 2500000000 pixels, more than max_snapshot_pixels=40000000"}})  # fmt: skip
         status, body = await enrol(server.url, "", photos["obama"])
         assert (status, body["error"]["message"]) == (400, "a person needs a name (1-100 characters)")
         status, body = await enrol(server.url, "Obama", photos["obama"], headers={"Origin": "http://evil.example"})
