@@ -32,10 +32,11 @@ import numpy as np
 
 from bench.common import chunks_of, machine_notes, start_server
 from bench.landmarks_bench import WEBCAMS
-from ingest.batch import Reprocessor, read_runs
+from ingest.analysis.tracker import TrackerSettings
+from ingest.batch.cluster import ClusterReprocessor
+from ingest.batch.jobs import read_runs
+from ingest.batch.local import Reprocessor
 from ingest.client import CamingestClient
-from ingest.cluster import ClusterReprocessor
-from ingest.landmarks import TrackerSettings
 from storage.store import SessionStore
 
 OUT = Path(__file__).resolve().parent / "results"

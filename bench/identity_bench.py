@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import machine_notes
-from ingest.identity import describe, nearest
-from ingest.landmarks import FaceTracker
+from ingest.analysis.identity import describe, nearest
+from ingest.analysis.tracker import FaceTracker
 from storage.gallery import GalleryMatrix
 from tests.conftest import load_recording
 from tests.media import decoded_frames

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, start_server
 from ingest.client import CamingestClient, CamingestError
-from ingest.webm import WebMReader, build_unit
+from ingest.media.webm import WebMReader, build_unit
 
 
 def reframe(repeat: int) -> dict:

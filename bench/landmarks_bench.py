@@ -32,8 +32,9 @@ import numpy as np
 import socketio
 
 from bench.common import RECORDINGS, SHARED, chunks_of, machine_notes, percentile, start_server
-from ingest.landmarks import FaceTracker, TrackerSettings, detect_boxes, detector
-from ingest.predictor import predictor
+from ingest.analysis.detect import detect_boxes, detector
+from ingest.analysis.engine.predictor import predictor
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from tests.media import decoded_frames
 
 WEBCAMS = ["webcam_vp8_opus_250ms", "webcam_vp9_opus_250ms", "webcam_h264_250ms", "webcam_vp8_kf1s_250ms"]

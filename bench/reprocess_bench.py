@@ -34,9 +34,10 @@ import matplotlib.pyplot as plt
 
 from bench.common import chunks_of, machine_notes, start_server
 from bench.landmarks_bench import WEBCAMS, naive_fps
-from ingest.batch import Reprocessor
+from ingest.analysis.detect import detect_faces
+from ingest.analysis.tracker import TrackerSettings
+from ingest.batch.local import Reprocessor
 from ingest.client import CamingestClient
-from ingest.landmarks import TrackerSettings, detect_faces
 from storage.store import SessionStore
 from tests.media import decoded_frames, match_faces
 

@@ -13,18 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ingest import version
 from ingest.config import Settings
-from ingest.exceptions import IngestError
+from ingest.exceptions import IngestError, StoreBusyError
 from storage.store import SessionStore
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("camingest")
-    except PackageNotFoundError:  # run from a checkout that was never installed
-        return "0+unknown"
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +25,7 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camingest", description="Record a browser camera and extract its frames.")
-    parser.add_argument("--version", action="version", version=f"camingest {_version()}")
+    parser.add_argument("--version", action="version", version=f"camingest {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the server")
@@ -88,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
-    from ingest.gallery import as_ingest_error, enrol_photos
+    from ingest.analysis.stills import enrol_photos
+    from ingest.server.enrolment import as_ingest_error, check_photo_count
     from storage.gallery import Gallery, GalleryError, check_name
 
     gallery = Gallery(settings.data_dir)
@@ -105,15 +98,18 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
             removed = gallery.remove(name)
             print(f"removed {name} and {removed} photo{'s' if removed != 1 else ''}")
             return 0
+        check_photo_count(len(args.images), settings.max_photos_per_request)
         photos = []
         for path in args.images:
             if not path.is_file():
                 raise IngestError(f"{path} is not a file")
             photos.append((path.read_bytes(), path.name))
-        from ingest.predictor import prepare_engine
+        from ingest.analysis.engine.predictor import prepare_engine
 
         prepare_engine(settings.landmark_engine)
-        enrolled, refusal = enrol_photos(photos, settings.landmark_engine, settings.max_snapshot_pixels)
+        enrolled, refusal = enrol_photos(
+            photos, settings.landmark_engine, settings.max_snapshot_pixels, settings.max_enrol_analysis_pixels
+        )
         if refusal is not None:
             raise refusal
         count = gallery.add(name, enrolled)
@@ -141,12 +137,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _open_store(settings: Settings, exclusive: bool = False) -> SessionStore:
     """The data folder's store; ``exclusive`` takes the server's lock (and repairs what a crash
     left, as a starting server does), so nothing changes under a running server."""
-    if not (settings.data_dir / "index.sqlite3").exists():
+    if not SessionStore.found(settings.data_dir):
         raise IngestError(f"no camingest data in {settings.data_dir}")
     store = SessionStore(settings.data_dir)
     try:
         store.open(recover=exclusive)
-    except RuntimeError:
+    except StoreBusyError:
         raise IngestError(
             f"a camingest server is running on {settings.data_dir}; it ends sessions whose client is gone "
             f"after session_idle_s ({settings.session_idle_s:g} s) itself, or stop it first"
@@ -158,16 +154,15 @@ def cmd_close(settings: Settings, session_id: str) -> int:
     """End a session left recording (offline): as the server's idle expiry would."""
     from tqdm import tqdm
 
-    from ingest.batch import Reprocessor
-    from ingest.pipeline import tracker_settings
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.local import Reprocessor
 
     store = _open_store(settings, exclusive=True)
     try:
         row = store.get_row(session_id)
         if not store.end_session(session_id, "close"):
             raise IngestError(f"session {session_id} is not recording (it is {row['state']})")
-        workers = settings.workers or os.cpu_count() or 1
-        with Reprocessor(store, tracker_settings(settings), workers) as reprocessor:
+        with Reprocessor(store, TrackerSettings.from_settings(settings), settings.worker_count) as reprocessor:
             jobs = reprocessor.jobs(session_id)
             with tqdm(total=sum(j.end - j.start for j in jobs), unit="frame", desc=session_id) as bar:
                 result = reprocessor.run(session_id, jobs, bar.update)  # also finalizes
@@ -196,8 +191,8 @@ def cmd_sessions(settings: Settings) -> int:
 def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool) -> int:
     from tqdm import tqdm
 
-    from ingest.batch import Reprocessor
-    from ingest.pipeline import tracker_settings
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.local import Reprocessor
 
     if bool(session_ids) == all_sessions:
         raise IngestError("name SESSION_IDs or --all, not both or neither")
@@ -207,14 +202,14 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
             session_ids = [s["id"] for s in store.list_summaries() if s["state"] != "recording"]
         for session_id in session_ids:
             store.get_row(session_id)  # unknown ids fail before any work starts
-        workers = settings.workers or os.cpu_count() or 1
         reprocessor: Reprocessor
+        tracker = TrackerSettings.from_settings(settings)
         if settings.cluster:
-            from ingest.cluster import ClusterReprocessor
+            from ingest.batch.cluster import ClusterReprocessor
 
-            reprocessor = ClusterReprocessor(store, tracker_settings(settings), settings.cluster)
+            reprocessor = ClusterReprocessor(store, tracker, settings.cluster)
         else:
-            reprocessor = Reprocessor(store, tracker_settings(settings), workers)
+            reprocessor = Reprocessor(store, tracker, settings.worker_count)
         failed = 0
         with reprocessor:
             plan = []
@@ -249,7 +244,7 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
 def cmd_import(settings: Settings, source: Path) -> int:
     from tqdm import tqdm
 
-    from ingest.importer import import_video
+    from ingest.recording.importer import import_video
 
     if not source.is_file():
         raise IngestError(f"no such file: {source}")
@@ -267,15 +262,22 @@ def cmd_import(settings: Settings, source: Path) -> int:
 def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> int:
     from tqdm import tqdm
 
-    from ingest.export import check_args, export
+    from ingest.media.overlay import check_overlay
+    from ingest.media.render import output_format, render
 
-    check_args(out, overlay)
+    fmt, overlay = output_format(out), check_overlay(overlay)
     store = _open_store(settings)
     try:
         row = store.get_row(session_id)
-        paths = store.paths(session_id)
-        with tqdm(total=row["frames"] or None, unit="frame", desc=f"export {out.name}", dynamic_ncols=True) as bar:
-            written = export(paths.stream, paths.landmarks, out, overlay, bar.update)
+        source = store.stream_source(session_id)
+        faces = store.landmark_tail(session_id).refresh().faces if overlay != "none" else {}
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            with tqdm(total=row["frames"] or None, unit="frame", desc=f"export {out.name}", dynamic_ncols=True) as bar:
+                written = render(source.path, tmp, fmt, overlay, faces, bar.update)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
         store.close()
     print(f"{out}: {written} frames, overlay {overlay}")
@@ -289,11 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         local_analysis = not (args.command == "reprocess" and settings.cluster)  # a cluster's workers load their own
         if args.command in ("serve", "reprocess", "import", "close") and settings.analysis and local_analysis:
-            from ingest.predictor import prepare_engine
+            from ingest.analysis.engine.predictor import prepare_engine
 
             prepare_engine(settings.landmark_engine)
         if args.command == "serve":
-            from ingest.server import serve
+            from ingest.server.app import serve
 
             asyncio.run(serve(settings))
             return 0

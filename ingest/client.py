@@ -25,7 +25,7 @@ from typing import Any
 
 import socketio
 
-from ingest.images import image_type
+from ingest.media.image_headers import image_type
 
 # A 250 ms MediaRecorder blob of 640x480 VP8 is ~30-60 KB; files are cut into pieces of this size
 # (the server's reader takes any byte boundaries).

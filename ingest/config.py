@@ -1,5 +1,6 @@
 """Settings: one frozen dataclass, built from CLI flags and ``CAMINGEST_*`` environment variables
-and passed down explicitly. Every limit of the server is here, with its default and why."""
+and passed down explicitly. Every limit of the server is here, with its default and why; also
+where camingest keeps derived files (``cache_dir``)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ class Settings:
     max_sessions_per_connection: int = 4
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
+    # Bytes of JSON a session's `meta` (from `start`) may take; it is stored and listed with it.
+    max_meta_bytes: int = 16 * 1024
+    # Binary attachments one Socket.IO event may carry (ours carry one: a chunk or a snapshot);
+    # python-socketio holds all of an event's attachments until the last one arrives.
+    max_event_attachments: int = 4
+    # Threads writing and fsyncing chunk files; overlapping fsyncs of different sessions is what
+    # lets one disk keep up with hundreds of recorders (BENCHMARKS.md).
+    io_threads: int = 16
+    # A session still "recording" whose last chunk is older than this may be deleted from the
+    # sessions page (its tab was closed without stop); younger ones are refused (conflict).
+    abandoned_after_s: float = 600.0
 
     # Largest video file `camingest import` and the upload form (POST /api/sessions) accept.
     max_import_bytes: int = 4 * 1024 * 1024 * 1024
@@ -79,8 +91,13 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
+    # Photos one enrolment request (POST /api/gallery, `camingest gallery add`) may carry.
+    max_photos_per_request: int = 10
+    # Enrolment photos are analysed at most this large (width x height), decoded reduced and
+    # resized like snapshots: a face needs no more, and a 40 MP photo would cost seconds.
+    max_enrol_analysis_pixels: int = 4_000_000
 
-    # Live analysis (see ingest/pipeline.py). False = ingest only: store and serve, no frames.
+    # Live analysis (see ingest/live/pipeline.py). False = ingest only: store and serve, no frames.
     analysis: bool = True
     # Worker processes for decoding + landmarks; 0 = one per core.
     workers: int = 0
@@ -88,9 +105,9 @@ class Settings:
     # decoded but not landmarked (sent as skipped) so live results never lag behind.
     live_queue_units: int = 8
     # Landmark engine: "numba" (dlib's model re-implemented: the same points, ~4x faster) or
-    # "dlib" (dlib's own shape_predictor). See ingest/predictor.py.
+    # "dlib" (dlib's own shape_predictor). See ingest/analysis/engine/predictor.py.
     landmark_engine: str = "numba"
-    # Face detection (ingest/landmarks.py): a half-size HOG pass for new faces every
+    # Face detection (ingest/analysis/tracker.py): a half-size HOG pass for new faces every
     # `detect_every` frames; faces under 160 px re-anchored in a crop around them every
     # `anchor_every` frames; a full "sweep" at `detect_upsample` every `sweep_every` frames and
     # after scene cuts. Upsample 1 finds faces from ~40 px, 0 from ~80 px at a quarter the cost.
@@ -98,7 +115,7 @@ class Settings:
     anchor_every: int = 5
     sweep_every: int = 300
     detect_upsample: int = 1
-    # Identification against the gallery (ingest/identity.py): the largest descriptor distance
+    # Identification against the gallery (ingest/analysis/identity.py): the largest descriptor distance
     # that names a face (dlib's documented 0.6), and how often (frames) a tracked face's
     # descriptor is computed again (~10-30 ms each; 90 = every 3 s at 30 fps).
     identity_threshold: float = 0.6
@@ -122,6 +139,11 @@ class Settings:
             raise ValueError(f"the pages folder {self.pages_dir} does not exist (--pages / CAMINGEST_PAGES_DIR)")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
+
+    @property
+    def worker_count(self) -> int:
+        """Analysis worker processes: ``workers``, or one per core when it is 0."""
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 
     @property
     def max_message_bytes(self) -> int:
@@ -149,6 +171,16 @@ class Settings:
         if "data_dir" in values:
             values["data_dir"] = Path(str(values["data_dir"]))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def cache_dir() -> Path:
+    """Where camingest keeps derived files (model arrays, compiled kernels): never the repo.
+    ``CAMINGEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/camingest``, else ``~/.cache/camingest``."""
+    explicit = os.environ.get("CAMINGEST_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "camingest"
 
 
 def _parse(type_name: object, raw: str) -> object:

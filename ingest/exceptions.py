@@ -1,48 +1,66 @@
 """Errors of camingest.
 
-Every error carries the PROTOCOL.md code that a client is sent for it, so the Socket.IO and HTTP
-layers never guess. Where a built-in fits, the error also inherits it (PyAV's habit:
-``InvalidDataError(FFmpegError, ValueError)``), so generic callers can catch ``ValueError``.
+Every error carries the PROTOCOL.md code that a client is sent for it and the HTTP status that
+carries it, so the Socket.IO and HTTP layers never guess. Where a built-in fits, the error also
+inherits it (PyAV's habit: ``InvalidDataError(FFmpegError, ValueError)``), so generic callers can
+catch ``ValueError``.
 """
 
 from __future__ import annotations
 
 import errno
 
-# the base and the store's own error are defined below ingest, so that storage raises members of
-# this same family without importing ingest (re-exported here)
+# the base and the store's own errors are defined below ingest, so that storage raises members
+# of this same family without importing ingest (re-exported here)
 from storage.errors import IngestError as IngestError
+from storage.errors import StoreBusyError as StoreBusyError
 from storage.errors import UnknownSessionError as UnknownSessionError
+from storage.errors import UnknownSnapshotError as UnknownSnapshotError
 
 
 class BadRequestError(IngestError, ValueError):
     code = "bad_request"
+    http_status = 400
 
 
 class UnauthorizedError(IngestError, PermissionError):
+    """No (or a wrong) access token or session token."""
+
     code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenOriginError(UnauthorizedError):
+    """A state-changing request from another site's page (CSRF): refused whatever it carries."""
+
+    http_status = 403
+
+
+class MisdirectedError(IngestError):
+    """A Host header the server is not meant to be reached by (DNS rebinding)."""
+
+    code = "misdirected"
+    http_status = 421
 
 
 class NotFoundError(IngestError, LookupError):
-    """Something other than a session, chunk or snapshot does not exist (a gallery person)."""
+    """Something other than a session, chunk or snapshot does not exist (a gallery person, an
+    export not made yet)."""
 
     code = "not_found"
+    http_status = 404
 
 
 class UnknownChunkError(IngestError, LookupError):
     """The session exists; that chunk seq does not (HTTP 404)."""
 
     code = "unknown_chunk"
-
-
-class UnknownSnapshotError(IngestError, LookupError):
-    """The session exists; that snapshot id does not (HTTP 404)."""
-
-    code = "unknown_snapshot"
+    http_status = 404
 
 
 class GapError(IngestError):
     code = "gap"
+    http_status = 409
 
     def __init__(self, message: str, next_seq: int) -> None:
         super().__init__(message)
@@ -51,24 +69,29 @@ class GapError(IngestError):
 
 class ConflictError(IngestError):
     code = "conflict"
+    http_status = 409
 
 
 class TooLargeError(IngestError, ValueError):
     code = "too_large"
+    http_status = 413
 
 
 class UnsupportedError(IngestError):
     code = "unsupported"
+    http_status = 415
 
 
 class InvalidMediaError(IngestError, ValueError):
     """The bytes are not a stream we can read (not WebM, corrupt EBML, undecodable)."""
 
     code = "invalid_media"
+    http_status = 422
 
 
 class SessionClosedError(IngestError):
     code = "session_closed"
+    http_status = 409
 
 
 class CapacityError(IngestError):
@@ -76,24 +99,28 @@ class CapacityError(IngestError):
     reached; nothing was stored; the client may retry later (HTTP 503)."""
 
     code = "busy"
+    http_status = 503
+    retry_after_s = 5  # HTTP answers say when to try again (Retry-After)
 
 
 class UploadTooSlowError(IngestError, TimeoutError):
     """An upload's body did not keep the documented pace; its slot is freed (HTTP 408)."""
 
     code = "timeout"
+    http_status = 408
 
 
 class StorageFullError(IngestError, OSError):
     """The disk is full: nothing was stored or acknowledged; retry later (HTTP 507)."""
 
     code = "storage_full"
+    http_status = 507
 
 
 def storage_error(exc: BaseException, what: str) -> IngestError:
     """The client's error for a failed write of ``what``: ``storage_full`` when the disk is full
-    (ENOSPC, EDQUOT, SQLite's SQLITE_FULL), else ``internal`` naming the cause, never the path."""
-    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or getattr(exc, "sqlite_errorcode", None) == 13
+    (ENOSPC, EDQUOT: the index says so too), else ``internal`` naming the cause, never the path."""
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
     if full:
         return StorageFullError(f"the server's disk is full: the {what} was not stored; retry later")
     return IngestError(f"the server could not store the {what} (an I/O error on its disk); retry later")

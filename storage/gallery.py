@@ -8,7 +8,7 @@ Readers in other processes (the analysis workers) notice a change by the generat
 identity (``os.replace`` gives it a new inode and mtime) with one ``stat`` and reload the
 descriptors then, so a gallery change applies to the next frames without a restart.
 Removing a person deletes their rows and their photos. Nothing here computes descriptors
-(ingest/identity.py does); this module only stores them.
+(ingest/analysis/identity.py does); this module only stores them.
 """
 
 from __future__ import annotations

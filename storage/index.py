@@ -10,6 +10,7 @@ durable. Reads use a connection per thread.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import queue
 import sqlite3
 import threading
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storage.errors import IndexWriteError
+
 T = TypeVar("T")
+SQLITE_FULL = 13
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -183,7 +187,7 @@ class Index:
                 except BaseException as exc:  # one caller's failure must not undo the others
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((future, None, exc))
+                    outcomes.append((future, None, _storage_error(exc)))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((future, result, None))
@@ -192,10 +196,18 @@ class Index:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for _, future in batch:
-                future.set_exception(exc)
+                future.set_exception(_storage_error(exc))
             return
         for future, result, error in outcomes:
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+
+
+def _storage_error(exc: BaseException) -> BaseException:
+    """SQLite's errors as the store's own (callers know storage errors, not SQLite's)."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    full = getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL
+    return IndexWriteError(errno.ENOSPC if full else errno.EIO, f"the index could not commit: {exc}")

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ class LandmarkTail:
         return self
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path) -> Generator[tuple[int, bytes], None, None]:
     """(index, line) of every complete line of the file, in file order."""
     if not path.exists():
         return
@@ -165,11 +165,6 @@ class LandmarkRewrite:
             self.tmp.unlink(missing_ok=True)
             raise
         return self
-
-    @classmethod
-    def open(cls, path: Path) -> LandmarkRewrite:
-        """An opened rewrite, for owners that close it themselves (the filler, across awaits)."""
-        return cls(path).__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -1,48 +1,57 @@
-"""The session store: one folder per session under the data folder, indexed in SQLite.
+"""The session store: everything camingest keeps about a session, behind one interface.
 
-Layout (documented in README.md):
+The rest of camingest asks this object for what it needs (a session's row, a chunk's bytes, a
+writer for its raw stream, its landmarks, a place to put its seekable recording) and never
+learns where or how it is kept. Here: the data folder on the local disk (storage/files.py) and
+the SQLite index (storage/index.py).
 
-    DATA/index.sqlite3                 sessions, chunks, snapshots (WAL)
-    DATA/sessions/<id>/stream.webm     the acknowledged chunks, concatenated, as sent
-    DATA/sessions/<id>/landmarks.jsonl one JSON line per analysed frame, in index order
-    DATA/sessions/<id>/recording.webm  the finalized, seekable recording (after stop)
-    DATA/sessions/<id>/snapshots/<snapshot_id>.<ext>
-
-Durability: a chunk's bytes are written and fdatasync'ed into stream.webm first, then its index
-row is committed; only then is it acknowledged. A crash between the two leaves bytes past the
-indexed end of stream.webm, which ``recover()`` trims, so files and index always agree.
-Everything here is blocking; the server calls it from threads.
+Durability: a chunk's bytes are written and fdatasync'ed into the raw stream first, then its
+index row is committed (``commit_chunk``); only then is it acknowledged. A crash between the two
+leaves bytes past the indexed end of the stream, which ``recover()`` trims, so files and index
+always agree. Everything here is blocking; the server calls it from threads.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import sqlite3
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from storage.errors import UnknownSessionError
+from storage import landmarks_meta
+from storage.errors import StoreBusyError, UnknownSessionError, UnknownSnapshotError
+from storage.files import (
+    SNAPSHOT_ID_RE,
+    LocalStream,
+    SessionFiles,
+    StreamWriter,
+    fsync_dir,
+    replace_atomically,
+    replacing,
+    validate_session_id,
+    write_new_file,
+)
 from storage.index import Index
-from storage.landmarks import LandmarkCounts
+from storage.landmarks import LandmarkCounts, LandmarkRewrite, LandmarkTail, append_frames, count_frames, scan
+from storage.records import ChunkRecord, decode_runs, encode_runs
 
-SESSION_ID_RE = re.compile(r"\A[0-9]{8}-[0-9]{6}-[0-9a-f]{8}\Z")
-SNAPSHOT_ID_RE = re.compile(r"\A[0-9]{6}-[0-9a-f]{6}\Z")
 STATES = ("recording", "stopped", "failed")
+INDEX_FILE = "index.sqlite3"
+LOCK_FILE = "server.lock"
+UPLOADS_DIR = "uploads"
+SCRATCH_DIR = "tmp"
 
-
-def validate_session_id(session_id: object) -> str:
-    """The id, if it has the server's form; nothing else ever reaches a path."""
-    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
-        raise UnknownSessionError(f"unknown session {str(session_id)[:80]!r}")
-    return session_id
+__all__ = ["STATES", "SessionStore", "utc_now", "validate_session_id"]
 
 
 def new_session_id() -> str:
@@ -54,33 +63,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _unix(iso: str) -> float:
     return _dt.datetime.fromisoformat(iso).timestamp()  # 3.11 reads the trailing Z
 
 
 def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class SessionPaths:
-    root: Path
-
-    @property
-    def stream(self) -> Path:
-        return self.root / "stream.webm"
-
-    @property
-    def landmarks(self) -> Path:
-        return self.root / "landmarks.jsonl"
-
-    @property
-    def recording(self) -> Path:
-        return self.root / "recording.webm"
-
-    @property
-    def snapshots(self) -> Path:
-        return self.root / "snapshots"
 
 
 def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
@@ -127,8 +119,13 @@ class SessionStore:
     def __init__(self, data_dir: Path, max_pending_writes: int = 1024) -> None:
         self.data_dir = Path(data_dir)
         self.sessions_dir = self.data_dir / "sessions"
-        self.index = Index(self.data_dir / "index.sqlite3", max_pending=max_pending_writes)
+        self.index = Index(self.data_dir / INDEX_FILE, max_pending=max_pending_writes)
         self._lock_fd: int | None = None
+
+    @staticmethod
+    def found(data_dir: Path) -> bool:
+        """Whether ``data_dir`` holds camingest data (for the commands that read it)."""
+        return (Path(data_dir) / INDEX_FILE).exists()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self, recover: bool = True) -> list[str]:
@@ -137,13 +134,13 @@ class SessionStore:
         returns one line per repair."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         if recover:
-            self._lock_fd = os.open(self.data_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(self._lock_fd)
                 self._lock_fd = None
-                raise RuntimeError(f"another camingest server is using {self.data_dir}") from None
+                raise StoreBusyError(f"another camingest server is using {self.data_dir}") from None
         self.index.open()
         return self.recover() if recover else []
 
@@ -154,12 +151,15 @@ class SessionStore:
             self._lock_fd = None
 
     def recover(self) -> list[str]:
-        """Trim stream.webm files to the indexed length (bytes of a chunk that was written but
-        never committed, so never acked) and fail sessions whose file lost acked bytes."""
+        """Trim raw streams to the indexed length (bytes of a chunk that was written but never
+        committed, so never acked), fail sessions whose file lost acked bytes, and remove what
+        unfinished uploads and imports left (never acknowledged: nothing is lost)."""
         notes: list[str] = []
+        for leftover in (UPLOADS_DIR, SCRATCH_DIR):
+            shutil.rmtree(self.data_dir / leftover, ignore_errors=True)
         rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state FROM sessions").fetchall())
         for row in rows:
-            path = self.paths(row["id"]).stream
+            path = self.files(row["id"]).stream
             size = path.stat().st_size if path.exists() else 0
             if size > row["bytes"]:
                 with open(path, "r+b") as f:
@@ -168,25 +168,26 @@ class SessionStore:
                 notes.append(f"{row['id']}: trimmed {size - row['bytes']} unacknowledged bytes")
             elif size < row["bytes"]:
                 message = f"stream.webm has {size} bytes, the index acknowledged {row['bytes']}"
-                self.index.write(
-                    lambda c, sid=row["id"], m=message: c.execute(
-                        "UPDATE sessions SET state='failed', error=? WHERE id=?", (m, sid)
-                    )
-                )
+                self._fail(row["id"], message)
                 notes.append(f"{row['id']}: {message}")
         return notes
 
+    def _fail(self, session_id: str, message: str) -> None:
+        self.index.write(
+            lambda c: c.execute("UPDATE sessions SET state='failed', error=? WHERE id=?", (message, session_id))
+        )
+
     # -- sessions -----------------------------------------------------------------------------
-    def paths(self, session_id: str) -> SessionPaths:
-        return SessionPaths(self.sessions_dir / validate_session_id(session_id))
+    def files(self, session_id: str) -> SessionFiles:
+        return SessionFiles(self.sessions_dir / validate_session_id(session_id))
 
     def create(self, mime: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
         session_id, token = new_session_id(), secrets.token_urlsafe(24)
-        paths = self.paths(session_id)
-        paths.root.mkdir(parents=True)
-        paths.stream.touch()
-        _fsync_dir(paths.root)
-        _fsync_dir(self.sessions_dir)
+        files = self.files(session_id)
+        files.root.mkdir(parents=True)
+        files.stream.touch()
+        fsync_dir(files.root)
+        fsync_dir(self.sessions_dir)
         created = utc_now()
         self.index.write(
             lambda c: c.execute(
@@ -206,7 +207,13 @@ class SessionStore:
     def summary(self, session_id: str) -> dict[str, Any]:
         row = self.get_row(session_id)
         result = summary(row, row["n_chunks"], row["n_snapshots"])
-        result["finalized"] = self.paths(session_id).recording.exists()
+        result["finalized"] = self.is_finalized(session_id)
+        return result
+
+    def detail(self, session_id: str) -> dict[str, Any]:
+        """The summary plus the session's snapshots (``GET /api/sessions/{id}``)."""
+        result = self.summary(session_id)
+        result["snapshots"] = self.snapshot_rows(session_id)
         return result
 
     def list_summaries(self) -> list[dict[str, Any]]:
@@ -246,29 +253,26 @@ class SessionStore:
             row["id"]: row["last"] if row["last"] is not None else _unix(row["created_at"]) for row in rows
         }
 
+    def last_chunk_at(self, session_id: str) -> float | None:
+        """Unix time the session's last chunk was received; None before its first."""
+        value = self.index.read(
+            lambda c: c.execute("SELECT MAX(received_at) FROM chunks WHERE session_id=?", (session_id,)).fetchone()[0]
+        )
+        return None if value is None else float(value)
+
     def unfinalized(self) -> list[str]:
-        """Stopped sessions with chunks but no seekable recording.webm (a crash between stop and
+        """Stopped sessions with chunks but no seekable recording (a crash between stop and
         finalize), oldest first."""
         rows = self.index.read(
             lambda c: c.execute("SELECT id FROM sessions WHERE state='stopped' AND bytes>0 ORDER BY created_at").fetchall()
         )
-        return [row["id"] for row in rows if not self.paths(row["id"]).recording.exists()]
+        return [row["id"] for row in rows if not self.is_finalized(row["id"])]
 
     def set_landmarks_error(self, session_id: str, message: str) -> None:
         """Filling this session's landmarks cannot complete (its stream does not decode): said in
         its summary, and not tried again at every restart."""
         self.index.write(
             lambda c: c.execute("UPDATE sessions SET landmarks_error=? WHERE id=?", (message, session_id))
-        )
-
-    def count_landmarks(self, session_id: str, counts: LandmarkCounts) -> None:
-        """Add to the session's landmark counters (not awaited: derived data, group-committed)."""
-        self.index.submit(
-            lambda c: c.execute(
-                "UPDATE sessions SET landmark_frames=landmark_frames+?, face_frames=face_frames+?,"
-                " skipped_frames=skipped_frames+? WHERE id=?",
-                (counts.frames, counts.with_faces, counts.skipped, session_id),
-            )
         )
 
     def reset_landmark_counts(self, session_id: str, counts: LandmarkCounts) -> None:
@@ -291,9 +295,9 @@ class SessionStore:
         return [row["id"] for row in rows]
 
     def delete(self, session_id: str) -> None:
-        paths = self.paths(session_id)
+        files = self.files(session_id)
         self.index.write(lambda c: c.execute("DELETE FROM sessions WHERE id=?", (session_id,)))
-        shutil.rmtree(paths.root, ignore_errors=True)
+        shutil.rmtree(files.root, ignore_errors=True)
 
     # -- chunks -------------------------------------------------------------------------------
     def chunk_row(self, session_id: str, seq: int) -> dict[str, Any] | None:
@@ -310,6 +314,126 @@ class SessionStore:
         )
         return [dict(r) for r in rows]
 
+    def init_segment(self, session_id: str) -> bytes | None:
+        row = self.index.read(
+            lambda c: c.execute("SELECT init FROM session_init WHERE session_id=?", (session_id,)).fetchone()
+        )
+        return None if row is None else bytes(row["init"])
+
+    @staticmethod
+    def has_blocks(row: dict[str, Any]) -> bool:
+        """Whether the stored chunk of ``row`` completed any block."""
+        return bool(decode_runs(row["units"]))
+
+    def chunk_runs(self, session_id: str, row: dict[str, Any]) -> list[tuple[int, bytes]]:
+        """The blocks a stored chunk completed, by cluster timecode, read from the locations
+        kept in its index row (no re-parsing): with the init segment, ``build_unit`` of
+        ingest/media/webm.py makes them a standalone WebM."""
+        return [
+            (timecode, b"".join(self.read_stream(session_id, offset, length) for offset, length in spans))
+            for timecode, spans in decode_runs(row["units"])
+        ]
+
+    def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
+        with open(self.files(session_id).stream, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise OSError(f"the stored stream of {session_id} is shorter than its index")
+        return data
+
+    def stream_writer(self, session_id: str) -> StreamWriter:
+        """Where a recording session's chunks are appended (durably), by their offsets."""
+        return StreamWriter(self.files(session_id).stream)
+
+    def commit_chunk(self, record: ChunkRecord) -> concurrent.futures.Future[None]:
+        """Commit a chunk whose bytes ``stream_writer`` has made durable: its row and the
+        session's state after it, in the next group commit. The future resolves once committed
+        (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait."""
+        row = (
+            record.session_id, record.seq, record.offset, record.size, record.sha256, record.received_at,
+            record.t_ms, encode_runs(record.runs), record.frames_before, record.frames, record.keyframe,
+        )  # fmt: skip
+        reader_state = json.dumps(record.reader_state)
+        state = "failed" if record.error else None
+
+        def commit(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            conn.execute(
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
+                " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?",
+                (
+                    record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
+                    record.first_ts_ms, record.last_ts_ms, reader_state, state, record.error, record.session_id,
+                ),
+            )  # fmt: skip
+            if record.init is not None:
+                conn.execute("INSERT OR REPLACE INTO session_init VALUES (?, ?)", (record.session_id, record.init))
+
+        return self.index.submit(commit)
+
+    def reader_state(self, session_id: str) -> tuple[dict[str, Any] | None, bytes]:
+        """The WebM reader's saved state after the last committed chunk and the stream bytes it
+        had not consumed yet (to resume a session without re-reading its stream)."""
+        row = self.get_row(session_id)
+        if not row["reader_state"]:
+            return None, b""
+        state = json.loads(row["reader_state"])
+        return state, self.read_stream(session_id, state["consumed"], row["bytes"] - state["consumed"])
+
+    def stream_source(self, session_id: str) -> LocalStream:
+        """Read access to the acknowledged raw stream, for remuxing, rendering and batch jobs
+        (picklable: worker processes read it themselves)."""
+        length = self.get_row(session_id)["bytes"]
+        return LocalStream(str(self.files(session_id).stream), length)
+
+    def open_stream(self, session_id: str) -> tuple[BinaryIO, int]:
+        """The raw stream opened for reading, and its acknowledged length."""
+        length = self.get_row(session_id)["bytes"]
+        return open(self.files(session_id).stream, "rb"), length
+
+    # -- the seekable recording -----------------------------------------------------------------
+    def is_finalized(self, session_id: str) -> bool:
+        return self.files(session_id).recording.exists()
+
+    @contextlib.contextmanager
+    def recording_target(self, session_id: str) -> Iterator[Path]:
+        """A temporary path to write the seekable recording into; it becomes the session's
+        recording (atomically) when the block ends without an error."""
+        with replacing(self.files(session_id).recording) as tmp:
+            yield tmp
+
+    def install_recording(self, session_id: str, path: Path) -> None:
+        """Make a finished file (an import's remux, on this filesystem) the session's recording."""
+        os.replace(path, self.files(session_id).recording)
+
+    def open_recording(self, session_id: str) -> tuple[BinaryIO, int] | None:
+        """The finalized recording and its size, or None before it exists."""
+        path = self.files(session_id).recording
+        try:
+            f = open(path, "rb")  # noqa: SIM115 -- the caller closes it
+        except FileNotFoundError:
+            return None
+        return f, os.fstat(f.fileno()).st_size
+
+    # -- snapshots ------------------------------------------------------------------------------
+    def add_snapshot(self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None) -> str:
+        """Store a (validated) snapshot durably; returns its id."""
+        files = self.files(session_id)
+        files.snapshots.mkdir(exist_ok=True)
+        number = self.index.read(
+            lambda c: c.execute("SELECT COUNT(*) FROM snapshots WHERE session_id=?", (session_id,)).fetchone()[0]
+        )
+        snapshot_id = f"{number:06d}-{secrets.token_hex(3)}"
+        write_new_file(files.snapshot(snapshot_id, mime), data)
+        self.index.write(
+            lambda c: c.execute(
+                "INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?)",
+                (session_id, snapshot_id, mime, t_ms, len(data), width, height, utc_now()),
+            )
+        )
+        return snapshot_id
+
     def snapshot_rows(self, session_id: str) -> list[dict[str, Any]]:
         rows = self.index.read(
             lambda c: c.execute(
@@ -321,55 +445,139 @@ class SessionStore:
         return [dict(r) for r in rows]
 
     def snapshot_row(self, session_id: str, snapshot_id: str) -> dict[str, Any]:
-        row = self.index.read(
-            lambda c: c.execute(
-                "SELECT * FROM snapshots WHERE session_id=? AND snapshot_id=?", (session_id, snapshot_id)
-            ).fetchone()
-        )
+        """The snapshot's row; ``unknown_session`` / ``unknown_snapshot`` otherwise."""
+        self.get_row(session_id)  # an unknown session is unknown_session, first
+        row = None
+        if isinstance(snapshot_id, str) and SNAPSHOT_ID_RE.match(snapshot_id):
+            row = self.index.read(
+                lambda c: c.execute(
+                    "SELECT * FROM snapshots WHERE session_id=? AND snapshot_id=?", (session_id, snapshot_id)
+                ).fetchone()
+            )
         if row is None:
-            raise UnknownSessionError(f"session {session_id} has no snapshot {snapshot_id!r}")
+            raise UnknownSnapshotError(f"session {session_id} has no snapshot {str(snapshot_id)[:40]!r}")
         return dict(row)
 
-    def init_segment(self, session_id: str) -> bytes | None:
-        row = self.index.read(
-            lambda c: c.execute("SELECT init FROM session_init WHERE session_id=?", (session_id,)).fetchone()
+    def snapshot_file(self, session_id: str, snapshot_id: str) -> str:
+        """Where a worker reads the stored image of a snapshot."""
+        row = self.snapshot_row(session_id, snapshot_id)
+        return str(self.files(session_id).snapshot(snapshot_id, row["mime"]))
+
+    def open_snapshot(self, session_id: str, snapshot_id: str) -> tuple[BinaryIO, int, str]:
+        """The stored image opened for reading, its size and its type."""
+        row = self.snapshot_row(session_id, snapshot_id)
+        f = open(self.files(session_id).snapshot(snapshot_id, row["mime"]), "rb")  # noqa: SIM115
+        return f, row["bytes"], row["mime"]
+
+    def write_snapshot_landmarks(self, session_id: str, snapshot_id: str, faces: list[dict[str, Any]]) -> None:
+        replace_atomically(
+            self.files(session_id).snapshot_landmarks(snapshot_id), json.dumps({"faces": faces}, allow_nan=False).encode()
         )
-        return None if row is None else bytes(row["init"])
 
-    def chunk_runs(self, session_id: str, row: dict[str, Any]) -> list[tuple[int, bytes]]:
-        """The blocks a stored chunk completed, by cluster timecode, read from the locations
-        kept in its index row (no re-parsing): with the init segment, ``ingest.webm.build_unit``
-        makes them a standalone WebM."""
-        return [
-            (timecode, b"".join(self.read_stream(session_id, offset, length) for offset, length in spans))
-            for timecode, spans in json.loads(row["units"])
-        ]
+    def snapshot_landmarks(self, session_id: str, snapshot_id: str) -> bytes | None:
+        """``{"faces": [...]}`` as stored, or None while the snapshot is not analysed."""
+        self.snapshot_row(session_id, snapshot_id)
+        try:
+            return self.files(session_id).snapshot_landmarks(snapshot_id).read_bytes()
+        except FileNotFoundError:
+            return None
 
-    def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
-        with open(self.paths(session_id).stream, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
-        if len(data) != length:
-            raise OSError(f"stream.webm of {session_id} is shorter than its index")
-        return data
+    # -- landmarks ------------------------------------------------------------------------------
+    def append_landmarks(self, session_id: str, frames: list[dict[str, Any]]) -> LandmarkCounts:
+        """Append live results and add them to the session's counters (group-committed, not
+        awaited: derived data that a restart recounts from the file)."""
+        append_frames(self.files(session_id).landmarks, frames)
+        counts = LandmarkCounts.of(frames)
+        self.index.submit(
+            lambda c: c.execute(
+                "UPDATE sessions SET landmark_frames=landmark_frames+?, face_frames=face_frames+?,"
+                " skipped_frames=skipped_frames+? WHERE id=?",
+                (counts.frames, counts.with_faces, counts.skipped, session_id),
+            )
+        )
+        return counts
 
+    def stored_landmark_frames(self, session_id: str) -> int:
+        """Frames with a stored result (a torn last line, from a crash mid-append, is cut)."""
+        return count_frames(self.files(session_id).landmarks)
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def scan_landmarks(self, session_id: str, total: int) -> tuple[list[int], LandmarkCounts]:
+        """Frame indices in [0, total) without a result or with a skipped one, and the counters."""
+        return scan(self.files(session_id).landmarks, total)
 
+    def landmarks_rewrite(self, session_id: str) -> LandmarkRewrite:
+        """A rewrite of some frame ranges (unopened: use ``with`` or ``.__enter__()``)."""
+        return LandmarkRewrite(self.files(session_id).landmarks)
 
-def write_durably(fd: int, offset: int, data: bytes) -> None:
-    """Write ``data`` at ``offset`` and flush it to the disk before returning."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-    os.fdatasync(fd)
+    def landmark_tail(self, session_id: str) -> LandmarkTail:
+        return LandmarkTail(self.files(session_id).landmarks)
 
+    def landmarks_json(self, session_id: str) -> bytes:
+        """``{"session_id", "frames": [...]}`` in index order: the stored lines already are the
+        frames' JSON, joined without re-encoding."""
+        self.get_row(session_id)
+        path = self.files(session_id).landmarks
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        body = b",".join(line for line in lines if line.endswith(b"}"))
+        return b'{"session_id":' + json.dumps(session_id).encode() + b',"frames":[' + body + b"]}"
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    def landmarks_meta(self, session_id: str) -> dict[str, Any] | None:
+        return landmarks_meta.read(self.files(session_id).landmarks_meta)
+
+    def start_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
+        """Record how live analysis makes this session's landmarks (kept if already recorded)."""
+        landmarks_meta.write_if_absent(self.files(session_id).landmarks_meta, meta)
+
+    def write_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
+        landmarks_meta.write(self.files(session_id).landmarks_meta, meta)
+
+    def update_landmarks_meta(self, session_id: str, **changes: Any) -> None:
+        landmarks_meta.update(self.files(session_id).landmarks_meta, **changes)
+
+    # -- exports --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def export_target(self, session_id: str, name: str) -> Iterator[Path]:
+        """A temporary path to encode an export into; kept as the session's export ``name``
+        when the block ends without an error."""
+        folder = self.files(session_id).exports
+        folder.mkdir(exist_ok=True)
+        with replacing(folder / Path(name).name) as tmp:
+            yield tmp
+
+    def export_files(self, session_id: str) -> list[tuple[str, int]]:
+        """(name, bytes) of the session's finished exports."""
+        folder = self.files(session_id).exports
+        if not folder.is_dir():
+            return []
+        return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".tmp")]
+
+    def open_export(self, session_id: str, name: str) -> tuple[BinaryIO, int] | None:
+        path = self.files(session_id).exports / Path(name).name
+        try:
+            f = open(path, "rb")  # noqa: SIM115 -- the caller closes it
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        return f, os.fstat(f.fileno()).st_size
+
+    # -- files that are not sessions yet --------------------------------------------------------
+    @contextlib.contextmanager
+    def incoming_file(self) -> Iterator[tuple[BinaryIO, Path]]:
+        """A temporary file for an upload's body (removed afterwards; emptied at start-up)."""
+        folder = self.data_dir / UPLOADS_DIR
+        folder.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, suffix=".upload")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                yield f, path
+        finally:
+            path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def scratch_dir(self) -> Iterator[Path]:
+        """A temporary folder on the data folder's filesystem (an import's remux: moved into
+        the session without a copy); removed afterwards, and at start-up after a crash."""
+        folder = self.data_dir / SCRATCH_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            yield Path(tmp)

@@ -61,7 +61,7 @@ assert RECORDING_NAMES, f"no fixture recordings under {RECORDINGS}"
 def landmark_kernel_compiled() -> None:
     """Compile the numba kernel once, before any test or server process needs it: every later
     process loads it from the cache (on a fresh machine the compile is paid here, once)."""
-    from ingest.predictor import prepare_engine
+    from ingest.analysis.engine.predictor import prepare_engine
 
     prepare_engine("numba")
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ingest.decode import DecodedFrame, UnitDecoder
-from ingest.landmarks import inter_ocular
-from ingest.webm import WebMReader, build_unit
+from ingest.analysis.detect import inter_ocular
+from ingest.media.decode import DecodedFrame, UnitDecoder
+from ingest.media.webm import WebMReader, build_unit
 
 
 def decoded_frames(chunks: list[bytes]) -> Iterator[DecodedFrame]:

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from ingest.webm import _read_header
+from ingest.media.webm import _read_header
 from tests.client import Client, http_get, http_json, run, wait_for_summary
 from tests.conftest import ROOT, ffprobe_frames, load_recording
 

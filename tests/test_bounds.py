@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ingest.webm import CLUSTER_HEADER_UNKNOWN, WebMReader
+from ingest.media.webm import CLUSTER_HEADER_UNKNOWN, WebMReader
 from tests.client import Client, http_json, run, wait_until
 from tests.conftest import load_recording
 

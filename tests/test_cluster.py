@@ -33,7 +33,9 @@ def dask_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dask")
     scheduler_file = folder / "scheduler.json"
     log = open(folder / "dask.log", "w")  # noqa: SIM115 -- closed at teardown
-    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT}
+    # the workers import this tree's camingest, whatever is installed
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT, "env": env}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
     client = None
@@ -131,9 +133,9 @@ def test_cluster_reprocess_equals_local(dask_cluster, stored):
 
 def test_a_worker_killed_mid_run_changes_nothing(dask_cluster, stored):
     """SIGKILL of a worker that holds a job: the scheduler runs it elsewhere; identical results."""
-    from ingest.cluster import ClusterReprocessor
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.cluster import ClusterReprocessor
     from ingest.config import Settings
-    from ingest.pipeline import tracker_settings
     from storage.store import SessionStore
 
     client, address = dask_cluster
@@ -153,7 +155,7 @@ def test_a_worker_killed_mid_run_changes_nothing(dask_cluster, stored):
     store = SessionStore(data)
     store.open(recover=False)
     try:
-        settings = tracker_settings(Settings(data_dir=data))
+        settings = TrackerSettings.from_settings(Settings(data_dir=data))
         with ClusterReprocessor(store, settings, address) as reprocessor:
             plan = [(sid, reprocessor.jobs(sid)) for sid in ids]
             results = dict(reprocessor.run_many(plan, kill_a_busy_worker))
@@ -199,15 +201,15 @@ def test_an_unreadable_stream_fails_that_session_only(dask_cluster, stored):
 
 
 def reprocess_in_process(data: Path, ids: list[str], address: str, progress, **options):
-    from ingest.cluster import ClusterReprocessor
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.cluster import ClusterReprocessor
     from ingest.config import Settings
-    from ingest.pipeline import tracker_settings
     from storage.store import SessionStore
 
     store = SessionStore(data)
     store.open(recover=False)
     try:
-        with ClusterReprocessor(store, tracker_settings(Settings(data_dir=data)), address, **options) as reprocessor:
+        with ClusterReprocessor(store, TrackerSettings.from_settings(Settings(data_dir=data)), address, **options) as reprocessor:
             plan = [(sid, reprocessor.jobs(sid)) for sid in ids]
             return dict(reprocessor.run_many(plan, progress))
     finally:
@@ -240,12 +242,14 @@ def test_ctrl_c_cancels_the_clusters_work(dask_cluster, stored):
 def test_losing_every_worker_ends_in_one_error_with_landmarks_kept(tmp_path, stored):
     """A cluster whose only worker dies (no nanny to restart it): the run ends after the
     no-workers timeout with a ClusterError; sessions not yet committed keep their landmarks."""
-    from ingest.cluster import ClusterError
+    from ingest.batch.cluster import ClusterError
 
     data, ids, _ = stored
     scheduler_file = tmp_path / "scheduler.json"
     log = open(tmp_path / "dask.log", "w")  # noqa: SIM115 -- closed below
-    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT}
+    # the workers import this tree's camingest, whatever is installed
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT, "env": env}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
     try:

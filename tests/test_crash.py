@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from ingest.decode import UnitDecoder
+from ingest.media.decode import UnitDecoder
 from tests.client import Client, http_get, http_json, run
 from tests.conftest import IMAGES, load_recording
 

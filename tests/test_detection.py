@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.landmarks import FaceTracker, TrackerSettings, detect_faces
+from ingest.analysis.detect import detect_faces
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from tests.conftest import load_recording
 from tests.media import decoded_frames, match_faces
 

@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
+from ingest.analysis.detect import detect_boxes
+from ingest.analysis.engine.model import ShapeModel, load_model, parse_model
+from ingest.analysis.engine.predictor import DlibPredictor, model_path, predictor
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.exceptions import ModelError
-from ingest.landmarks import FaceTracker, TrackerSettings, detect_boxes
-from ingest.predictor import DlibPredictor, model_path, predictor
-from ingest.shape_model import ShapeModel, load_model, parse_model
 from tests.conftest import IMAGES, RECORDING_NAMES, ROOT, load_recording
 from tests.media import decoded_frames
 

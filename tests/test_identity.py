@@ -222,7 +222,7 @@ def test_live_identity_of_one_person_nobody_and_two_people(server_factory, tmp_p
 
 
 def test_export_overlay_writes_names_above_identified_faces():
-    from ingest.overlay import draw
+    from ingest.media.overlay import draw
 
     face = {"box": [100, 120, 120, 120], "points": [[130 + i % 10, 160 + i // 10] for i in range(68)]}
     frames = {}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ingest.landmarks import FaceTracker, TrackerSettings, detect_faces
+from ingest.analysis.detect import detect_faces
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from tests.conftest import IMAGES, load_recording
 from tests.media import decoded_frames, match_faces
 

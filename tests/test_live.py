@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from ingest.landmarks import detect_faces
+from ingest.analysis.detect import detect_faces
 from tests.client import Client, http_json, run
 from tests.conftest import load_recording
 from tests.media import decoded_frames, match_faces
@@ -154,7 +154,7 @@ def test_event_loop_stays_responsive(analysis_server):
 
 def test_undecodable_video_fails_only_its_session(analysis_server):
     recording = load_recording("webcam_vp8_opus_250ms")
-    from ingest.webm import WebMReader
+    from ingest.media.webm import WebMReader
 
     reader = WebMReader()
     unit = reader.feed(recording.stream)

@@ -7,7 +7,7 @@ import io
 
 import av
 
-from ingest.decode import UnitDecoder
+from ingest.media.decode import UnitDecoder
 from tests.client import Client, http_get, http_json, run
 from tests.conftest import load_recording
 

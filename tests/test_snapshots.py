@@ -14,8 +14,8 @@ import pytest
 
 from ingest.config import Settings
 from ingest.exceptions import InvalidMediaError, TooLargeError
-from ingest.images import probe_image
-from ingest.snapshots import validate_snapshot
+from ingest.media.image_headers import probe_image
+from ingest.recording.snapshots import validate_snapshot
 from tests.client import Client, http_get, http_json, run
 from tests.conftest import IMAGES, load_recording
 
@@ -124,7 +124,7 @@ def test_big_snapshots_never_starve_a_live_session(server_factory):
     """Six 6300x6300 snapshots (under max_snapshot_pixels) sent while a session records in real
     time: live analysis keeps >= 95% of its frames, and each snapshot gets its face in its own
     pixels (found on a downscaled copy, scaled back)."""
-    from ingest.landmarks import detect_faces, inter_ocular
+    from ingest.analysis.detect import detect_faces, inter_ocular
     from tests.client import wait_until
 
     recording = load_recording("webcam_vp8_opus_250ms")

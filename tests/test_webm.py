@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.decode import UnitDecoder
 from ingest.exceptions import InvalidMediaError, UnsupportedError
-from ingest.webm import SEGMENT_HEADER_UNKNOWN, WebMReader, build_unit
+from ingest.media.decode import UnitDecoder
+from ingest.media.webm import SEGMENT_HEADER_UNKNOWN, WebMReader, build_unit
 from tests.conftest import RECORDING_NAMES, load_recording
 
 

@@ -1,0 +1,123 @@
+"""Who a face is: dlib's ResNet face descriptor (face-recognition-models'
+``dlib_face_recognition_resnet_model_v1.dat``) compared with the gallery's (storage/gallery.py).
+
+A descriptor costs ~75 ms per face on this project's 2-core machine (BENCHMARKS.md; it holds the
+GIL: never on the server's event loop), so faces are identified per track (analysis/tracker.py): when a track starts,
+every ``identify_every`` frames, and again (from the descriptor it has, no new one) when the
+gallery changes. Two descriptors of the same person lie within ~0.6 (dlib's threshold, 99.38%
+on LFW): the nearest gallery photo within ``identity_threshold`` names the face.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import dlib
+import numpy as np
+
+from storage.gallery import Gallery, GalleryMatrix
+
+
+@cache
+def _model() -> Any:
+    import face_recognition_models
+
+    return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
+
+
+def describe(rgb: np.ndarray, box: list[int] | tuple[int, ...], points: np.ndarray | list[list[int]]) -> np.ndarray:
+    """The 128-d descriptor of the face at ``box`` (x, y, w, h) with its 68 ``points``."""
+    x, y, w, h = (int(v) for v in box)
+    shape = dlib.full_object_detection(
+        dlib.rectangle(x, y, x + w - 1, y + h - 1), [dlib.point(int(px), int(py)) for px, py in points]
+    )
+    return np.array(_model().compute_face_descriptor(np.ascontiguousarray(rgb), shape))
+
+
+def nearest(matrix: GalleryMatrix, descriptor: np.ndarray, threshold: float) -> dict[str, Any] | None:
+    """``{"name", "distance"}`` of the nearest gallery photo within ``threshold``, else None.
+    One vectorized pass: thousands of people cost microseconds."""
+    if not matrix.names:
+        return None
+    distances = np.sqrt(((matrix.descriptors - descriptor) ** 2).sum(axis=1))
+    best = int(np.argmin(distances))
+    if distances[best] > threshold:
+        return None
+    return {"name": matrix.names[best], "distance": round(float(distances[best]), 4)}
+
+
+class GallerySource(Protocol):
+    """Where a tracker reads the gallery: ``current()`` -> (a token that changes with it, matrix)."""
+
+    def current(self) -> tuple[object, GalleryMatrix]: ...
+
+
+@dataclass(frozen=True)
+class FixedGallery:
+    """The gallery as it was when a batch job was planned: travels with the job (no files)."""
+
+    matrix: GalleryMatrix
+
+    def current(self) -> tuple[object, GalleryMatrix]:
+        return 0, self.matrix
+
+
+class LiveGallery:
+    """The data folder's gallery, reloaded in this process when it changes (checked with one
+    ``stat`` at most every ``check_every_s``): live workers see enrolments without a restart."""
+
+    def __init__(self, data_dir: str | Path, check_every_s: float = 0.25) -> None:
+        self.gallery = Gallery(Path(data_dir))
+        self.check_every_s = check_every_s
+        self._checked = -1e9
+        self._generation: object = None
+        self._matrix = GalleryMatrix.empty()
+
+    def current(self) -> tuple[object, GalleryMatrix]:
+        now = time.monotonic()
+        if now - self._checked >= self.check_every_s:
+            self._checked = now
+            generation = self.gallery.generation()
+            if generation != self._generation:
+                self._matrix = self.gallery.matrix()
+                self._generation = generation
+        return self._generation, self._matrix
+
+
+class DescriptorBudget:
+    """How much of a live worker's time descriptors may take: a token bucket of CPU seconds
+    filled at ``share`` of wall time, holding at most ``burst_s``. A descriptor is computed
+    while the bucket is not empty; otherwise the track keeps the identity it has (a new track:
+    none yet) and is identified on a later frame. Twenty sessions starting together then delay
+    names by a few seconds instead of delaying everyone's landmarks. Batch jobs have no budget."""
+
+    def __init__(self, share: float, burst_s: float = 0.5) -> None:
+        self.share = share
+        self.burst_s = burst_s
+        self._tokens = burst_s
+        self._last = time.monotonic()
+
+    def available(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst_s, self._tokens + (now - self._last) * self.share)
+        self._last = now
+        return self._tokens > 0
+
+    def spend(self, seconds: float) -> None:
+        self._tokens -= seconds
+
+
+@cache
+def live_budget(share: float) -> DescriptorBudget:
+    """One per worker process: its sessions share it."""
+    return DescriptorBudget(share)
+
+
+@cache
+def live_gallery(data_dir: str) -> LiveGallery:
+    """One per process and data folder (the trackers of all sessions of a worker share it)."""
+    return LiveGallery(data_dir)

@@ -1,0 +1,136 @@
+"""Batch jobs: a stored stream cut into frame ranges that workers landmark on their own.
+
+The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Each job names only the
+compressed blocks from the keyframe before its range to its end (where they lie in the stored
+stream); the worker reads them, decodes them with a fresh decoder and tracks the range with a
+fresh tracker. No decoded frame crosses a process boundary, and because a range starts on a
+frame where the live tracker also runs a full detection, the batch result equals the live one
+wherever live analysed the frame. The same jobs serve the live fill (ingest/live/backfill.py),
+the local pool (local.py) and Dask (cluster.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.analysis.identity import FixedGallery
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
+from ingest.exceptions import InvalidMediaError
+from ingest.media.decode import UnitDecoder
+from ingest.media.remux import remux
+from ingest.media.webm import WebMReader, build_unit
+from storage.files import LocalStream
+from storage.gallery import Gallery, GalleryMatrix
+from storage.landmarks import frame_result
+from storage.store import SessionStore
+
+READ_PIECE = 1024 * 1024
+MAX_JOB_FRAMES_DEFAULT = 300
+
+
+@dataclass(frozen=True)
+class VideoBlock:
+    offset: int
+    length: int
+    cluster_timecode: int
+    keyframe: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    source: LocalStream | None  # where the stored stream is read (None: the bytes travel with it)
+    init: bytes
+    blocks: tuple[tuple[int, int, int], ...]  # (cluster_timecode, offset, length) from a keyframe on
+    first_index: int  # index of the first block's frame
+    start: int  # landmark frames [start, end)
+    end: int
+    settings: TrackerSettings
+    # the gallery when the job was planned (faces identified against it; travels with the job)
+    gallery: GalleryMatrix | None = None
+
+
+def scan_video_blocks(source: LocalStream) -> tuple[bytes, list[VideoBlock]]:
+    """Init segment and the video blocks of a stored stream (locations only, not the bytes)."""
+    reader = WebMReader()
+    blocks: list[VideoBlock] = []
+    with source.open() as f:
+        while piece := f.read(READ_PIECE):
+            unit = reader.feed(piece)
+            video = reader.video_track
+            for run in unit.clusters:
+                for block in run.blocks:
+                    if video is not None and block.track == video.number:
+                        blocks.append(VideoBlock(block.offset, len(block.data), run.timecode, block.keyframe))
+    return bytes(reader.init), blocks
+
+
+def plan_jobs(
+    source: LocalStream, settings: TrackerSettings, gallery: GalleryMatrix | None,
+    max_frames: int = MAX_JOB_FRAMES_DEFAULT,
+) -> list[Job]:  # fmt: skip
+    """The jobs of a stored stream; ``gallery``: who its faces are identified against (the
+    gallery when planned: it travels with the jobs, so every worker uses the same)."""
+    init, blocks = scan_video_blocks(source)
+    # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
+    step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
+    jobs = []
+    for start in range(0, len(blocks), step):
+        end = min(start + step, len(blocks))
+        key = start
+        while key > 0 and not blocks[key].keyframe:
+            key -= 1
+        span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key:end])
+        jobs.append(Job(source, init, span, key, start, end, settings, gallery))
+    return jobs
+
+
+Runs = list[tuple[int, bytes]]  # (cluster timecode, the bytes of its blocks), in stream order
+
+
+def read_runs(job: Job) -> Runs:
+    """The job's compressed blocks, read from its stored stream, grouped by cluster."""
+    assert job.source is not None, "a job without a source carries its bytes"
+    runs: Runs = []
+    pieces = job.source.read_spans([(offset, length) for _, offset, length in job.blocks])
+    for (timecode, _, _), data in zip(job.blocks, pieces, strict=True):
+        if runs and runs[-1][0] == timecode:
+            runs[-1] = (timecode, runs[-1][1] + data)
+        else:
+            runs.append((timecode, data))
+    return runs
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """In a worker: decode the job's blocks, landmark frames [start, end)."""
+    return landmark_runs(job, read_runs(job))
+
+
+def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
+    """Decode ``runs`` (the job's blocks, from the keyframe before its range) with a fresh
+    decoder and track frames [start, end) with a fresh tracker; no file is read here."""
+    decoder = UnitDecoder(first_index=job.first_index)
+    tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
+    out = []
+    # frames are consumed as they are decoded: a long run from a distant keyframe holds one
+    for frame in itertools.chain(decoder.decode(build_unit(job.init, runs)), decoder.flush()):
+        if job.start <= frame.index < job.end:
+            faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
+            out.append(frame_result(frame.index, frame.pts_ms, faces))
+    if len(out) != job.end - job.start:
+        raise InvalidMediaError(f"frames {job.start}-{job.end}: decoded {len(out)} of {job.end - job.start}")
+    return out
+
+
+def session_jobs(store: SessionStore, session_id: str, settings: TrackerSettings) -> list[Job]:
+    """The jobs of a stored session, identified against the gallery as it is now."""
+    gallery = Gallery(Path(settings.gallery_data_dir)).matrix() if settings.gallery_data_dir else None
+    return plan_jobs(store.stream_source(session_id), settings, gallery)
+
+
+def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:
+    """Remux a stopped session's raw stream into its seekable recording (atomically)."""
+    with store.recording_target(session_id) as target:
+        return remux(store.stream_source(session_id).path, target)

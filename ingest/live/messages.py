@@ -1,0 +1,145 @@
+"""The boundary between the server and its analysis worker processes, in one place.
+
+Messages are frozen dataclasses pickled over a ``multiprocessing`` pipe. Every request but
+``Drop`` and ``Exit`` is answered by exactly one reply carrying the request's key; a failure is a
+``Failure`` whose ``kind`` says what happened (the stream, a bug, a dead worker), never a text to
+be recognised.
+
+    server -> worker                          worker -> server
+    AnalyseUnit (a live session's chunk)      Frames (its frames, each landmarked or skipped)
+    Flush (end of a live session)             Frames (the decoder's last frames)
+    Drop (forget a session)                   -
+    AnalyseImage (a snapshot)                 ImageFaces
+    RunJob (a frame range of a stored stream) JobFrames
+    Exit                                      -
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ingest.exceptions import IngestError, InvalidMediaError
+
+if TYPE_CHECKING:
+    from ingest.batch.jobs import Job
+
+WORKER_CRASHED = "the analysis worker crashed"
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: Literal["invalid_media", "internal", "crashed"]
+    message: str
+
+    def error(self) -> IngestError:
+        """The exception a waiting caller gets."""
+        if self.kind == "invalid_media":
+            return InvalidMediaError(self.message)
+        if self.kind == "crashed":
+            return WorkerCrashedError(self.message)
+        return IngestError(self.message)
+
+
+class WorkerCrashedError(IngestError):
+    """The worker process died while it had the request in hand (killed, out of memory, a crash
+    in native code); a new worker has taken its place."""
+
+
+CRASHED = Failure("crashed", WORKER_CRASHED)
+
+
+# -- requests ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AnalyseUnit:
+    session_id: str
+    seq: int
+    unit: bytes
+    analyse: bool  # False: decode for the decoder's state, send the frames back as skipped
+    decoder: dict[str, Any] = field(default_factory=dict)  # UnitDecoder options of a resumed session
+
+
+@dataclass(frozen=True)
+class Flush:
+    session_id: str
+    seq: int = -1
+
+
+@dataclass(frozen=True)
+class Drop:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class AnalyseImage:
+    request_id: int
+    path: str
+    max_pixels: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Shared with its reply: what the server tracks while the request is in a worker."""
+        return ("image", self.request_id)
+
+    def failed(self, failure: Failure) -> ImageFaces:
+        return ImageFaces(self.request_id, [], failure)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    job_id: int
+    job: Job
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("job", self.job_id)
+
+    def failed(self, failure: Failure) -> JobFrames:
+        return JobFrames(self.job_id, [], failure)
+
+
+@dataclass(frozen=True)
+class Exit:
+    pass
+
+
+Request = AnalyseUnit | Flush | Drop | AnalyseImage | RunJob | Exit
+
+
+# -- replies -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frames:
+    session_id: str
+    seq: int
+    frames: list[dict[str, Any]]
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class ImageFaces:
+    request_id: int
+    faces: list[dict[str, Any]]
+    failure: Failure | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("image", self.request_id)
+
+
+@dataclass(frozen=True)
+class JobFrames:
+    job_id: int
+    frames: list[dict[str, Any]]
+    failure: Failure | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("job", self.job_id)
+
+
+Reply = Frames | ImageFaces | JobFrames
+
+
+def answered(request: Request) -> bool:
+    """Whether the worker sends exactly one reply to ``request``."""
+    return isinstance(request, AnalyseUnit | Flush | AnalyseImage | RunJob)

@@ -1,0 +1,143 @@
+"""Worker processes: decoding and landmarks, off the server's event loop and GIL.
+
+Each worker owns the decoders and face trackers of the sessions assigned to it (sticky: a
+session's decoder state lives in exactly one process), so only compressed units (~40 KB) go in
+and small landmark lists come out; decoded frames never cross a process boundary. The messages
+are the dataclasses of ``ingest.live.messages``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.connection
+import os
+import signal
+from typing import Any
+
+from ingest.analysis.identity import live_gallery
+from ingest.analysis.process import prepare_analysis_process
+from ingest.analysis.stills import faces_in_snapshot
+from ingest.analysis.tracker import FaceTracker, TrackerSettings
+from ingest.batch.jobs import run_job
+from ingest.exceptions import InvalidMediaError
+from ingest.live.messages import (
+    AnalyseImage,
+    AnalyseUnit,
+    Drop,
+    Exit,
+    Failure,
+    Flush,
+    Frames,
+    ImageFaces,
+    JobFrames,
+    Reply,
+    Request,
+    RunJob,
+)
+from ingest.media.decode import UnitDecoder
+from storage.landmarks import frame_result
+
+log = logging.getLogger(__name__)
+WORKER_NICENESS = 10
+
+
+class SessionAnalyser:
+    """Decoder + tracker of one session."""
+
+    def __init__(
+        self, tracker_settings: TrackerSettings, first_index: int = 0, skip_until: int = 0, wait_key: bool = False
+    ) -> None:
+        self.decoder = UnitDecoder(first_index, skip_until, wait_key)
+        self.tracker = FaceTracker(tracker_settings)
+
+    def unit(self, unit: bytes, analyse: bool) -> list[dict[str, Any]]:
+        return self._results(self.decoder.decode(unit), analyse)
+
+    def flush(self) -> list[dict[str, Any]]:
+        return self._results(self.decoder.flush(), True)
+
+    def _results(self, frames: Any, analyse: bool) -> list[dict[str, Any]]:
+        if not analyse:
+            self.tracker.reset()  # tracks from before a gap would be stale
+        out = []
+        for frame in frames:
+            faces = self.tracker.process(frame.gray(), frame.index, rgb=frame.rgb) if analyse else None
+            out.append(frame_result(frame.index, frame.pts_ms, faces))
+        return out
+
+
+def worker_main(
+    conn: multiprocessing.connection.Connection, tracker_settings: TrackerSettings, snapshot_upsample: int
+) -> None:
+    """Entry point of a worker process."""
+    # Analysis is best-effort, acks and pings are not: when the cores are busy, the server's
+    # event loop must win (a skipped frame is refilled by reprocess; a late ack is not undone).
+    os.nice(WORKER_NICENESS)
+    # The server owns this process's lifetime: it sends None to stop it, and if the server dies
+    # the pipe's EOF does. Ctrl-C in a terminal, `timeout` or systemd signal the whole process
+    # group; a worker dying of that before the server has shut down would look like a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    prepare_analysis_process(tracker_settings.engine)
+    sessions: dict[str, SessionAnalyser] = {}
+    while True:
+        try:
+            request: Request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(request, Exit):
+            return
+        try:
+            reply = _handle(request, sessions, tracker_settings, snapshot_upsample)
+        except (BrokenPipeError, EOFError):
+            return
+        if reply is not None:
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, EOFError, OSError):
+                return
+
+
+def _handle(
+    request: Request, sessions: dict[str, SessionAnalyser], tracker_settings: TrackerSettings, snapshot_upsample: int
+) -> Reply | None:
+    """The one reply to ``request`` (None for Drop): a failure is reported, the worker goes on
+    serving its other sessions."""
+    try:
+        if isinstance(request, AnalyseUnit):
+            analyser = sessions.get(request.session_id)
+            if analyser is None:
+                analyser = sessions[request.session_id] = SessionAnalyser(tracker_settings, **request.decoder)
+            return Frames(request.session_id, request.seq, analyser.unit(request.unit, request.analyse))
+        if isinstance(request, Flush):
+            analyser = sessions.pop(request.session_id, None)
+            return Frames(request.session_id, request.seq, analyser.flush() if analyser else [])
+        if isinstance(request, Drop):
+            sessions.pop(request.session_id, None)
+            return None
+        if isinstance(request, RunJob):
+            return JobFrames(request.job_id, run_job(request.job))
+        if isinstance(request, AnalyseImage):
+            gallery = live_gallery(tracker_settings.gallery_data_dir) if tracker_settings.gallery_data_dir else None
+            with open(request.path, "rb") as f:
+                data = f.read()
+            faces = faces_in_snapshot(data, snapshot_upsample, tracker_settings.engine, request.max_pixels,
+                                      gallery, tracker_settings.identity_threshold)  # fmt: skip
+            return ImageFaces(request.request_id, faces)
+        raise TypeError(f"unknown request {type(request).__name__}")
+    except Exception as exc:  # report, keep serving the other sessions
+        if isinstance(exc, InvalidMediaError):
+            failure = Failure("invalid_media", exc.message)
+        elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
+            failure = Failure("invalid_media", str(exc))  # the image does not decode
+        else:
+            log.exception("worker failed on %s", type(request).__name__)
+            failure = Failure("internal", f"internal error: {exc}")
+        if isinstance(request, AnalyseUnit | Flush):
+            sessions.pop(request.session_id, None)
+            return Frames(request.session_id, request.seq, [], failure)
+        if isinstance(request, RunJob):
+            return JobFrames(request.job_id, [], failure)
+        if isinstance(request, AnalyseImage):
+            return ImageFaces(request.request_id, [], failure)
+        raise

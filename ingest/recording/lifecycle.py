@@ -1,0 +1,174 @@
+"""How recording sessions end: one owner, one path, whatever ends them.
+
+A session ends by the client's ``stop``, by ``camingest close`` (offline), or by idle expiry: its
+connection is gone and no chunk came for ``session_idle_s``. Every end goes through
+``SessionLifecycle.end``: the index says ``stopped`` with ``ended_by``, the registry lets the
+session go (freeing capacity), the pipeline flushes its decoder and fills the frames that have no
+landmarks, and the recording is finalized into a seekable file.
+
+It also knows which connection holds which recording sessions (``max_sessions_per_connection``),
+so that one client cannot take the capacity everyone shares, and a session whose client vanished
+is ended rather than held for ever. After a restart, sessions left ``recording`` by a client that
+never came back are found in the index and expire the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from ingest.background import BackgroundTasks
+from ingest.batch.jobs import finalize_session
+from ingest.config import Settings
+from ingest.exceptions import CapacityError
+from ingest.metrics import Metrics
+from ingest.recording.analysis_sink import AnalysisSink
+from ingest.recording.session import SessionRegistry
+from storage.store import SessionStore
+
+log = logging.getLogger("camingest.sessions")
+ENDED_BY = ("client", "idle", "close")
+FINALIZE_ATTEMPTS, FINALIZE_RETRY_S = 30, 10.0  # a finalize that failed on the disk: 5 minutes of retries
+
+
+class SessionLifecycle:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        registry: SessionRegistry,
+        pipeline: AnalysisSink,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.background = BackgroundTasks(log)  # finalizes under way
+        self._held: dict[str, set[str]] = {}  # connection (sid) -> recording sessions it holds
+        self._holder: dict[str, str] = {}  # session id -> the connection holding it
+        self._active: dict[str, float] = {}  # session id -> unix time of its last chunk or (re)start
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- connections ----------------------------------------------------------------------------
+    def check_room(self, sid: str) -> None:
+        """Before a connection starts another session: ``busy`` beyond the per-connection limit."""
+        held = len(self._held.get(sid, ()))
+        if held >= self.settings.max_sessions_per_connection:
+            raise CapacityError(
+                f"this connection is recording {held} sessions, the limit (max_sessions_per_connection) is "
+                f"{self.settings.max_sessions_per_connection}; stop one first"
+            )
+
+    def hold(self, sid: str, session_id: str) -> None:
+        """``sid`` started, resumed or sent to ``session_id``: it holds the session now."""
+        previous = self._holder.get(session_id)
+        if previous is not None and previous != sid:
+            self._held.get(previous, set()).discard(session_id)
+        self._holder[session_id] = sid
+        self._held.setdefault(sid, set()).add(session_id)
+        self._active[session_id] = time.time()
+
+    def disconnected(self, sid: str) -> None:
+        """The connection is gone: its sessions expire ``session_idle_s`` after their last chunk."""
+        for session_id in self._held.pop(sid, set()):
+            if self._holder.get(session_id) == sid:
+                del self._holder[session_id]
+
+    def forget(self, session_id: str) -> None:
+        """The session was deleted: nobody holds it, nothing is to expire or finish."""
+        self._release(session_id)
+        self.pipeline.forget(session_id)
+
+    def _release(self, session_id: str) -> None:
+        sid = self._holder.pop(session_id, None)
+        if sid is not None:
+            self._held.get(sid, set()).discard(session_id)
+        self._active.pop(session_id, None)
+
+    # -- ending ---------------------------------------------------------------------------------
+    async def end(self, session_id: str, ended_by: str) -> dict[str, Any]:
+        """End a recording session (no-op if it is not recording); its summary."""
+        assert ended_by in ENDED_BY
+        session = self.registry.loaded(session_id)
+        async with session.lock if session is not None else contextlib.nullcontext():
+            changed = await asyncio.to_thread(self.store.end_session, session_id, ended_by)
+            if session is not None and changed:
+                session.state = "stopped"
+            self.registry.forget(session_id)
+            self._release(session_id)
+            if changed:
+                await self.pipeline.finish(session_id)  # flush, then fill what has no landmarks
+                self.finalize_later(session_id)
+        summary = await asyncio.to_thread(self.store.summary, session_id)
+        if changed:
+            self.metrics.sessions_ended.labels(ended_by).inc()
+            log.info(
+                "session %s stopped (ended_by=%s): %d chunks, %d bytes, %d frames, %.1f s",
+                session_id, ended_by, summary["chunks"], summary["bytes"], summary["frames"],
+                summary["duration_ms"] / 1000,
+            )  # fmt: skip
+        return summary
+
+    async def expire_idle(self) -> list[str]:
+        """End every recording session that no connection holds and that got no chunk for
+        ``session_idle_s`` (also those left recording before a restart)."""
+        activity = await asyncio.to_thread(self.store.recording_activity)
+        now, ended = time.time(), []
+        for session_id, last in activity.items():
+            if session_id in self._holder:
+                continue
+            last = max(last, self._active.get(session_id, 0.0))
+            if now - last >= self.settings.session_idle_s:
+                await self.end(session_id, "idle")
+                ended.append(session_id)
+        return ended
+
+    def finalize_later(self, session_id: str) -> None:
+        """Remux a stopped session into its seekable recording, off the event loop."""
+
+        async def run() -> None:
+            for attempt in range(FINALIZE_ATTEMPTS):
+                try:
+                    await asyncio.to_thread(finalize_session, self.store, session_id)
+                    return
+                except OSError as exc:  # the disk (full): try again while the server runs
+                    log.warning("finalize %s failed (%s); attempt %d of %d", session_id, exc, attempt + 1,
+                                FINALIZE_ATTEMPTS)  # fmt: skip
+                    await asyncio.sleep(FINALIZE_RETRY_S)
+                except Exception as exc:  # recording.webm then stays the stream as sent
+                    log.warning("finalize %s failed: %s", session_id, exc)
+                    return
+
+        self.background.spawn(run(), f"finalize {session_id}")
+
+    async def recover(self) -> None:
+        """After a restart: finalize stopped sessions a crash left without a seekable recording
+        (their landmarks are filled by the pipeline's own start-up sweep), and end sessions left
+        recording whose clients are gone for good (``expire_idle`` runs at once)."""
+        for session_id in await asyncio.to_thread(self.store.unfinalized):
+            log.info("session %s: finalizing after a restart", session_id)
+            self.finalize_later(session_id)
+
+    def start(self) -> None:
+        self._reaper = self.background.spawn(self._reap(), "idle expiry")
+
+    async def _reap(self) -> None:
+        interval = min(10.0, max(self.settings.session_idle_s / 4, 0.2))
+        while True:
+            try:
+                await self.expire_idle()
+            except Exception:  # logged, and tried again at the next pass: the reaper never dies
+                log.exception("idle expiry failed")
+            await asyncio.sleep(interval)
+
+    async def close(self, grace_s: float) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.background.wait(grace_s)  # let running finalizes complete: they are atomic anyway

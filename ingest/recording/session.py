@@ -1,0 +1,213 @@
+"""Recording sessions held open by this server process, and the registry that owns them.
+
+A ``LiveSession`` is the in-memory side of one session being recorded: its WebM reader, its open
+stream file and counters. Chunks are applied strictly in seq order under ``lock`` (python-socketio
+runs event handlers concurrently). The durable side is ``storage.store``; a LiveSession can always
+be rebuilt from it (after a restart, a resume reloads it without re-reading the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.config import Settings
+from ingest.exceptions import CapacityError, IngestError, UnauthorizedError
+from ingest.media.webm import Unit, WebMReader, build_unit
+from storage.records import ChunkRecord, merge_spans
+from storage.store import SessionStore, hash_token, sha256_hex
+
+
+@dataclass(frozen=True)
+class StagedChunk:
+    """A chunk written and flushed to the raw stream, waiting for its index commit."""
+
+    record: ChunkRecord  # what the commit records
+    unit: Unit
+    unit_bytes: bytes | None  # standalone WebM of the blocks it completed (None if none)
+    error: IngestError | None  # the stream became unreadable at this chunk
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+
+class LiveSession:
+    def __init__(self, store: SessionStore, row: dict[str, Any], reader: WebMReader) -> None:
+        self.store = store
+        self.id: str = row["id"]
+        self.token_hash: str = row["token_hash"]
+        self.state: str = row["state"]
+        self.error: str | None = row["error"]
+        self.next_seq: int = row["next_seq"]
+        self.bytes: int = row["bytes"]
+        self.frames: int = row["frames"]
+        self.first_ts_ms: float | None = row["first_ts_ms"]
+        self.last_ts_ms: float | None = row["last_ts_ms"]
+        self.reader = reader
+        self.held = reader.held_bytes  # as last counted in the registry's total
+        self.lock = asyncio.Lock()
+        self._writer = store.stream_writer(self.id)
+
+    def check_token(self, token: object) -> None:
+        if not isinstance(token, str) or not hmac.compare_digest(hash_token(token), self.token_hash):
+            raise UnauthorizedError(f"wrong or missing token for session {self.id}")
+
+    def close_file(self) -> None:
+        self._writer.close()
+
+    # -- the chunk path (runs in a thread, under self.lock) ---------------------------------------
+    def stage_chunk(self, seq: int, data: bytes, t_ms: float | None) -> StagedChunk:
+        """Parse the chunk, write it durably to the raw stream, and prepare its index commit.
+
+        The bytes are stored even if the parser rejects them: what the client sent is kept, the
+        session is marked failed, and the client is told ``invalid_media``."""
+        error: IngestError | None = None
+        init_before = len(self.reader.init)
+        try:
+            unit = self.reader.feed(data)
+        except IngestError as exc:  # invalid_media or unsupported: the stream is unreadable
+            unit, error = Unit(), exc
+        offset = self.bytes
+        self._writer.write_at(offset, data)
+
+        video = self.reader.video_track
+        frames_before, frames, keyframe = self.frames, 0, None
+        first, last = self.first_ts_ms, self.last_ts_ms
+        for block in unit.blocks:
+            if video is not None and block.track == video.number:
+                if block.keyframe:
+                    keyframe = frames_before + frames
+                frames += 1
+                ts = self.reader.ticks_to_ms(block.timecode)
+                first = ts if first is None else min(first, ts)
+                last = ts if last is None else max(last, ts)
+        unit_bytes = build_unit(bytes(self.reader.init), unit.clusters) if len(unit) else None
+        init = bytes(self.reader.init) if len(self.reader.init) != init_before else None
+        runs = [(run.timecode, merge_spans((b.offset, len(b.data)) for b in run.blocks)) for run in unit.clusters]
+        record = ChunkRecord(
+            self.id, seq, offset, len(data), sha256_hex(data), time.time(), t_ms, runs, frames_before, frames,
+            keyframe, first, last, self.reader.state(), error.message if error else None, init,
+        )  # fmt: skip
+        return StagedChunk(record, unit, unit_bytes, error)
+
+    def apply(self, staged: StagedChunk) -> None:
+        """Reflect a committed chunk in memory."""
+        record = staged.record
+        self.next_seq = record.seq + 1
+        self.bytes += record.size
+        self.frames = record.frames_before + record.frames
+        self.first_ts_ms, self.last_ts_ms = record.first_ts_ms, record.last_ts_ms
+        if staged.error is not None:
+            self.state, self.error = "failed", staged.error.message
+
+
+class SessionRegistry:
+    """The sessions this process has open, by id (application state, never module-level).
+
+    ``max_open_sessions`` bounds how many are recording at once."""
+
+    def __init__(self, store: SessionStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._live: dict[str, LiveSession] = {}
+        self._loading: dict[str, asyncio.Lock] = {}
+        self.held_total = 0  # bytes of incomplete elements held by the open sessions' readers
+
+    def check_held(self, incoming: int) -> None:
+        """Before a chunk is taken: ``busy`` if its bytes could take the readers' held-back bytes,
+        all sessions together, past ``max_held_bytes``."""
+        if self.held_total + incoming > self.settings.max_held_bytes:
+            raise CapacityError(
+                f"the server holds {self.held_total} bytes of incomplete frames for its sessions, "
+                f"the limit (max_held_bytes) is {self.settings.max_held_bytes}; retry later"
+            )
+
+    def count_held(self, session: LiveSession) -> None:
+        """After a chunk: the session's reader holds ``held_bytes`` now."""
+        held = session.reader.held_bytes
+        self.held_total += held - session.held
+        session.held = held
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def live(self) -> list[LiveSession]:
+        return list(self._live.values())
+
+    def _reader(self) -> WebMReader:
+        return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk)
+
+    async def create(self, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
+        if len(self._live) >= self.settings.max_open_sessions:
+            raise CapacityError(
+                f"{len(self._live)} sessions are recording, the limit (max_open_sessions) is "
+                f"{self.settings.max_open_sessions}; try again later"
+            )
+        row, token = await asyncio.to_thread(self.store.create, mime, meta)
+        session = LiveSession(self.store, row, self._reader())
+        self._live[session.id] = session
+        return session, token
+
+    async def get(self, session_id: str) -> LiveSession:
+        """The live session, loading it from the store if this process has not got it open
+        (first event after a restart). Raises ``UnknownSessionError``."""
+        session = self._live.get(session_id)
+        if session is not None:
+            return session
+        lock = self._loading.setdefault(session_id, asyncio.Lock())
+        try:
+            async with lock:
+                session = self._live.get(session_id)
+                if session is None:
+                    session = await asyncio.to_thread(self._load, session_id)
+                    if session.state == "recording":  # stopped/failed ones are answered, not kept
+                        if len(self._live) >= self.settings.max_open_sessions:
+                            raise CapacityError("too many open sessions (max_open_sessions); try again later")
+                        self._live[session_id] = session
+                        self.held_total += session.held
+        finally:  # also when loading failed (an unknown id): no entry left behind per event
+            if not lock.locked():
+                self._loading.pop(session_id, None)
+        return session
+
+    def _load(self, session_id: str) -> LiveSession:
+        row = self.store.get_row(session_id)
+        init = self.store.init_segment(session_id) or b""
+        state, pending = self.store.reader_state(session_id)
+        if state is not None:
+            reader = WebMReader.restore(
+                state, init, pending, self.settings.max_element_bytes,
+                max_blocks_per_feed=self.settings.max_blocks_per_chunk,
+            )  # fmt: skip
+        else:
+            reader = self._reader()
+        return LiveSession(self.store, row, reader)
+
+    def loading(self) -> int:
+        """Sessions being loaded from the store right now (one lock each, removed when done)."""
+        return len(self._loading)
+
+    def loaded(self, session_id: str) -> LiveSession | None:
+        """The session if this process has it open, without loading it."""
+        return self._live.get(session_id)
+
+    def mark_failed(self, session_id: str, message: str) -> None:
+        """A failure found outside the chunk path (decoding): later chunks get invalid_media."""
+        session = self._live.get(session_id)
+        if session is not None:
+            session.state, session.error = "failed", message
+        self.forget(session_id)
+
+    def forget(self, session_id: str) -> None:
+        session = self._live.pop(session_id, None)
+        if session is not None:
+            self.held_total -= session.held
+            session.close_file()
+
+    def close_all(self) -> None:
+        for session_id in list(self._live):
+            self.forget(session_id)

@@ -1,0 +1,117 @@
+"""The classic tutorial clients (PROTOCOL.md v1.1, "the classic client"): pages written for the
+Node tutorials' servers emit ``video`` blobs and ``image`` snapshots without acks.
+
+The first ``video`` of a connection opens a session for it (``meta.client = "classic"``, mime
+read from the blob); each later one is its next chunk, in arrival order; ``image`` is a snapshot
+of that session; the session ends when the connection closes. Each connection's events are
+handled in arrival order under its own lock (python-socketio runs every event in a task of its
+own), through the acked protocol's own handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ingest.exceptions import IngestError, UnsupportedError
+from ingest.media.image_headers import image_type
+from ingest.server.payloads import Ack, require_bytes, require_dict
+
+log = logging.getLogger(__name__)
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Ack]]
+
+
+class Namespace(Protocol):
+    """What the classic dialect needs of the namespace it serves."""
+
+    async def answer(self, handler: Handler, sid: str, data: object) -> Ack: ...
+    async def start(self, sid: str, payload: dict[str, Any]) -> Ack: ...
+    async def chunk(self, sid: str, payload: dict[str, Any]) -> Ack: ...
+    async def snapshot(self, sid: str, payload: dict[str, Any]) -> Ack: ...
+    async def get_session(self, sid: str) -> dict[str, Any]: ...
+    async def save_session(self, sid: str, session: dict[str, Any]) -> None: ...
+    async def emit(self, event: str, data: Any = None, to: str | None = None) -> None: ...
+
+
+def sniff_container(blob: bytes) -> str:
+    """The mime of a classic client's first blob (it sends none)."""
+    if not blob.startswith(EBML_MAGIC):
+        raise UnsupportedError("the first video blob is not WebM/Matroska (the classic client's MediaRecorder)")
+    return "video/x-matroska" if b"matroska" in blob[:64] else "video/webm"
+
+
+class ClassicClients:
+    def __init__(self, namespace: Namespace, max_chunk_bytes: int, end_session: Callable[[str], Awaitable[Any]]) -> None:
+        self.namespace = namespace
+        self.max_chunk_bytes = max_chunk_bytes
+        self.end_session = end_session
+        self._locks: dict[str, asyncio.Lock] = {}  # per connection that spoke the dialect
+
+    def _lock(self, sid: str) -> asyncio.Lock:
+        return self._locks.setdefault(sid, asyncio.Lock())  # FIFO: arrival order
+
+    async def video(self, sid: str, data: object) -> None:
+        """A MediaRecorder blob: the first opens a session for this connection, each later one
+        is its next chunk, in arrival order."""
+        ns = self.namespace
+        async with self._lock(sid):
+            classic = await ns.get_session(sid)
+            try:
+                payload = require_dict(data)
+                blob = require_bytes(payload, self.max_chunk_bytes, "video blob")
+                mime = None if "session" in classic else sniff_container(blob)
+            except IngestError as exc:
+                if isinstance(data, dict) and isinstance(data.get("data"), bytes):  # for the operator
+                    log.info("classic client %s: refused blob of %d bytes starting %s", sid, len(data["data"]),
+                             data["data"][:8].hex())  # fmt: skip
+                return await self._refused(sid, classic, exc.to_dict())
+            if mime is not None:
+                ack = await ns.answer(ns.start, sid, {"mime": mime, "meta": {"client": "classic"}})
+                if not ack["ok"]:
+                    return await self._refused(sid, classic, ack["error"])
+                classic["session"] = {"session_id": ack["session_id"], "token": ack["token"]}
+                classic["seq"] = 0
+            chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
+            if isinstance(payload.get("timeMillis"), int | float):
+                chunk["t_ms"] = float(payload["timeMillis"])
+            ack = await ns.answer(ns.chunk, sid, chunk)
+            if not ack["ok"]:
+                return await self._refused(sid, classic, ack["error"])
+            classic["seq"] += 1
+            await ns.save_session(sid, classic)
+
+    async def _refused(self, sid: str, classic: dict[str, Any], error: dict[str, str]) -> None:
+        """No ack to carry it: tell the page the way sessions are told (session_error)."""
+        log.warning("classic client %s: %s", sid, error["message"])
+        session_id = classic.get("session", {}).get("session_id")
+        await self.namespace.save_session(sid, classic)
+        await self.namespace.emit("session_error", {"session_id": session_id, **error}, to=sid)
+
+    async def image(self, sid: str, data: object) -> None:
+        """A snapshot of this connection's classic session, in arrival order with its blobs."""
+        ns = self.namespace
+        async with self._lock(sid):
+            classic = await ns.get_session(sid)
+            if "session" not in classic or not isinstance(data, dict) or not isinstance(data.get("data"), bytes):
+                log.warning("classic client %s: an image before any video, or without data: ignored", sid)
+                return
+            payload = {**classic["session"], "mime": image_type(data["data"]) or "image/jpeg", "data": data["data"]}
+            if isinstance(data.get("timeMillis"), int | float):
+                payload["t_ms"] = float(data["timeMillis"])
+            ack = await ns.answer(ns.snapshot, sid, payload)
+            if not ack["ok"]:
+                log.warning("classic client %s: snapshot refused: %s", sid, ack["error"]["message"])
+
+    async def disconnected(self, sid: str) -> None:
+        """The connection is gone: its classic session ends (blobs still being stored first)."""
+        lock = self._locks.pop(sid, None)
+        if lock is None:
+            return
+        async with lock:
+            classic = await self.namespace.get_session(sid)
+            if "session" in classic:
+                await self.end_session(classic["session"]["session_id"])

@@ -1,0 +1,234 @@
+"""The Socket.IO side of PROTOCOL.md: events ``start``, ``chunk``, ``snapshot``, ``stop`` (and the
+classic tutorial clients' ``video`` and ``image``, classic.py).
+
+Every handler returns its ack: ``{"ok": True, ...}`` or ``{"ok": False, "error": {"code",
+"message"}}`` with a contract code. Payloads are validated here (payloads.py), before anything
+touches a session; slow work (parsing, fsync, image checks) runs in threads, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from ingest.exceptions import (
+    BadRequestError,
+    CapacityError,
+    ConflictError,
+    GapError,
+    IngestError,
+    InvalidMediaError,
+    SessionClosedError,
+    TooLargeError,
+    UnsupportedError,
+    storage_error,
+)
+from ingest.recording.session import LiveSession
+from ingest.server.access import socketio_allowed
+from ingest.server.classic import ClassicClients
+from ingest.server.context import ServerContext
+from ingest.server.payloads import (
+    INTERNAL_ACK,
+    MAX_MIME_CHARS,
+    Ack,
+    error_ack,
+    optional_time,
+    require_bytes,
+    require_dict,
+)
+from storage.store import sha256_hex, validate_session_id
+
+log = logging.getLogger(__name__)
+sessions_log = logging.getLogger("camingest.sessions")
+
+# Containers a MediaRecorder may produce that the reader handles; MP4 (Safari) is not one yet.
+SUPPORTED_MIME_PREFIXES = ("video/webm", "audio/webm", "video/x-matroska", "audio/x-matroska")
+
+
+class IngestNamespace(socketio.AsyncNamespace):
+    """Handlers of the default namespace; all state lives in ``context``, none in globals."""
+
+    def __init__(self, context: ServerContext) -> None:
+        super().__init__("/")
+        self.context = context
+        self.closing = False
+        self.classic = ClassicClients(self, context.settings.max_chunk_bytes, self._end_classic_session)
+        self._handling = 0  # events being handled (their acks not yet returned)
+        self._drained = asyncio.Event()
+
+    async def answer(self, handler: Callable[[str, dict[str, Any]], Awaitable[Ack]], sid: str, data: object) -> Ack:
+        """Run an event's handler and return its ack; errors become error acks."""
+        if self.closing:
+            return error_ack(CapacityError("the server is shutting down; retry in a moment"))
+        self._handling += 1
+        try:
+            return await handler(sid, require_dict(data))
+        except IngestError as exc:
+            return error_ack(exc)
+        except Exception:
+            log.exception("internal error in %s", handler.__name__)
+            return dict(INTERNAL_ACK)
+        finally:
+            self._handling -= 1
+            if self.closing and not self._handling:
+                self._drained.set()
+
+    async def close(self, timeout: float) -> None:
+        """Shutdown: refuse new events (``busy``), let the ones in hand finish and be acked (at
+        most ``timeout`` s), then close every connection: clients resume after a restart."""
+        self.closing = True
+        if self._handling:
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                log.warning("shutdown: %d events still in hand after %g s", self._handling, timeout)
+        eio = self.server.eio
+        if eio.sockets:
+            await asyncio.wait_for(eio.disconnect(), timeout)
+
+    async def on_start(self, sid: str, data: object = None) -> Ack:
+        return await self.answer(self.start, sid, data)
+
+    async def on_chunk(self, sid: str, data: object = None) -> Ack:
+        return await self.answer(self.chunk, sid, data)
+
+    async def on_stop(self, sid: str, data: object = None) -> Ack:
+        return await self.answer(self.stop, sid, data)
+
+    async def on_snapshot(self, sid: str, data: object = None) -> Ack:
+        return await self.answer(self.snapshot, sid, data)
+
+    # -- the classic tutorial clients (classic.py): `video` and `image`, no acks -----------------
+    async def on_video(self, sid: str, data: object = None) -> None:
+        await self.classic.video(sid, data)
+
+    async def on_image(self, sid: str, data: object = None) -> None:
+        await self.classic.image(sid, data)
+
+    async def _end_classic_session(self, session_id: str) -> None:
+        await self.context.lifecycle.end(session_id, "client")
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        if not socketio_allowed(self.context.settings, environ, auth):
+            raise socketio.exceptions.ConnectionRefusedError("unauthorized: this server needs its access token")
+
+    async def on_disconnect(self, sid: str, reason: object = None) -> None:
+        await self.classic.disconnected(sid)  # a classic client's session ends with its connection
+        self.context.lifecycle.disconnected(sid)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    async def _session(self, sid: str, payload: dict[str, Any]) -> LiveSession:
+        """The session named by the payload, its token checked, this client joined to its room."""
+        session_id = validate_session_id(payload.get("session_id"))
+        session = await self.context.registry.get(session_id)
+        session.check_token(payload.get("token"))
+        await self.enter_room(sid, session.id)
+        return session
+
+    # -- events ----------------------------------------------------------------------------------
+    async def start(self, sid: str, payload: dict[str, Any]) -> Ack:
+        resume = payload.get("resume")
+        if resume is not None:
+            session = await self._session(sid, require_dict(resume, "resume"))
+            if session.state == "stopped":
+                raise SessionClosedError(f"session {session.id} is stopped")
+            if session.state == "failed":
+                raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            self.context.lifecycle.hold(sid, session.id)
+            log.info("session %s resumed at seq %d", session.id, session.next_seq)
+            return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq}
+
+        mime = payload.get("mime")
+        if not isinstance(mime, str) or not mime or len(mime) > MAX_MIME_CHARS:
+            raise BadRequestError(f"mime must be a non-empty string of at most {MAX_MIME_CHARS} characters")
+        if not mime.lower().startswith(SUPPORTED_MIME_PREFIXES):
+            raise UnsupportedError(f"mime {mime!r} is not supported; send WebM or Matroska (video/webm)")
+        meta = payload.get("meta", {})
+        if not isinstance(meta, dict):
+            raise BadRequestError("meta must be an object")
+        limit = self.context.settings.max_meta_bytes
+        if len(json.dumps(meta)) > limit:
+            raise TooLargeError(f"meta exceeds {limit} bytes of JSON (max_meta_bytes)")
+        self.context.lifecycle.check_room(sid)
+        session, token = await self.context.registry.create(mime, meta)
+        self.context.lifecycle.hold(sid, session.id)
+        log.info("session %s started (%s)", session.id, mime)
+        await self.enter_room(sid, session.id)
+        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
+
+    async def chunk(self, sid: str, payload: dict[str, Any]) -> Ack:
+        seq = payload.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise BadRequestError("seq must be a non-negative integer")
+        t_ms = optional_time(payload)
+        data = require_bytes(payload, self.context.settings.max_chunk_bytes, "chunk")
+        received = time.monotonic()
+        session = await self._session(sid, payload)
+        context = self.context
+        async with session.lock:
+            if session.state == "stopped":
+                raise SessionClosedError(f"session {session.id} is stopped")
+            if session.state == "failed":
+                raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            if seq < session.next_seq:
+                row = await asyncio.to_thread(context.store.chunk_row, session.id, seq)
+                same = (
+                    row is not None
+                    and row["size"] == len(data)
+                    and row["sha256"] == await asyncio.to_thread(sha256_hex, data)
+                )
+                if not same:
+                    raise ConflictError(f"seq {seq} is already stored with different bytes")
+                return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+            if seq > session.next_seq:
+                raise GapError(
+                    f"seq {seq} is ahead of next_seq {session.next_seq}; resend from there", session.next_seq
+                )
+            context.registry.check_held(len(data))
+            try:
+                async with context.write_slots:
+                    loop = asyncio.get_running_loop()
+                    staged = await loop.run_in_executor(context.io_pool, session.stage_chunk, seq, data, t_ms)
+                    await asyncio.wrap_future(context.store.commit_chunk(staged.record))
+            except BaseException as exc:
+                # Memory may be ahead of what was committed: drop it, reload from the store.
+                context.registry.forget(session.id)
+                if isinstance(exc, OSError):
+                    log.error("chunk %d of %s not stored: %r", seq, session.id, exc)  # the path: for the operator
+                    raise storage_error(exc, "chunk") from exc
+                raise
+            session.apply(staged)
+            context.registry.count_held(session)
+            if staged.error is not None:
+                sessions_log.warning("session %s failed at chunk %d: %s", session.id, seq, staged.error.message)
+                context.registry.forget(session.id)
+                await context.pipeline.fail(session.id, staged.error)
+                raise staged.error
+            if staged.unit_bytes is not None:
+                try:
+                    await context.pipeline.submit_chunk(session.id, seq, staged.record.frames_before, staged.unit_bytes)
+                except Exception:  # the chunk is stored: its frames are filled after stop
+                    log.exception("chunk %d of %s stored but not queued for analysis", seq, session.id)
+            context.lifecycle.hold(sid, session.id)
+        context.metrics.chunks.inc()
+        context.metrics.chunk_bytes.inc(len(data))
+        context.metrics.chunk_ack.observe(time.monotonic() - received)
+        return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+
+    async def stop(self, sid: str, payload: dict[str, Any]) -> Ack:
+        session = await self._session(sid, payload)
+        return {"ok": True, "session": await self.context.lifecycle.end(session.id, "client")}
+
+    async def snapshot(self, sid: str, payload: dict[str, Any]) -> Ack:
+        data = require_bytes(payload, self.context.settings.max_snapshot_bytes, "snapshot")
+        mime = payload.get("mime")
+        t_ms = optional_time(payload)
+        session = await self._session(sid, payload)
+        snapshot_id = await self.context.snapshots.store_snapshot(session.id, mime, data, t_ms)
+        return {"ok": True, "snapshot_id": snapshot_id}

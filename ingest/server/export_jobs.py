@@ -1,0 +1,148 @@
+"""Exports made by the server for the sessions page (``/api/sessions/{id}/exports``).
+
+An export is the session re-encoded with an overlay (ingest/media/render.py), kept by the store
+beside the session (``<overlay>.<format>``) until the session is deleted. One encoding runs at a
+time (it takes a core for roughly the recording's duration); a second request while one runs is
+answered ``busy``. The encoding runs in this object's one thread; this object owns its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.exceptions import CapacityError, IngestError, SessionClosedError
+from ingest.media.overlay import OVERLAYS, check_overlay
+from ingest.media.render import FORMATS, check_format, render
+from storage.store import SessionStore
+
+log = logging.getLogger(__name__)
+MAX_REMEMBERED = 256  # outcomes of exports kept for the pages (failures mostly)
+
+
+class ExportCancelledError(Exception):
+    pass
+
+
+@dataclass
+class ExportJob:
+    session_id: str
+    overlay: str
+    format: str
+    frames_total: int
+    frames_done: int = 0
+    state: str = "running"  # running | done | failed
+    error: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def describe(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "overlay": self.overlay,
+            "format": self.format,
+            "state": self.state,
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+        }
+        if self.state == "done":
+            result["url"] = export_url(self.session_id, self.overlay, self.format)
+        if self.error:
+            result["error"] = self.error
+        return result
+
+
+def export_url(session_id: str, overlay: str, fmt: str) -> str:
+    return f"/api/sessions/{session_id}/exports/{overlay}.{fmt}"
+
+
+def export_name(overlay: str, fmt: str) -> str:
+    """The file an export is kept as, its choices checked first."""
+    return f"{check_overlay(overlay)}.{check_format(fmt)}"
+
+
+class ExportJobs:
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="export")
+        self._running: ExportJob | None = None
+        # the last outcome per (session, overlay, format) while the server runs: failures are
+        # shown to the page; finished files are found in the store after a restart too
+        self._last: dict[tuple[str, str, str], ExportJob] = {}
+
+    def list(self, session_id: str) -> list[dict[str, Any]]:
+        """Blocking (the store is read): call it from a thread."""
+        self.store.get_row(session_id)  # unknown_session
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, size in self.store.export_files(session_id):
+            overlay, _, fmt = name.partition(".")
+            if overlay in OVERLAYS and fmt in FORMATS:
+                found[(overlay, fmt)] = {"overlay": overlay, "format": fmt, "state": "done", "bytes": size,
+                                         "url": export_url(session_id, overlay, fmt)}  # fmt: skip
+        for (sid, overlay, fmt), job in list(self._last.items()):
+            if sid == session_id and (job.state != "done" or (overlay, fmt) not in found):
+                found[(overlay, fmt)] = job.describe()
+        return list(found.values())
+
+    async def start(self, session_id: str, overlay: str, fmt: str) -> dict[str, Any]:
+        export_name(overlay, fmt)
+        row = await asyncio.to_thread(self.store.get_row, session_id)
+        if row["state"] == "recording":
+            raise SessionClosedError("the session is still recording: stop it, then export")
+        if self._running is not None:
+            running = self._running
+            if (running.session_id, running.overlay, running.format) == (session_id, overlay, fmt):
+                return running.describe()
+            raise CapacityError("another export is being encoded; try again when it is done")
+        job = ExportJob(session_id, overlay, fmt, frames_total=row["frames"])
+        self._running = self._last[(session_id, overlay, fmt)] = job
+        while len(self._last) > MAX_REMEMBERED:  # oldest first (dicts keep insertion order)
+            del self._last[next(iter(self._last))]
+        asyncio.get_running_loop().run_in_executor(self._pool, self._encode, job).add_done_callback(
+            lambda _: self._finished(job)
+        )
+        return job.describe()
+
+    def _encode(self, job: ExportJob) -> None:
+        def progress(n: int) -> None:
+            if job.cancel.is_set():
+                raise ExportCancelledError
+            job.frames_done += n
+
+        try:
+            job.frames_done = 0
+            source = self.store.stream_source(job.session_id)
+            faces = self.store.landmark_tail(job.session_id).refresh().faces if job.overlay != "none" else {}
+            with self.store.export_target(job.session_id, export_name(job.overlay, job.format)) as target:
+                render(source.path, target, job.format, job.overlay, faces, progress)
+            job.state = "done"
+        except ExportCancelledError:
+            job.state, job.error = "failed", "the export was cancelled"
+        except IngestError as exc:
+            job.state, job.error = "failed", exc.message
+        except OSError as exc:  # the operator gets the path, the page the reason
+            log.warning("export of %s failed: %s", job.session_id, exc)
+            job.state, job.error = "failed", f"the export could not be written: {exc.strerror or 'I/O error'}"
+        except Exception:
+            log.exception("export of %s failed", job.session_id)
+            job.state, job.error = "failed", "the export failed (see the server's log)"
+
+    def _finished(self, job: ExportJob) -> None:
+        if self._running is job:
+            self._running = None
+        if job.state == "done":
+            self._last.pop((job.session_id, job.overlay, job.format), None)
+
+    def forget(self, session_id: str) -> None:
+        """The session is being deleted: stop its encoding, drop its state."""
+        if self._running is not None and self._running.session_id == session_id:
+            self._running.cancel.set()
+        for key in [k for k in self._last if k[0] == session_id]:
+            del self._last[key]
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running.cancel.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)

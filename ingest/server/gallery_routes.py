@@ -1,0 +1,59 @@
+"""HTTP routes of the gallery (PROTOCOL.md v1.1): ``GET/POST /api/gallery``, ``DELETE
+/api/gallery/{name}``."""
+
+from __future__ import annotations
+
+from aiohttp import BodyPartReader, web
+
+from ingest.exceptions import BadRequestError, TooLargeError
+from ingest.server.enrolment import EnrolmentService
+
+ENROLMENT = web.AppKey("enrolment", EnrolmentService)
+
+
+async def list_people(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"people": await request.app[ENROLMENT].people()})
+
+
+async def enrol(request: web.Request) -> web.StreamResponse:
+    """multipart/form-data: ``name`` and one or more ``file`` photos (each at most
+    ``max_snapshot_bytes``, read as they arrive: a larger one is refused before it is held)."""
+    service = request.app[ENROLMENT]
+    limit = service.settings.max_snapshot_bytes
+    max_photos = service.settings.max_photos_per_request
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequestError("send a multipart form with a 'name' field and one or more 'file' photos")
+    name = ""
+    photos: list[tuple[bytes, str]] = []
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise BadRequestError("nested multipart forms are not accepted")
+        if part.name == "name":
+            name = (await part.read(decode=True))[:1000].decode("utf-8", "replace")
+        elif part.name == "file":
+            if len(photos) == max_photos:
+                raise BadRequestError(f"at most {max_photos} photos per request (max_photos_per_request)")
+            source = (part.filename or f"photo {len(photos) + 1}")[:200]
+            data = bytearray()
+            while piece := await part.read_chunk(256 * 1024):
+                data += piece
+                if len(data) > limit:
+                    raise TooLargeError(f"{source} is larger than {limit} bytes (setting max_snapshot_bytes)")
+            photos.append((bytes(data), source))
+        else:
+            await part.release()
+    result = await service.add(name, photos)
+    return web.json_response(result, status=201)
+
+
+async def remove(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    removed = await request.app[ENROLMENT].remove(name)
+    return web.json_response({"ok": True, "name": name, "images_removed": removed})
+
+
+def add_gallery_routes(app: web.Application) -> None:
+    app.router.add_get("/api/gallery", list_people)
+    app.router.add_post("/api/gallery", enrol)
+    app.router.add_delete("/api/gallery/{name}", remove)

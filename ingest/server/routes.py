@@ -1,0 +1,68 @@
+"""The server's HTTP surface: the pages, their static files, health and metrics, and every
+resource's routes (``*_routes.py``), added in one place."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from ingest.server.context import CONTEXT
+from ingest.server.export_routes import add_export_routes
+from ingest.server.gallery_routes import add_gallery_routes
+from ingest.server.session_routes import add_session_routes
+from ingest.server.upload_routes import add_upload_routes
+
+SOCKET_IO_CLIENT = "socket.io-4.8.4.min.js"  # web/vendor/
+
+
+def web_root() -> Path:
+    return Path(str(resources.files("web")))
+
+
+async def socketio_client(request: web.Request) -> web.StreamResponse:
+    """The Socket.IO browser client where Node's socket.io serves it, for pages written for it."""
+    return web.FileResponse(web_root() / "vendor" / SOCKET_IO_CLIENT)
+
+
+async def index_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(web_root() / "index.html")
+
+
+async def sessions_page(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(web_root() / "sessions.html")
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    monitor = ctx.loop_monitor
+    return web.json_response(
+        {
+            "ok": True,
+            "sessions_recording": len(ctx.registry),
+            "sessions_loading": ctx.registry.loading(),
+            "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    body = request.app[CONTEXT].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
+    app.router.add_get("/", index_page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/sessions", sessions_page)
+    app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    app.router.add_get("/socket.io/socket.io.js", socketio_client)
+    app.router.add_get("/socket.io/socket.io.min.js", socketio_client)
+    if pages_dir is not None:
+        app.router.add_static("/pages/", pages_dir, show_index=True, follow_symlinks=False)
+    app.router.add_get("/api/health", health)
+    add_upload_routes(app)  # POST /api/sessions, before the session routes
+    add_session_routes(app)
+    add_export_routes(app)
+    add_gallery_routes(app)

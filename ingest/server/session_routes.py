@@ -1,0 +1,178 @@
+"""HTTP routes of a session (PROTOCOL.md): listing, detail, raw and per-chunk media, the
+recording, landmarks, snapshots, the MJPEG preview, deletion.
+
+Everything is read from the store in threads and streamed in pieces; byte ranges are honoured so
+browsers can seek in recordings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ingest.exceptions import BadRequestError, CapacityError, ConflictError, NotFoundError, UnknownChunkError
+from ingest.media.overlay import check_overlay
+from ingest.media.webm import build_unit
+from ingest.server.context import CONTEXT, ServerContext
+from ingest.server.preview import CONTENT_TYPE, Preview
+from ingest.server.responses import send_range
+from storage.store import validate_session_id
+
+sessions_log = logging.getLogger("camingest.sessions")
+
+
+def context(request: web.Request) -> ServerContext:
+    return request.app[CONTEXT]
+
+
+def session_id_of(request: web.Request) -> str:
+    return validate_session_id(request.match_info["session_id"])
+
+
+def _seq(request: web.Request) -> int:
+    raw = request.match_info["seq"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # "²".isdigit() is True
+        raise BadRequestError(f"seq must be a non-negative integer, got {raw[:20]!r}")
+    return int(raw)
+
+
+async def list_sessions(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    sessions = await asyncio.to_thread(ctx.store.list_summaries)
+    return web.json_response({"sessions": [ctx.with_fill(s) for s in sessions]})
+
+
+async def get_session(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    return web.json_response(ctx.with_fill(await asyncio.to_thread(ctx.store.detail, session_id_of(request))))
+
+
+async def raw_webm(request: web.Request) -> web.StreamResponse:
+    store = context(request).store
+    source, length = await asyncio.to_thread(store.open_stream, session_id_of(request))
+    return await send_range(request, source, length, "video/webm")
+
+
+async def recording_webm(request: web.Request) -> web.StreamResponse:
+    store = context(request).store
+    session_id = session_id_of(request)
+
+    def open_recording() -> tuple[Any, int]:
+        row = store.get_row(session_id)
+        finalized = store.open_recording(session_id) if row["state"] == "stopped" else None
+        # until finalized, the recording is the stream as sent (plays, but has no Duration or Cues)
+        return finalized if finalized is not None else store.open_stream(session_id)
+
+    source, length = await asyncio.to_thread(open_recording)
+    return await send_range(request, source, length, "video/webm")
+
+
+async def _chunk_row(request: web.Request) -> tuple[str, dict[str, Any]]:
+    store = context(request).store
+    session_id, seq = session_id_of(request), _seq(request)
+    await asyncio.to_thread(store.get_row, session_id)  # 404 for unknown sessions first
+    row = await asyncio.to_thread(store.chunk_row, session_id, seq)
+    if row is None:
+        raise UnknownChunkError(f"session {session_id} has no chunk {seq}")
+    return session_id, row
+
+
+async def chunk_raw(request: web.Request) -> web.StreamResponse:
+    session_id, row = await _chunk_row(request)
+    data = await asyncio.to_thread(context(request).store.read_stream, session_id, row["offset"], row["size"])
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def chunk_webm(request: web.Request) -> web.StreamResponse:
+    """The chunk's standalone unit, rebuilt from the block locations stored with it."""
+    session_id, row = await _chunk_row(request)
+    store = context(request).store
+
+    def unit() -> bytes | None:
+        init = store.init_segment(session_id)
+        return None if init is None else build_unit(init, store.chunk_runs(session_id, row))
+
+    data = await asyncio.to_thread(unit)
+    if data is None:
+        raise NotFoundError(f"session {session_id} has no complete init segment yet")
+    return web.Response(body=data, content_type="video/webm")
+
+
+async def landmarks(request: web.Request) -> web.StreamResponse:
+    body = await asyncio.to_thread(context(request).store.landmarks_json, session_id_of(request))
+    return web.Response(body=body, content_type="application/json")
+
+
+async def snapshot_image(request: web.Request) -> web.StreamResponse:
+    store = context(request).store
+    snapshot_id = request.match_info["snapshot_id"]
+    source, size, mime = await asyncio.to_thread(store.open_snapshot, session_id_of(request), snapshot_id)
+    return await send_range(request, source, size, mime)
+
+
+async def snapshot_landmarks(request: web.Request) -> web.StreamResponse:
+    store = context(request).store
+    snapshot_id = request.match_info["snapshot_id"]
+    body = await asyncio.to_thread(store.snapshot_landmarks, session_id_of(request), snapshot_id)
+    if body is None:
+        raise NotFoundError(f"snapshot {snapshot_id} is not analysed yet")
+    return web.Response(body=body, content_type="application/json")
+
+
+async def preview_mjpg(request: web.Request) -> web.StreamResponse:
+    """multipart/x-mixed-replace JPEGs of annotated frames; ends when the client goes away."""
+    ctx = context(request)
+    session_id = session_id_of(request)
+    await asyncio.to_thread(ctx.store.get_row, session_id)
+    overlay = check_overlay(request.query.get("overlay", "landmarks"))
+    if ctx.preview_slots.locked():
+        raise CapacityError("too many preview viewers (max_previews); try again later")
+    async with ctx.preview_slots:
+        preview = Preview(ctx.store, session_id, overlay, ctx.preview_pool)
+        response = web.StreamResponse(headers={"Cache-Control": "no-store"})
+        response.content_type = CONTENT_TYPE
+        try:
+            await response.prepare(request)
+            async for part in preview:
+                await response.write(part)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the viewer went away
+        finally:
+            await preview.aclose()
+    return response
+
+
+async def delete_session(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    session_id = session_id_of(request)
+    row = await asyncio.to_thread(ctx.store.get_row, session_id)
+    if row["state"] == "recording":
+        last = await asyncio.to_thread(ctx.store.last_chunk_at, session_id)
+        # a session still "recording" but idle this long was abandoned (tab closed without stop)
+        if time.time() - (last or 0) < ctx.settings.abandoned_after_s:
+            raise ConflictError(f"session {session_id} is recording; stop it first")
+    ctx.registry.forget(session_id)
+    ctx.lifecycle.forget(session_id)
+    ctx.exports.forget(session_id)
+    await asyncio.to_thread(ctx.store.delete, session_id)
+    sessions_log.info("session %s deleted", session_id)
+    return web.json_response({"ok": True, "deleted": session_id})
+
+
+def add_session_routes(app: web.Application) -> None:
+    app.router.add_get("/api/sessions", list_sessions)
+    base = "/api/sessions/{session_id}"
+    app.router.add_get(base, get_session)
+    app.router.add_delete(base, delete_session)
+    app.router.add_get(base + "/raw.webm", raw_webm)
+    app.router.add_get(base + "/recording.webm", recording_webm)
+    app.router.add_get(base + "/chunks/{seq:\\d+}.webm", chunk_webm)
+    app.router.add_get(base + "/chunks/{seq}", chunk_raw)
+    app.router.add_get(base + "/landmarks", landmarks)
+    app.router.add_get(base + "/preview.mjpg", preview_mjpg)
+    app.router.add_get(base + "/snapshots/{snapshot_id}", snapshot_image)
+    app.router.add_get(base + "/snapshots/{snapshot_id}/landmarks", snapshot_landmarks)
