@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CHROMIUM, ffprobe_frames
-from tests.test_pages import fetch, get_json, wait_for_summary, wait_until
+from tests.pages import fetch, get_json, wait_for_summary, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,47 +12,10 @@ import pytest
 
 from tests.client import Client, run
 from tests.conftest import ARTIFACTS, CHROMIUM, IMAGES, chromium_args, ffprobe_frames, free_port, load_recording
+from tests.pages import fetch, get_json, state, wait_for_summary, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url) as response:
-        return json.loads(response.read())
-
-
-def wait_for_summary(url: str, done, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while not done(summary := get_json(url)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last summary: {summary}")
-        time.sleep(0.2)
-    return summary
-
-
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url) as response:
-        return response.read()
-
-
-def state(page) -> dict:
-    return page.evaluate(
-        "() => ({...window.camingest, snapshots: window.camingest.snapshots.map(s => ({id: s.snapshot_id, faces: s.faces}))})"
-    )
-
-
-PAGE_STATE = """() => JSON.stringify({camingest: window.camingest, sessions: window.camingestSessions,
-  result: window.result, sent: window.sent, landmarkFrames: window.landmarkFrames, facesSeen: window.facesSeen},
-  (key, value) => key === "snapshots" || key === "frames" ? undefined : value)"""
-
-
-def wait_until(page, condition: str, timeout_ms: int = 60_000) -> None:
-    """The page poller: fails with what the page knew, not only that time ran out."""
-    try:
-        page.wait_for_function(condition, timeout=timeout_ms, polling=100)
-    except playwright.TimeoutError:
-        raise AssertionError(f"{condition} still false after {timeout_ms / 1000:g} s; page: {page.evaluate(PAGE_STATE)}") from None
 
 
 def test_record_snapshot_stop(server_factory, browser, tmp_path):
