@@ -108,7 +108,8 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
 
         prepare_engine(settings.landmark_engine)
         enrolled, refusal = enrol_photos(
-            photos, settings.landmark_engine, settings.max_snapshot_pixels, settings.max_enrol_analysis_pixels
+            photos, settings.landmark_engine, settings.max_snapshot_pixels, settings.max_enrol_analysis_pixels,
+            settings.descriptor_engine,
         )
         if refusal is not None:
             raise refusal

@@ -8,6 +8,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# ingest/analysis/engine/descriptor.py's engines (named here: settings sit below the analysis)
+DESCRIPTOR_ENGINES = ("onnxruntime", "opencv", "numpy", "dlib")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -123,6 +126,10 @@ class Settings:
     # Share of a live worker's time descriptors may take (a token bucket, 0.5 s burst): under
     # load names come a few seconds later instead of landmarks being skipped. Batch: unbounded.
     identify_share: float = 0.15
+    # Who computes the descriptors: dlib's own ResNet weights run by onnxruntime (the same
+    # vectors within 1e-6, ~3 ms a face here instead of ~57 ms: the dlib-bin wheel has no
+    # BLAS), or "dlib" (dlib's own network), "opencv", "numpy". See ingest/analysis/engine/descriptor.py.
+    descriptor_engine: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -137,6 +144,8 @@ class Settings:
             )
         if self.pages_dir is not None and not Path(self.pages_dir).is_dir():
             raise ValueError(f"the pages folder {self.pages_dir} does not exist (--pages / CAMINGEST_PAGES_DIR)")
+        if self.descriptor_engine not in DESCRIPTOR_ENGINES:
+            raise ValueError(f"descriptor_engine is {self.descriptor_engine!r}; allowed: {', '.join(DESCRIPTOR_ENGINES)}")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
 

@@ -1,9 +1,10 @@
 """Who a face is: dlib's ResNet face descriptor (face-recognition-models'
 ``dlib_face_recognition_resnet_model_v1.dat``) compared with the gallery's (storage/gallery.py).
 
-A descriptor costs ~75 ms per face on this project's 2-core machine (BENCHMARKS.md; it holds the
-GIL: never on the server's event loop), so faces are identified per track (analysis/tracker.py): when a track starts,
-every ``identify_every`` frames, and again (from the descriptor it has, no new one) when the
+A descriptor costs ~3 ms per face with the default engine (onnxruntime running dlib's weights;
+dlib's own network ~57 ms here: BENCHMARKS.md; it holds the GIL: never on the server's event
+loop), so faces are identified per track (analysis/tracker.py): when a track starts, every
+``identify_every`` frames, and again (from the descriptor it has, no new one) when the
 gallery changes. Two descriptors of the same person lie within ~0.6 (dlib's threshold, 99.38%
 on LFW): the nearest gallery photo within ``identity_threshold`` names the face.
 """
@@ -16,26 +17,24 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-import dlib
 import numpy as np
 
+from ingest.analysis.engine.descriptor import Descriptor
 from storage.gallery import Gallery, GalleryMatrix
 
 
 @cache
-def _model() -> Any:
-    import face_recognition_models
+def describer(engine: str = "onnxruntime") -> Descriptor:
+    """The descriptor engine ``engine``, loaded once per process (engine/descriptor.py)."""
+    return Descriptor(engine=engine)
 
-    return dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
 
-
-def describe(rgb: np.ndarray, box: list[int] | tuple[int, ...], points: np.ndarray | list[list[int]]) -> np.ndarray:
-    """The 128-d descriptor of the face at ``box`` (x, y, w, h) with its 68 ``points``."""
-    x, y, w, h = (int(v) for v in box)
-    shape = dlib.full_object_detection(
-        dlib.rectangle(x, y, x + w - 1, y + h - 1), [dlib.point(int(px), int(py)) for px, py in points]
-    )
-    return np.array(_model().compute_face_descriptor(np.ascontiguousarray(rgb), shape))
+def describe(
+    rgb: np.ndarray, box: list[int] | tuple[int, ...], points: np.ndarray | list[list[int]], engine: str = "onnxruntime"
+) -> np.ndarray:
+    """The 128-d descriptor of the face at ``box`` (x, y, w, h) with its 68 ``points``: dlib's own
+    vectors (within 1e-6), by ``engine`` (onnxruntime by default; ``dlib`` runs dlib's network)."""
+    return describer(engine).compute(rgb, box, points)
 
 
 def nearest(matrix: GalleryMatrix, descriptor: np.ndarray, threshold: float) -> dict[str, Any] | None:

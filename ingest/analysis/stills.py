@@ -87,6 +87,7 @@ def faces_in_snapshot(
     max_pixels: int,
     gallery: GallerySource | None = None,
     identity_threshold: float = 0.6,
+    descriptor_engine: str = "onnxruntime",
 ) -> list[dict[str, Any]]:
     """Faces of a stored snapshot (its header was checked when it was stored), identified when
     ``gallery`` holds people."""
@@ -98,13 +99,14 @@ def faces_in_snapshot(
         assert matrix is not None
         rgb = cv2.cvtColor(still.image, cv2.COLOR_BGR2RGB)
         for face in faces:
-            face["identity"] = nearest(matrix, describe(rgb, face["box"], face["points"]), identity_threshold)
+            descriptor = describe(rgb, face["box"], face["points"], descriptor_engine)
+            face["identity"] = nearest(matrix, descriptor, identity_threshold)
     return [still.to_original(face) for face in faces]
 
 
 def enrolment(
     data: bytes, source: str, upsample: int = 1, engine: str = "numba", max_pixels: int = 40_000_000,
-    analysis_pixels: int = 4_000_000,
+    analysis_pixels: int = 4_000_000, descriptor_engine: str = "onnxruntime",
 ) -> Enrolment:  # fmt: skip
     """The face of one enrolment photo. Refuses (``InvalidMediaError`` naming ``source``) what
     is not a JPEG/PNG/WebP image, a photo without a face, and one with several faces (saying
@@ -135,20 +137,23 @@ def enrolment(
             f"{source}: {len(faces)} faces found; the largest ({w}x{h} px at x={x}, y={y}) would be taken. "
             "Crop the photo to the one person and send it again"
         )
-    descriptor = describe(cv2.cvtColor(still.image, cv2.COLOR_BGR2RGB), largest["box"], largest["points"])
+    rgb = cv2.cvtColor(still.image, cv2.COLOR_BGR2RGB)
+    descriptor = describe(rgb, largest["box"], largest["points"], descriptor_engine)
     x, y, w, h = still.to_original(largest)["box"]
     return Enrolment(data, source, f".{EXTENSIONS[mime]}", (x, y, w, h), descriptor)
 
 
 def enrol_photos(
-    photos: list[tuple[bytes, str]], engine: str, max_pixels: int, analysis_pixels: int
-) -> tuple[list[Enrolment], InvalidMediaError | TooLargeError | None]:
+    photos: list[tuple[bytes, str]], engine: str, max_pixels: int, analysis_pixels: int,
+    descriptor_engine: str = "onnxruntime",
+) -> tuple[list[Enrolment], InvalidMediaError | TooLargeError | None]:  # fmt: skip
     """Each photo's face (all or nothing): the enrolments, or the first refusal. Runs in a
     process of its own in the server (a descriptor holds the GIL)."""
     out = []
     for data, source in photos:
         try:
-            out.append(enrolment(data, source, engine=engine, max_pixels=max_pixels, analysis_pixels=analysis_pixels))
+            out.append(enrolment(data, source, engine=engine, max_pixels=max_pixels, analysis_pixels=analysis_pixels,
+                                 descriptor_engine=descriptor_engine))  # fmt: skip
         except (InvalidMediaError, TooLargeError) as exc:
             return [], exc
     return out, None

@@ -55,6 +55,7 @@ class TrackerSettings:
     gallery_data_dir: str | None = None
     # share of a live worker's time descriptors may take (ingest/identity.DescriptorBudget)
     identify_share: float = 0.15
+    descriptor_engine: str = "onnxruntime"  # engine/descriptor.py: onnxruntime, opencv, numpy or dlib
 
     def __post_init__(self) -> None:
         if self.anchor_every < 1 or self.detect_every < 1 or self.sweep_every < self.detect_every or self.sweep_every % self.detect_every:
@@ -74,6 +75,7 @@ class TrackerSettings:
             identify_every=settings.identify_every,
             identity_threshold=settings.identity_threshold,
             identify_share=settings.identify_share,
+            descriptor_engine=settings.descriptor_engine,
             gallery_data_dir=str(settings.data_dir),
         )
 
@@ -89,6 +91,7 @@ class TrackerSettings:
             "scene_cut": self.scene_cut,
             "identify_every": self.identify_every,
             "identity_threshold": self.identity_threshold,
+            "descriptor_engine": self.descriptor_engine,
         }
 
 
@@ -207,7 +210,7 @@ class FaceTracker:
                     continue  # keeps what it has; identified on a later frame
                 image = rgb() if image is None else image
                 start = time.perf_counter()
-                descriptor = describe(image, xywh(track.box), track.points)
+                descriptor = describe(image, xywh(track.box), track.points, self.settings.descriptor_engine)
                 if self.budget is not None:
                     self.budget.spend(time.perf_counter() - start)
                 self.descriptors += 1

@@ -78,7 +78,7 @@ def worker_main(
     # group; a worker dying of that before the server has shut down would look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    prepare_analysis_process(tracker_settings.engine)
+    prepare_analysis_process(tracker_settings.engine, tracker_settings.descriptor_engine)
     sessions: dict[str, SessionAnalyser] = {}
     while True:
         try:
@@ -122,7 +122,8 @@ def _handle(
             with open(request.path, "rb") as f:
                 data = f.read()
             faces = faces_in_snapshot(data, snapshot_upsample, tracker_settings.engine, request.max_pixels,
-                                      gallery, tracker_settings.identity_threshold)  # fmt: skip
+                                      gallery, tracker_settings.identity_threshold,
+                                      tracker_settings.descriptor_engine)  # fmt: skip
             return ImageFaces(request.request_id, faces)
         raise TypeError(f"unknown request {type(request).__name__}")
     except Exception as exc:  # report, keep serving the other sessions

@@ -58,7 +58,7 @@ class EnrolmentService:
             settings = self.settings
             enrolled, refusal = await loop.run_in_executor(
                 self._pool, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
-                settings.max_enrol_analysis_pixels,
+                settings.max_enrol_analysis_pixels, settings.descriptor_engine,
             )  # fmt: skip
         if refusal is not None:
             raise refusal
