@@ -94,7 +94,9 @@ def wait_until(
         except Exception as e:  # the check's own failure is the message if it never passes
             last = e
         if engine is not None and not engine.running:
-            raise EngineError(f"{engine.name} exited ({engine.returncode}) while waiting for {what}\n{engine.log_tail()}")
+            raise EngineError(
+                f"{engine.name} exited ({engine.returncode}) while waiting for {what}\n{engine.log_tail()}"
+            )
         if time.monotonic() > deadline:
             detail = f" (last error: {last!r})" if last else ""
             tail = f"\n{engine.log_tail()}" if engine is not None else ""
@@ -362,7 +364,8 @@ class PostgresServer(Engine):
         self.port = free_port()
 
     def spawn_kwargs(self) -> dict[str, Any]:
-        return {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid} if self.user else {}
+        # extra_groups=[]: drop root's supplementary groups too
+        return {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []} if self.user else {}
 
     def command(self) -> list[str]:
         settings = [a for k, v in self.settings.items() for a in ("-c", f"{k}={v}")]
@@ -495,7 +498,9 @@ def s3_config() -> Any:
         response_checksum_validation="when_required",
         connect_timeout=2,
         read_timeout=10,
-        retries={"max_attempts": 2, "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's Config(retries={"max_attempts": n})
+        # means n *retries* (n + 1 tries)
+        retries={"total_max_attempts": 2, "mode": "standard"},
     )
 
 
@@ -508,9 +513,10 @@ class SeaweedFS(Engine):
 
     name = "seaweedfs"
     start_timeout = 90.0
-    # On SIGTERM the filer waits 15 s for its gRPC streams to close before it goes on stopping;
-    # every write is already in its files by then (a start after SIGKILL serves them all).
-    stop_grace = 2.0
+    # On SIGTERM the filer waits 15 s for its gRPC streams to close before the rest stops: stop()
+    # SIGKILLs it after 0.5 s. Every acknowledged write is in its files already (a start after
+    # SIGKILL serves them all: test_s3_stop_start_keeps_objects_and_fails_fast_while_stopped).
+    stop_grace = 0.5
     services = ("master", "volume", "filer", "s3")
 
     def __init__(self, base: Path | None = None) -> None:
@@ -630,7 +636,7 @@ class SeaweedFS(Engine):
 def _probe_config() -> Any:
     from botocore.config import Config
 
-    return s3_config().merge(Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 1}))
+    return s3_config().merge(Config(connect_timeout=1, read_timeout=3, retries={"total_max_attempts": 1}))
 
 
 class S3Bucket:
@@ -871,7 +877,9 @@ def seaweedfs_server() -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture
-def s3(seaweedfs_server: SeaweedFS, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Bucket]:
+def s3(
+    seaweedfs_server: SeaweedFS, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[S3Bucket]:
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, seaweedfs_server.env[key])
     bucket = S3Bucket(seaweedfs_server, _test_name(request).replace("_", "-")[:63])

@@ -56,7 +56,9 @@ def test_postgres_database_is_fresh_per_test(postgres: PostgresDatabase, run: in
         conn.execute("INSERT INTO t VALUES (%s, %s)", (run, b"\x00\xffbytes"))
         conn.commit()
         assert conn.execute("SELECT id, body FROM t").fetchall() == [(run, b"\x00\xffbytes")]
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'listen_addresses')"))
+        settings = dict(
+            conn.execute("SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'listen_addresses')")
+        )
     assert settings == {"fsync": "on", "listen_addresses": "127.0.0.1"}
     with psycopg.connect(postgres.server.dsn) as conn:  # the "camingest" database exists too
         assert conn.execute("SELECT current_database()").fetchone() == ("camingest",)
@@ -331,3 +333,53 @@ def test_nginx_skips_a_dead_upstream(nginx: Callable[[list[int]], Nginx], upstre
     assert refused.value.code == 502
     lb.stop(timeout=5)
     assert lb.proc is not None and lb.proc.returncode in (0, -signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------------------------- together
+
+
+def test_socketio_over_redis_behind_nginx(nginx: Callable[[list[int]], Nginx], redis: RedisServer) -> None:
+    """Two python-socketio nodes on one Redis (AsyncRedisManager), WebSocket only, behind nginx
+    round robin: an emit to a sid from the node the client is not on reaches it."""
+    import socketio
+
+    async def scenario() -> None:
+        ports, nodes, runners, where = [free_port(), free_port()], [], [], {}
+        for index, port in enumerate(ports):
+            sio = socketio.AsyncServer(
+                async_mode="aiohttp", client_manager=socketio.AsyncRedisManager(redis.url), transports=["websocket"]
+            )
+
+            def connect(sid: str, environ: dict, auth: Any = None, index: int = index) -> None:
+                where[sid] = index
+
+            sio.on("connect", connect)
+            app = web.Application()
+            sio.attach(app)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            nodes.append(sio)
+            runners.append(runner)
+        lb = nginx(ports)
+        got: asyncio.Queue[Any] = asyncio.Queue()
+        clients = []
+        try:
+            for _ in range(2):
+                client = socketio.AsyncClient(reconnection=False)
+                client.on("hello", got.put)
+                await client.connect(lb.url, transports=["websocket"], wait_timeout=5)
+                clients.append(client)
+            assert sorted(where[c.get_sid()] for c in clients) == [0, 1]  # one on each node
+            await asyncio.sleep(0.3)  # each node's Redis listener subscribed
+            for client in clients:
+                other = nodes[1 - where[client.get_sid()]]
+                await other.emit("hello", client.get_sid(), to=client.get_sid())
+                assert await asyncio.wait_for(got.get(), 5) == client.get_sid()
+        finally:
+            for client in clients:
+                await client.disconnect()
+            for runner in runners:
+                await runner.cleanup()
+
+    asyncio.run(scenario())
