@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# real PostgreSQL, Redis, SeaweedFS and nginx as fixtures (tests/engines.py)
+pytest_plugins = ["tests.engines"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
 RECORDINGS = SHARED / "fixtures" / "recordings"
