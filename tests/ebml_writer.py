@@ -394,6 +394,10 @@ def write(tracks: Sequence[Track], clusters: Sequence[ClusterSpec], layout: Layo
     in fixed width, so their values do not change any size), the second writes the positions."""
     if not clusters:
         raise ValueError("at least one Cluster")
+    if any(c.unknown_size for c in clusters) and not layout.segment_unknown_size:
+        # RFC 8794 (6.2): an unknown-size element's parent has an unknown size too; FFmpeg says
+        # "Unknown-sized element ... inside parent with finite size" and loses the Cluster
+        raise ValueError("an unknown-size Cluster needs an unknown-size Segment")
     for name in ("info", "tracks", "clusters"):
         if name not in layout.order:
             raise ValueError(f"layout.order lacks {name!r}")
@@ -472,6 +476,8 @@ def interleave(*streams: Sequence[BlockSpec]) -> list[BlockSpec]:
 def laced(frames: Sequence[Frame], per_block: int, lacing: Lacing, kind: BlockKind = "simple") -> list[BlockSpec]:
     """Consecutive frames laced ``per_block`` at a time (a keyframe always starts a new lace, so
     the block's keyframe flag stays true for all its frames)."""
+    if lacing == "none":
+        per_block = 1
     blocks: list[BlockSpec] = []
     group: list[Frame] = []
 
