@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 # -- element IDs (as written, length marker included) ----------------------------------------------
 EBML = 0x1A45DFA3
@@ -432,7 +432,8 @@ def write(tracks: Sequence[Track], clusters: Sequence[ClusterSpec], layout: Layo
         return parts
 
     def place(parts: list[_Rendered]) -> tuple[dict[str, int], int]:
-        offsets, position = {}, 0
+        offsets: dict[str, int] = {}
+        position = 0
         for part in parts:
             offsets.setdefault(part.name, position)
             position += len(part.data)
@@ -529,7 +530,7 @@ def read_packets(path: Path | str, kind: Literal["video", "audio"] = "video", nu
 
     with av.open(str(path)) as container:
         stream = next(s for s in container.streams if s.type == kind)
-        ctx = stream.codec_context
+        ctx: Any = stream.codec_context  # a video or an audio context
         codec_id = MATROSKA_CODEC_IDS[ctx.name]
         frames = []
         time_base = stream.time_base

@@ -171,12 +171,18 @@ class Recipe:
         return w.write(tracks, clusters, layout)
 
 
+BLOCK_KINDS: list[w.BlockKind] = ["simple", "group"]
+
+
 @st.composite
 def recipes(draw: st.DrawFn, orders: list[tuple[w.TopLevel, ...]]) -> Recipe:
     video = draw(st.sampled_from(sorted(VIDEO_SOURCES)))
-    video_lacing = draw(st.sampled_from(["none", "none", "xiph", "ebml"]))
+    video_lacings: list[w.Lacing] = ["none", "none", "xiph", "ebml"]
+    video_lacing = draw(st.sampled_from(video_lacings))
     audio = draw(st.sampled_from(["none", "opus", "pcm"]))
-    audio_lacings = ["none", "xiph", "ebml"] + (["fixed"] if audio == "pcm" else [])
+    audio_lacings: list[w.Lacing] = ["none", "xiph", "ebml"]
+    if audio == "pcm":
+        audio_lacings.append("fixed")
     order = draw(st.sampled_from(orders))
     unknown_clusters = draw(st.booleans())
     return Recipe(
@@ -184,7 +190,7 @@ def recipes(draw: st.DrawFn, orders: list[tuple[w.TopLevel, ...]]) -> Recipe:
         count=draw(st.integers(1, len(video_source(video).frames))),
         video_lacing=video_lacing,
         per_lace=draw(st.integers(2, 4)),
-        kinds=tuple(draw(st.lists(st.sampled_from(["simple", "group"]), min_size=1, max_size=8))),
+        kinds=tuple(draw(st.lists(st.sampled_from(BLOCK_KINDS), min_size=1, max_size=8))),
         with_duration=draw(st.booleans()),
         audio=audio,
         audio_lacing=draw(st.sampled_from(audio_lacings)),

@@ -54,7 +54,7 @@ def ffprobe(data: bytes, tmp_path: Path) -> dict[str, dict[str, str]]:
 def demuxed(data: bytes) -> dict[str, list[bytes]]:
     """The packets FFmpeg's demuxer reads, per stream type, in file order."""
     out: dict[str, list[bytes]] = {}
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         for packet in container.demux():
             if packet.size:
                 out.setdefault(packet.stream.type, []).append(bytes(packet))
@@ -154,7 +154,7 @@ def test_blockgroups_with_reference_and_duration(vp8: w.Source, tmp_path: Path) 
     blocks = [w.BlockSpec((f,), "group", duration=40 if i % 2 else None) for i, f in enumerate(vp8.frames)]
     data = w.write([vp8.track], w.split_clusters(blocks, [10]))
     assert_reads_back(data, tmp_path, vp8)
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         keys = [p.is_keyframe for p in container.demux() if p.size]
     assert keys == [f.keyframe for f in vp8.frames]  # no ReferenceBlock exactly on the keyframes
 
