@@ -39,12 +39,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ingest.batch import plan_jobs
-from ingest.decode import UnitDecoder
-from ingest.finalize import finalize
-from ingest.landmarks import TrackerSettings
-from ingest.session import LiveSession
-from ingest.webm import WebMReader, build_unit
+from ingest.analysis.tracker import TrackerSettings
+from ingest.batch.jobs import plan_jobs
+from ingest.media.decode import UnitDecoder
+from ingest.media.remux import remux
+from ingest.media.webm import WebMReader, build_unit
+from ingest.recording.session import LiveSession
+from storage.files import LocalStream
 from storage.store import SessionStore
 from tests import ebml_writer as w
 
@@ -245,7 +246,7 @@ def test_tracks_after_clusters(recipe: Recipe, cuts: tuple[list[float], list[int
     assert live_frames(data, cut_positions(data, cuts)) == expected
 
 
-def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, Path]:
+def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, LocalStream]:
     """The Socket.IO chunk path without the sockets: each piece staged, committed and applied on a
     real store. Returns the session's ``frames`` counter and its stream.webm."""
     store = SessionStore(data_dir)
@@ -256,19 +257,19 @@ def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, Path]:
         try:
             for seq, piece in enumerate(pieces(data, cuts)):
                 staged = session.stage_chunk(seq, piece, None)
-                store.index.write(staged.commit)
+                store.commit_chunk(staged.record).result()
                 session.apply(staged)
                 assert staged.error is None, staged.error
         finally:
             session.close_file()
-        return store.get_row(session.id)["frames"], store.paths(session.id).stream
+        return store.get_row(session.id)["frames"], store.stream_source(session.id)
     finally:
         store.close()
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #20: ingest/session.py stage_chunk and ingest/batch.py plan_jobs count video blocks, not "
+    reason="issue #20: ingest/recording/session.py stage_chunk and ingest/batch/jobs.py plan_jobs count video blocks, not "
     "decoded frames (VP9 hidden frames, laced blocks)",
 )
 @KNOWN_FAILING
@@ -280,14 +281,14 @@ def test_session_and_jobs_count_decoded_frames(
     expected = len(ffmpeg_frames(data, tmp_path))
     with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
         frames, stream = stage(data, cut_positions(data, cuts), Path(tmp))
-        assert stream.read_bytes() == data
-        jobs = plan_jobs(stream, TrackerSettings())
+        assert Path(stream.path).read_bytes() == data
+        jobs = plan_jobs(stream, TrackerSettings(), None)
         assert (frames, sum(job.end - job.start for job in jobs)) == (expected, expected)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #20: ingest/finalize.py skips every packet whose dts is None (H.264 B-frames in Matroska, "
+    reason="issue #20: ingest/media/remux.py skips every packet whose dts is None (H.264 B-frames in Matroska, "
     "laced frames), not only the end-of-stream marker",
 )
 @KNOWN_FAILING
@@ -295,5 +296,5 @@ def test_session_and_jobs_count_decoded_frames(
 def test_finalize_keeps_every_frame(recipe: Recipe, tmp_path: Path) -> None:
     expected = ffmpeg_frames(recipe.build(), tmp_path)
     out = tmp_path / "recording.mkv"
-    finalize(tmp_path / "stream.mkv", out)
+    remux(tmp_path / "stream.mkv", out)
     assert file_frames(out) == expected
