@@ -21,6 +21,8 @@ from storage.store import SessionStore
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="data folder (default ./data or $CAMINGEST_DATA_DIR)")
+    parser.add_argument("--index", default=None, metavar="URL",
+                        help="the index: postgresql://USER@HOST:PORT/DB (default: DATA/index.sqlite3; $CAMINGEST_INDEX)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,29 +83,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.analysis.stills import enrol_photos
-    from ingest.server.enrolment import as_ingest_error, check_photo_count
-    from storage.gallery import Gallery, GalleryError, check_name
+    from ingest.server.enrolment import check_photo_count
+    from storage.gallery import GalleryError, check_name
 
-    gallery = Gallery(settings.data_dir)
-    try:
-        if args.action == "list":
-            people = gallery.people()
-            for person in people:
-                print(f"{person['name']}\t{person['images']} photo{'s' if person['images'] != 1 else ''}")
-            if not people:
-                print("the gallery is empty; add someone with: camingest gallery add NAME PHOTO...")
-            return 0
-        name = check_name(args.name)
-        if args.action == "remove":
-            removed = gallery.remove(name)
-            print(f"removed {name} and {removed} photo{'s' if removed != 1 else ''}")
-            return 0
+    if args.action == "add":
         check_photo_count(len(args.images), settings.max_photos_per_request)
+        name = check_name(args.name)
         photos = []
         for path in args.images:
             if not path.is_file():
                 raise IngestError(f"{path} is not a file")
             photos.append((path.read_bytes(), path.name))
+        store = SessionStore(settings.data_dir, index=settings.index)  # enrolling may start a data folder
+        store.open(recover=False)
+    else:
+        store = _open_store(settings)
+    gallery = store.gallery
+    try:
+        if args.action == "list":
+            people = gallery.people()
+            for person in people:
+                count = person["images"]
+                print(f"{person['name']}\t{count} photo{'s' if count != 1 else ''}")
+            if not people:
+                print("the gallery is empty; add someone with: camingest gallery add NAME PHOTO...")
+            return 0
+        if args.action == "remove":
+            # a name (its key: any spelling of it), or an id as the pages show it
+            found = next((p for p in gallery.people() if p["id"] == args.name), None) or gallery.find(args.name)
+            if found is None:
+                raise GalleryError(f"the gallery holds no person named {check_name(args.name)!r}", unknown=True)
+            removed = gallery.remove(found["id"])
+            count = removed["images_removed"]
+            print(f"removed {removed['name']} and {count} photo{'s' if count != 1 else ''}")
+            return 0
         from ingest.analysis.engine.predictor import prepare_engine
 
         prepare_engine(settings.landmark_engine)
@@ -113,11 +126,12 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
         )
         if refusal is not None:
             raise refusal
-        count = gallery.add(name, enrolled)
-        print(f"enrolled {name}: {count} photo{'s' if count != 1 else ''}")
+        person = gallery.add(name, enrolled)
+        count = person["images"]
+        print(f"enrolled {person['name']}: {count} photo{'s' if count != 1 else ''}")
         return 0
-    except GalleryError as exc:
-        raise as_ingest_error(exc) from None
+    finally:
+        store.close()
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -132,15 +146,16 @@ def _settings(args: argparse.Namespace) -> Settings:
         tls_key=getattr(args, "tls_key", None),
         pages_dir=getattr(args, "pages", None),
         cluster=getattr(args, "cluster", None),
+        index=getattr(args, "index", None),
     )
 
 
 def _open_store(settings: Settings, exclusive: bool = False) -> SessionStore:
     """The data folder's store; ``exclusive`` takes the server's lock (and repairs what a crash
     left, as a starting server does), so nothing changes under a running server."""
-    if not SessionStore.found(settings.data_dir):
+    if not SessionStore.found(settings.data_dir, settings.index):
         raise IngestError(f"no camingest data in {settings.data_dir}")
-    store = SessionStore(settings.data_dir)
+    store = SessionStore(settings.data_dir, index=settings.index)
     try:
         store.open(recover=exclusive)
     except StoreBusyError:
@@ -249,7 +264,7 @@ def cmd_import(settings: Settings, source: Path) -> int:
 
     if not source.is_file():
         raise IngestError(f"no such file: {source}")
-    store = SessionStore(settings.data_dir)
+    store = SessionStore(settings.data_dir, index=settings.index)
     store.open(recover=False)
     try:
         with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:

@@ -52,6 +52,9 @@ class Settings:
     # Serve https and wss directly with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The index: unset = DATA/index.sqlite3 (embedded SQLite); postgresql://USER@HOST:PORT/DB = one
+    # PostgreSQL index (several nodes share it). `--index`, CAMINGEST_INDEX.
+    index: str | None = None
     # Your own pages (e.g. one written for the Node tutorials), served at /pages/ from this folder:
     # same origin as camingest, so their `io()` and `/socket.io/socket.io.js` work unchanged.
     pages_dir: str | None = None

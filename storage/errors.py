@@ -44,3 +44,12 @@ class IndexWriteError(OSError):
     """The index could not commit a write (its disk is full, or its file failed): nothing of the
     write was stored. An ``OSError`` with ``ENOSPC`` when the disk is full, so callers handle a
     full disk one way whether the file or the index hit it."""
+
+
+class StoreUnavailableError(IngestError, ConnectionError):
+    """The index or the object store cannot be reached right now (PostgreSQL restarting, the
+    network): nothing of the request was stored; retry later (``busy``, HTTP 503)."""
+
+    code = "busy"
+    http_status = 503
+    retry_after_s = 2

@@ -1,54 +1,58 @@
-"""The gallery of known people: names, their enrolment photos and one face descriptor per photo.
+"""The gallery of known people, in the index: people, their enrolment photos and one face descriptor
+per photo; so every node of a cluster sees one gallery.
 
-    DATA/gallery/gallery.sqlite3    people (name) and images (file, descriptor, face box)
-    DATA/gallery/images/<id>.<ext>  the enrolment photos as uploaded
-    DATA/gallery/generation         rewritten (atomically) on every change
+    people          id, name as given (NFC), key (one person per key), created_at
+    gallery_images  id, person_id, file (the photo, kept by the store), source, box, descriptor
+    gallery_state   one row: generation, incremented by every change in the same transaction
 
-Readers in other processes (the analysis workers) notice a change by the generation file's
-identity (``os.replace`` gives it a new inode and mtime) with one ``stat`` and reload the
-descriptors then, so a gallery change applies to the next frames without a restart.
-Removing a person deletes their rows and their photos. Nothing here computes descriptors
-(ingest/analysis/identity.py does); this module only stores them.
+People are named by ids in URLs, never by names: any name a person may have can be removed. A
+name is trimmed and NFC-normalised, 1-100 characters of letters, marks, digits, spaces and
+``' - . , ( ) & /``; its key (NFKC, casefolded, spaces collapsed) makes "Ada", "ADA" and the
+fullwidth "Ａｄａ" one person. Names that only look alike ("Аda" with a Cyrillic А) are different
+people: ``lookalikes`` finds them so that enrolment can warn. Nothing here computes descriptors
+(ingest/analysis/ does); this module stores them. Removing a person deletes their rows and photos.
+
+Readers in other processes (the analysis workers) get the gallery from their server, which reads
+``generation()`` (one small query) to notice changes.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
+import datetime as _dt
 import unicodedata
 import uuid
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from storage.database import Connection
+from storage.errors import IngestError
+from storage.index import Index
+
 DESCRIPTOR_SIZE = 128  # dlib's ResNet face descriptor
 MAX_NAME_CHARS = 100
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS people (
-    name       TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-CREATE TABLE IF NOT EXISTS images (
-    id         TEXT PRIMARY KEY,
-    name       TEXT NOT NULL REFERENCES people(name) ON DELETE CASCADE,
-    file       TEXT NOT NULL,          -- under images/
-    source     TEXT NOT NULL,          -- the file name it was uploaded as
-    box        TEXT NOT NULL,          -- the face in it: x,y,w,h
-    descriptor BLOB NOT NULL,          -- 128 float64, little-endian
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-);
-"""
+NAME_PUNCTUATION = frozenset("'-.,()&/")
+# letters that look like Latin ones in other scripts (the usual confusables in names)
+_LOOKALIKES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ɡ": "g", "һ": "h", "ӏ": "l", "ո": "n", "ν": "v", "ο": "o", "α": "a", "ρ": "p", "τ": "t",
+    "κ": "k", "ι": "i", "ϲ": "c", "ԛ": "q", "ѡ": "w",
+})  # fmt: skip
 
 
-class GalleryError(ValueError):
-    """A bad name, or a person the gallery does not hold (``unknown`` is True then)."""
+class GalleryError(IngestError, ValueError):
+    """A bad name (``bad_request``), or a person the gallery does not hold (``not_found``)."""
+
+    code = "bad_request"
+    http_status = 400
 
     def __init__(self, message: str, unknown: bool = False) -> None:
         super().__init__(message)
         self.unknown = unknown
+        if unknown:
+            self.code, self.http_status = "not_found", 404
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,31 @@ class Enrolment:
 
 
 def check_name(name: object) -> str:
-    """A person's name as stored: trimmed, 1-100 characters, no control characters."""
+    """A person's name as stored: trimmed, NFC, 1-100 characters of letters, marks, digits,
+    spaces and ``' - . , ( ) & /``."""
     if not isinstance(name, str) or not name.strip():
         raise GalleryError("a person needs a name (1-100 characters)")
-    name = unicodedata.normalize("NFC", name.strip())
+    name = " ".join(unicodedata.normalize("NFC", name).split())
     if len(name) > MAX_NAME_CHARS:
         raise GalleryError(f"the name is {len(name)} characters long; at most {MAX_NAME_CHARS} are allowed")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise GalleryError("the name holds control characters; use letters, digits, spaces and punctuation")
+    for char in name:
+        category = unicodedata.category(char)
+        if not (category[0] in "LMN" or char == " " or char in NAME_PUNCTUATION):
+            shown = char if category[0] not in "CZ" else f"U+{ord(char):04X}"
+            raise GalleryError(
+                f"the name holds {shown!r}; a name may hold letters, digits, spaces and ' - . , ( ) & /"
+            )
     return name
+
+
+def name_key(name: str) -> str:
+    """One person per key: compatibility forms and case folded ("Ａｄａ", "ADA" and "ada" agree)."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def skeleton(name: str) -> str:
+    """The key with lookalike letters of other scripts read as Latin (for warnings only)."""
+    return name_key(name).translate(_LOOKALIKES)
 
 
 @dataclass(frozen=True)
@@ -80,97 +100,199 @@ class GalleryMatrix:
 
     names: tuple[str, ...]
     descriptors: np.ndarray  # (n, 128) float64
+    person_ids: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls) -> GalleryMatrix:
-        return cls((), np.zeros((0, DESCRIPTOR_SIZE)))
+        return cls((), np.zeros((0, DESCRIPTOR_SIZE)), ())
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _bump(conn: Connection) -> None:
+    updated = conn.execute("UPDATE gallery_state SET generation = generation + 1 WHERE id = 1").rowcount
+    if not updated:
+        conn.execute("INSERT INTO gallery_state (id, generation) VALUES (1, 1)")
 
 
 class Gallery:
-    def __init__(self, data_dir: Path) -> None:
-        self.root = Path(data_dir) / "gallery"
-        self.images = self.root / "images"
-        self.db_path = self.root / "gallery.sqlite3"
-        self.generation_path = self.root / "generation"
+    """The gallery's rows in ``index`` and its photos in ``images`` (a folder of the data folder)."""
 
-    def _connect(self) -> sqlite3.Connection:
-        self.images.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.db_path, timeout=10)
-        db.execute("PRAGMA foreign_keys = ON")
-        db.executescript(_SCHEMA)
-        return db
+    def __init__(self, index: Index, images: Path) -> None:
+        self.index = index
+        self.images = images
 
-    def _changed(self) -> None:
-        tmp = self.generation_path.with_suffix(".tmp")
-        tmp.write_text(uuid.uuid4().hex)
-        os.replace(tmp, self.generation_path)
-
-    def add(self, name: str, photos: list[Enrolment]) -> int:
-        """Enrol ``photos`` of ``name`` (a new person, or more photos of one); returns how many
-        photos the person has now."""
+    def add(self, name: str, photos: list[Enrolment]) -> dict[str, Any]:
+        """Enrol ``photos`` of ``name`` (a new person, or more photos of the person with that
+        name's key); returns the person (id, name, images)."""
         name = check_name(name)
+        key = name_key(name)
+        self.images.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
+        rows = []
         try:
-            with closing(self._connect()) as db, db:
-                db.execute("INSERT OR IGNORE INTO people (name) VALUES (?)", (name,))
-                for photo in photos:
-                    image_id = uuid.uuid4().hex
-                    path = self.images / f"{image_id}{photo.extension}"
-                    path.write_bytes(photo.data)
-                    written.append(path)
-                    descriptor = np.asarray(photo.descriptor, dtype="<f8")
-                    if descriptor.shape != (DESCRIPTOR_SIZE,):
-                        raise GalleryError(f"a descriptor has shape {descriptor.shape}, not ({DESCRIPTOR_SIZE},)")
-                    db.execute(
-                        "INSERT INTO images (id, name, file, source, box, descriptor) VALUES (?, ?, ?, ?, ?, ?)",
-                        (image_id, name, path.name, photo.source[:200], ",".join(map(str, photo.box)), descriptor.tobytes()),
+            for photo in photos:
+                descriptor = np.asarray(photo.descriptor, dtype="<f8")
+                if descriptor.shape != (DESCRIPTOR_SIZE,):
+                    raise GalleryError(f"a descriptor has shape {descriptor.shape}, not ({DESCRIPTOR_SIZE},)")
+                image_id = uuid.uuid4().hex
+                path = self.images / f"{image_id}{photo.extension}"
+                path.write_bytes(photo.data)  # before its row: a crash leaves a file, swept at start-up
+                written.append(path)
+                rows.append((image_id, path.name, photo.source[:200], ",".join(map(str, photo.box)), descriptor.tobytes()))
+
+            def insert(conn: Connection) -> dict[str, Any]:
+                person = conn.execute("SELECT id, name FROM people WHERE key = ?", (key,)).fetchone()
+                if person is None:
+                    person = {"id": uuid.uuid4().hex[:12], "name": name}
+                    conn.execute(
+                        "INSERT INTO people (id, name, key, created_at) VALUES (?, ?, ?, ?)",
+                        (person["id"], name, key, _now()),
                     )
-                count = db.execute("SELECT COUNT(*) FROM images WHERE name = ?", (name,)).fetchone()[0]
+                for image_id, file, source, box, blob in rows:
+                    conn.execute(
+                        "INSERT INTO gallery_images (id, person_id, file, source, box, descriptor, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (image_id, person["id"], file, source, box, blob, _now()),
+                    )
+                _bump(conn)
+                count = conn.execute(
+                    "SELECT COUNT(*) AS n FROM gallery_images WHERE person_id = ?", (person["id"],)
+                ).fetchone()
+                return {"id": person["id"], "name": person["name"], "images": count["n"] if count else 0}
+
+            return self.index.write(insert)
         except BaseException:
             for path in written:  # the transaction rolled back: no photo without its row
                 path.unlink(missing_ok=True)
             raise
-        self._changed()
-        return count
 
-    def people(self) -> list[dict[str, object]]:
-        if not self.db_path.exists():
-            return []
-        with closing(self._connect()) as db:
-            rows = db.execute(
-                "SELECT p.name, COUNT(i.id), p.created_at FROM people p LEFT JOIN images i ON i.name = p.name "
-                "GROUP BY p.name ORDER BY p.name COLLATE NOCASE"
+    def people(self) -> list[dict[str, Any]]:
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT p.id, p.name, p.created_at, COUNT(i.id) AS images FROM people p"
+                " LEFT JOIN gallery_images i ON i.person_id = p.id GROUP BY p.id, p.name, p.created_at"
+                " ORDER BY p.key, p.id"
             ).fetchall()
-        return [{"name": name, "images": count, "created_at": created} for name, count, created in rows]
+        )
+        return [{"id": r["id"], "name": r["name"], "images": r["images"], "created_at": r["created_at"]} for r in rows]
 
-    def remove(self, name: str) -> int:
-        """Forget ``name``: rows and photos; returns how many photos were deleted."""
-        name = check_name(name)
-        if not self.db_path.exists():
-            raise GalleryError(f"the gallery holds no person named {name!r}", unknown=True)
-        with closing(self._connect()) as db, db:
-            files = [row[0] for row in db.execute("SELECT file FROM images WHERE name = ?", (name,))]
-            if db.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount == 0:
-                raise GalleryError(f"the gallery holds no person named {name!r}", unknown=True)
+    def person(self, person_id: str) -> dict[str, Any]:
+        row = self.index.read(lambda c: c.execute("SELECT id, name FROM people WHERE id = ?", (person_id,)).fetchone())
+        if row is None:
+            raise GalleryError(f"the gallery holds no person with id {str(person_id)[:40]!r}", unknown=True)
+        return dict(row)
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The person whose name has ``name``'s key (the same person), if any."""
+        key = name_key(check_name(name))
+        row = self.index.read(lambda c: c.execute("SELECT id, name FROM people WHERE key = ?", (key,)).fetchone())
+        return None if row is None else dict(row)
+
+    def lookalikes(self, name: str) -> list[str]:
+        """Names of other people that only look like ``name`` (another script's letters)."""
+        key, shape = name_key(check_name(name)), skeleton(name)
+        rows = self.index.read(lambda c: c.execute("SELECT name, key FROM people").fetchall())
+        return sorted(r["name"] for r in rows if r["key"] != key and skeleton(r["name"]) == shape)
+
+    def photos(self, person_id: str) -> list[dict[str, Any]]:
+        """The person's enrolment photos (id, file, source, box)."""
+        self.person(person_id)
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT id, file, source, box, created_at FROM gallery_images WHERE person_id = ? ORDER BY created_at, id",
+                (person_id,),
+            ).fetchall()
+        )
+        return [dict(r) for r in rows]
+
+    def photo_path(self, person_id: str, image_id: str) -> Path:
+        for photo in self.photos(person_id):
+            if photo["id"] == image_id:
+                return self.images / Path(photo["file"]).name
+        raise GalleryError(f"person {person_id} has no photo {str(image_id)[:40]!r}", unknown=True)
+
+    def remove(self, person_id: str) -> dict[str, Any]:
+        """Forget the person: rows and photos; returns the person with ``images_removed``."""
+        person = self.person(person_id)
+
+        def delete(conn: Connection) -> list[str]:
+            files = [r["file"] for r in conn.execute("SELECT file FROM gallery_images WHERE person_id = ?",
+                                                     (person_id,)).fetchall()]  # fmt: skip
+            conn.execute("DELETE FROM gallery_images WHERE person_id = ?", (person_id,))
+            if conn.execute("DELETE FROM people WHERE id = ?", (person_id,)).rowcount == 0:
+                raise GalleryError(f"the gallery holds no person with id {person_id!r}", unknown=True)
+            _bump(conn)
+            return files
+
+        files = self.index.write(delete)
         for file in files:
-            (self.images / file).unlink(missing_ok=True)
-        self._changed()
-        return len(files)
+            (self.images / Path(file).name).unlink(missing_ok=True)
+        return {**person, "images_removed": len(files)}
 
     def matrix(self) -> GalleryMatrix:
-        if not self.db_path.exists():
-            return GalleryMatrix.empty()
-        with closing(self._connect()) as db:
-            rows = db.execute("SELECT name, descriptor FROM images ORDER BY name, id").fetchall()
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT p.id, p.name, i.descriptor FROM gallery_images i JOIN people p ON p.id = i.person_id"
+                " ORDER BY p.key, i.id"
+            ).fetchall()
+        )
         if not rows:
             return GalleryMatrix.empty()
-        descriptors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f8").reshape(len(rows), DESCRIPTOR_SIZE)
-        return GalleryMatrix(tuple(name for name, _ in rows), descriptors.astype(np.float64))
+        blob = b"".join(bytes(r["descriptor"]) for r in rows)
+        descriptors = np.frombuffer(blob, dtype="<f8").reshape(len(rows), DESCRIPTOR_SIZE).astype(np.float64)
+        return GalleryMatrix(tuple(r["name"] for r in rows), descriptors, tuple(r["id"] for r in rows))
 
-    def generation(self) -> tuple[int, int] | None:
-        """Changes whenever the gallery does (one stat); None before the first enrolment."""
-        try:
-            st = self.generation_path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+    def generation(self) -> int:
+        """Changes whenever the gallery does (one small query); 0 before the first change."""
+        row = self.index.read(lambda c: c.execute("SELECT generation FROM gallery_state WHERE id = 1").fetchone())
+        return int(row["generation"]) if row else 0
+
+    def orphan_photos(self) -> list[Path]:
+        """Photo files without a row (a crash between the file and its row): to be removed."""
+        if not self.images.is_dir():
+            return []
+        known = {r["file"] for r in self.index.read(lambda c: c.execute("SELECT file FROM gallery_images").fetchall())}
+        return [p for p in self.images.iterdir() if p.is_file() and p.name not in known]
+
+
+def import_legacy(gallery: Gallery, legacy: Path) -> int:
+    """Move a data folder's gallery of before the index (``gallery/gallery.sqlite3``, people by
+    name) into the index, once: the file is renamed afterwards. Returns the people imported."""
+    import sqlite3
+    from contextlib import closing
+
+    if not legacy.exists():
+        return 0
+    with closing(sqlite3.connect(legacy)) as db:
+        people = db.execute("SELECT name, created_at FROM people").fetchall()
+        images = db.execute("SELECT id, name, file, source, box, descriptor, created_at FROM images").fetchall()
+
+    def insert(conn: Connection) -> int:
+        ids: dict[str, str] = {}
+        for name, created in people:
+            key = name_key(name)
+            row = conn.execute("SELECT id FROM people WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                row = {"id": uuid.uuid4().hex[:12]}
+                conn.execute("INSERT INTO people (id, name, key, created_at) VALUES (?, ?, ?, ?)",
+                             (row["id"], name, key, created or _now()))  # fmt: skip
+            ids[name] = row["id"]
+        for image_id, name, file, source, box, blob, created in images:
+            if conn.execute("SELECT 1 AS x FROM gallery_images WHERE id = ?", (image_id,)).fetchone() is None:
+                conn.execute(
+                    "INSERT INTO gallery_images (id, person_id, file, source, box, descriptor, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (image_id, ids[name], file, source, box, bytes(blob), created or _now()),
+                )
+        _bump(conn)
+        return len(ids)
+
+    count = gallery.index.write(insert)
+    try:
+        legacy.rename(legacy.with_name(legacy.name + ".imported"))
+    except FileNotFoundError:  # another process imported it at the same moment (rows by id: once)
+        return 0
+    return count

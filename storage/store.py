@@ -22,13 +22,13 @@ import json
 import os
 import secrets
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from storage import landmarks_meta
+from storage.database import Connection, open_database
 from storage.errors import StoreBusyError, UnknownSessionError, UnknownSnapshotError
 from storage.files import (
     SNAPSHOT_ID_RE,
@@ -41,6 +41,7 @@ from storage.files import (
     validate_session_id,
     write_new_file,
 )
+from storage.gallery import Gallery, import_legacy
 from storage.index import Index
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, LandmarkTail, append_frames, count_frames, scan
 from storage.records import ChunkRecord, decode_runs, encode_runs
@@ -75,7 +76,7 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
+def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
     """The PROTOCOL.md SUMMARY of a session row."""
     first, last = row["first_ts_ms"], row["last_ts_ms"]
     result = {
@@ -116,16 +117,20 @@ FROM sessions s
 
 
 class SessionStore:
-    def __init__(self, data_dir: Path, max_pending_writes: int = 1024) -> None:
+    def __init__(self, data_dir: Path, max_pending_writes: int = 1024, index: str | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.sessions_dir = self.data_dir / "sessions"
-        self.index = Index(self.data_dir / INDEX_FILE, max_pending=max_pending_writes)
+        self.database = open_database(index, self.data_dir, INDEX_FILE)
+        self.index = Index(self.database, max_pending=max_pending_writes)
+        self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images")
         self._lock_fd: int | None = None
 
     @staticmethod
-    def found(data_dir: Path) -> bool:
-        """Whether ``data_dir`` holds camingest data (for the commands that read it)."""
-        return (Path(data_dir) / INDEX_FILE).exists()
+    def found(data_dir: Path, index: str | None = None) -> bool:
+        """Whether there is camingest data to read (for the commands that read it): an index
+        server is taken as found; a SQLite index must exist in the data folder."""
+        database = open_database(index, Path(data_dir), INDEX_FILE)
+        return database.dialect != "sqlite" or Path(getattr(database, "path", "")).exists()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self, recover: bool = True) -> list[str]:
@@ -142,7 +147,14 @@ class SessionStore:
                 self._lock_fd = None
                 raise StoreBusyError(f"another camingest server is using {self.data_dir}") from None
         self.index.open()
-        return self.recover() if recover else []
+        notes = []
+        # the gallery of before the index moves into it, once (whoever opens the folder first)
+        imported = import_legacy(self.gallery, self.data_dir / "gallery" / "gallery.sqlite3")
+        if imported:
+            notes.append(f"the gallery's {imported} people moved into the index")
+        if recover:
+            notes += self.recover()
+        return notes
 
     def close(self) -> None:
         self.index.close()
@@ -157,6 +169,9 @@ class SessionStore:
         notes: list[str] = []
         for leftover in (UPLOADS_DIR, SCRATCH_DIR):
             shutil.rmtree(self.data_dir / leftover, ignore_errors=True)
+        for orphan in self.gallery.orphan_photos():  # a crash between a photo and its row
+            orphan.unlink(missing_ok=True)
+            notes.append(f"removed the gallery photo {orphan.name}, which no person holds")
         rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state FROM sessions").fetchall())
         for row in rows:
             path = self.files(row["id"]).stream
@@ -256,9 +271,9 @@ class SessionStore:
     def last_chunk_at(self, session_id: str) -> float | None:
         """Unix time the session's last chunk was received; None before its first."""
         value = self.index.read(
-            lambda c: c.execute("SELECT MAX(received_at) FROM chunks WHERE session_id=?", (session_id,)).fetchone()[0]
+            lambda c: c.execute("SELECT MAX(received_at) AS last FROM chunks WHERE session_id=?", (session_id,)).fetchone()
         )
-        return None if value is None else float(value)
+        return None if value is None or value["last"] is None else float(value["last"])
 
     def unfinalized(self) -> list[str]:
         """Stopped sessions with chunks but no seekable recording (a crash between stop and
@@ -357,7 +372,7 @@ class SessionStore:
         reader_state = json.dumps(record.reader_state)
         state = "failed" if record.error else None
 
-        def commit(conn: sqlite3.Connection) -> None:
+        def commit(conn: Connection) -> None:
             conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             conn.execute(
                 "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
@@ -368,7 +383,10 @@ class SessionStore:
                 ),
             )  # fmt: skip
             if record.init is not None:
-                conn.execute("INSERT OR REPLACE INTO session_init VALUES (?, ?)", (record.session_id, record.init))
+                conn.execute(
+                    "INSERT INTO session_init VALUES (?, ?) ON CONFLICT (session_id) DO UPDATE SET init = excluded.init",
+                    (record.session_id, record.init),
+                )
 
         return self.index.submit(commit)
 
@@ -421,9 +439,10 @@ class SessionStore:
         """Store a (validated) snapshot durably; returns its id."""
         files = self.files(session_id)
         files.snapshots.mkdir(exist_ok=True)
-        number = self.index.read(
-            lambda c: c.execute("SELECT COUNT(*) FROM snapshots WHERE session_id=?", (session_id,)).fetchone()[0]
+        counted = self.index.read(
+            lambda c: c.execute("SELECT COUNT(*) AS n FROM snapshots WHERE session_id=?", (session_id,)).fetchone()
         )
+        number = counted["n"] if counted else 0
         snapshot_id = f"{number:06d}-{secrets.token_hex(3)}"
         write_new_file(files.snapshot(snapshot_id, mime), data)
         self.index.write(

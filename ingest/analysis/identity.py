@@ -14,13 +14,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from ingest.analysis.engine.descriptor import Descriptor
-from storage.gallery import Gallery, GalleryMatrix
+from storage.gallery import GalleryMatrix
 
 
 @cache
@@ -65,25 +64,19 @@ class FixedGallery:
         return 0, self.matrix
 
 
-class LiveGallery:
-    """The data folder's gallery, reloaded in this process when it changes (checked with one
-    ``stat`` at most every ``check_every_s``): live workers see enrolments without a restart."""
+class PushedGallery:
+    """The gallery as the server last sent it to this worker process (``SetGallery``): the
+    server watches the index's gallery generation and sends every change to its workers, so live
+    trackers see enrolments on any node within a fraction of a second, without a restart."""
 
-    def __init__(self, data_dir: str | Path, check_every_s: float = 0.25) -> None:
-        self.gallery = Gallery(Path(data_dir))
-        self.check_every_s = check_every_s
-        self._checked = -1e9
+    def __init__(self) -> None:
         self._generation: object = None
         self._matrix = GalleryMatrix.empty()
 
+    def update(self, generation: object, matrix: GalleryMatrix) -> None:
+        self._generation, self._matrix = generation, matrix
+
     def current(self) -> tuple[object, GalleryMatrix]:
-        now = time.monotonic()
-        if now - self._checked >= self.check_every_s:
-            self._checked = now
-            generation = self.gallery.generation()
-            if generation != self._generation:
-                self._matrix = self.gallery.matrix()
-                self._generation = generation
         return self._generation, self._matrix
 
 
@@ -108,15 +101,3 @@ class DescriptorBudget:
 
     def spend(self, seconds: float) -> None:
         self._tokens -= seconds
-
-
-@cache
-def live_budget(share: float) -> DescriptorBudget:
-    """One per worker process: its sessions share it."""
-    return DescriptorBudget(share)
-
-
-@cache
-def live_gallery(data_dir: str) -> LiveGallery:
-    """One per process and data folder (the trackers of all sessions of a worker share it)."""
-    return LiveGallery(data_dir)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ingest.analysis.detect import PREDICTOR_FILE, WINDOW, Box, detect_boxes, detect_near, face_dict, iou, xywh
 from ingest.analysis.engine.predictor import Predictor, predictor
-from ingest.analysis.identity import DescriptorBudget, GallerySource, describe, live_budget, live_gallery, nearest
+from ingest.analysis.identity import DescriptorBudget, GallerySource, describe, nearest
 from ingest.config import Settings
 
 
@@ -48,11 +48,11 @@ class TrackerSettings:
     max_misses: int = 3
     engine: str = "numba"  # landmark engine: numba (dlib's model, same points) or dlib
     # identification (analysis/identity.py): a face's descriptor is computed when its track
-    # starts and every `identify_every` frames (~3 s at 30 fps); live workers read the gallery
-    # of the data folder `gallery_data_dir`, batch jobs carry theirs
+    # starts and every `identify_every` frames (~3 s at 30 fps); live workers get the gallery
+    # from their server, batch jobs carry theirs
     identify_every: int = 90
     identity_threshold: float = 0.6
-    gallery_data_dir: str | None = None
+    identify: bool = False
     # share of a live worker's time descriptors may take (ingest/identity.DescriptorBudget)
     identify_share: float = 0.15
     descriptor_engine: str = "onnxruntime"  # engine/descriptor.py: onnxruntime, opencv, numpy or dlib
@@ -76,7 +76,7 @@ class TrackerSettings:
             identity_threshold=settings.identity_threshold,
             identify_share=settings.identify_share,
             descriptor_engine=settings.descriptor_engine,
-            gallery_data_dir=str(settings.data_dir),
+            identify=True,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -147,14 +147,17 @@ class FaceTracker:
     """Landmarks for consecutive frames of one stream (one instance per session)."""
 
     def __init__(
-        self, settings: TrackerSettings | None = None, engine: Predictor | None = None, gallery: GallerySource | None = None
+        self,
+        settings: TrackerSettings | None = None,
+        engine: Predictor | None = None,
+        gallery: GallerySource | None = None,
+        budget: DescriptorBudget | None = None,
     ) -> None:
+        """``gallery``: who faces are identified against (none: not identified); ``budget``: the
+        share of a live worker's time descriptors may take (batch: none, every due face)."""
         self.settings = settings or TrackerSettings()
         self.engine = engine or predictor(self.settings.engine)
-        self.budget: DescriptorBudget | None = None  # live only: batch identifies every due face
-        if gallery is None and self.settings.gallery_data_dir is not None:
-            gallery = live_gallery(self.settings.gallery_data_dir)
-            self.budget = live_budget(self.settings.identify_share)
+        self.budget = budget
         self.gallery = gallery
         self.descriptors = 0  # computed, for the benchmarks
         self._tracks: list[_Track] = []

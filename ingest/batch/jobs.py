@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ingest.analysis.identity import FixedGallery
@@ -23,7 +22,7 @@ from ingest.media.decode import UnitDecoder
 from ingest.media.remux import remux
 from ingest.media.webm import WebMReader, build_unit
 from storage.files import LocalStream
-from storage.gallery import Gallery, GalleryMatrix
+from storage.gallery import GalleryMatrix
 from storage.landmarks import frame_result
 from storage.store import SessionStore
 
@@ -126,7 +125,7 @@ def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
 
 def session_jobs(store: SessionStore, session_id: str, settings: TrackerSettings) -> list[Job]:
     """The jobs of a stored session, identified against the gallery as it is now."""
-    gallery = Gallery(Path(settings.gallery_data_dir)).matrix() if settings.gallery_data_dir else None
+    gallery = store.gallery.matrix() if settings.identify else None
     return plan_jobs(store.stream_source(session_id), settings, gallery)
 
 

@@ -9,6 +9,7 @@ be recognised.
     AnalyseUnit (a live session's chunk)      Frames (its frames, each landmarked or skipped)
     Flush (end of a live session)             Frames (the decoder's last frames)
     Drop (forget a session)                   -
+    SetGallery (who faces are)                -
     AnalyseImage (a snapshot)                 ImageFaces
     RunJob (a frame range of a stored stream) JobFrames
     Exit                                      -
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ingest.exceptions import IngestError, InvalidMediaError
+from storage.gallery import GalleryMatrix
 
 if TYPE_CHECKING:
     from ingest.batch.jobs import Job
@@ -99,11 +101,19 @@ class RunJob:
 
 
 @dataclass(frozen=True)
+class SetGallery:
+    """Who faces are identified against from now on (sent at start and on every change)."""
+
+    generation: int
+    matrix: GalleryMatrix
+
+
+@dataclass(frozen=True)
 class Exit:
     pass
 
 
-Request = AnalyseUnit | Flush | Drop | AnalyseImage | RunJob | Exit
+Request = AnalyseUnit | Flush | Drop | AnalyseImage | RunJob | SetGallery | Exit
 
 
 # -- replies -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
 from ingest.live.backfill import Filler
 from ingest.live.handle import WorkerHandle
-from ingest.live.messages import CRASHED, AnalyseUnit, Drop, Flush, Frames, ImageFaces, JobFrames, Reply
+from ingest.live.messages import CRASHED, AnalyseUnit, Drop, Flush, Frames, ImageFaces, JobFrames, Reply, SetGallery
 from ingest.live.snapshot_lane import SnapshotLane
 from ingest.media.webm import build_unit
 from ingest.metrics import Metrics
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # a session is re-primed on a new worker this many times; after that its analysis stops (the
 # recording itself goes on: chunks are stored and acked as always)
 MAX_CRASHES_PER_SESSION = 2
+# how often the index's gallery generation is read (a small query in a thread): enrolments on any
+# node reach this node's workers within this long
+GALLERY_POLL_S = 0.25
 
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
@@ -79,6 +82,8 @@ class LivePipeline:
         self.store = store
         self.emit = emit
         self.on_failed = on_failed
+        self._gallery: SetGallery | None = None  # the last one sent: a new worker gets it too
+        self._gallery_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
         self.workers = [self._start_worker(i, loop) for i in range(settings.worker_count)]
         self.pipes: dict[str, SessionPipe] = {}
@@ -88,9 +93,41 @@ class LivePipeline:
         self.filler = Filler(store, self.tracker_settings, self.workers, self._filled)
         self.filler.start()
         self._tasks.spawn(self._refill_after_restart(), "refill after restart")
+        self._tasks.spawn(self._watch_gallery(), "gallery watch")
 
     def _start_worker(self, index: int, loop: asyncio.AbstractEventLoop) -> WorkerHandle:
-        return WorkerHandle(index, self.tracker_settings, loop, self._on_message, self._worker_exited)
+        worker = WorkerHandle(index, self.tracker_settings, loop, self._on_message, self._worker_exited)
+        if self._gallery is not None:
+            worker.send(self._gallery)
+        return worker
+
+    async def gallery_changed(self) -> None:
+        """The gallery changed here (an enrolment): the workers get it before anything else."""
+        async with self._gallery_lock:
+            await self._send_gallery()
+
+    async def _send_gallery(self) -> None:
+        current = await asyncio.to_thread(self.store.gallery.generation)
+        if self._gallery is None or current != self._gallery.generation:
+            matrix = await asyncio.to_thread(self.store.gallery.matrix)
+            self._gallery = SetGallery(current, matrix)
+            for worker in self.workers:
+                worker.send(self._gallery)
+
+    async def _watch_gallery(self) -> None:
+        """Send the gallery to the workers whenever its generation in the index changes (on any
+        node, or by ``camingest gallery``)."""
+        failing = False
+        while True:
+            try:
+                async with self._gallery_lock:
+                    await self._send_gallery()
+                failing = False
+            except (IngestError, OSError) as exc:  # the index away: the workers keep what they have
+                if not failing:
+                    log.warning("the gallery cannot be read (%s); workers keep the one they have", exc)
+                failing = True
+            await asyncio.sleep(GALLERY_POLL_S)
 
     def _worker_exited(self, dead: WorkerHandle) -> None:
         """A worker died (killed, out of memory, a crash in native code): start another in its

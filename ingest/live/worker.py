@@ -14,7 +14,7 @@ import os
 import signal
 from typing import Any
 
-from ingest.analysis.identity import live_gallery
+from ingest.analysis.identity import DescriptorBudget, PushedGallery
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
@@ -33,6 +33,7 @@ from ingest.live.messages import (
     Reply,
     Request,
     RunJob,
+    SetGallery,
 )
 from ingest.media.decode import UnitDecoder
 from storage.landmarks import frame_result
@@ -44,11 +45,10 @@ WORKER_NICENESS = 10
 class SessionAnalyser:
     """Decoder + tracker of one session."""
 
-    def __init__(
-        self, tracker_settings: TrackerSettings, first_index: int = 0, skip_until: int = 0, wait_key: bool = False
-    ) -> None:
+    def __init__(self, worker: Worker, first_index: int = 0, skip_until: int = 0, wait_key: bool = False) -> None:
         self.decoder = UnitDecoder(first_index, skip_until, wait_key)
-        self.tracker = FaceTracker(tracker_settings)
+        gallery = worker.gallery if worker.settings.identify else None
+        self.tracker = FaceTracker(worker.settings, gallery=gallery, budget=worker.budget)
 
     def unit(self, unit: bytes, analyse: bool) -> list[dict[str, Any]]:
         return self._results(self.decoder.decode(unit), analyse)
@@ -66,6 +66,64 @@ class SessionAnalyser:
         return out
 
 
+class Worker:
+    """What one worker process holds: its sessions' analysers, the gallery its server sent, the
+    budget its sessions' descriptors share."""
+
+    def __init__(self, settings: TrackerSettings, snapshot_upsample: int) -> None:
+        self.settings = settings
+        self.snapshot_upsample = snapshot_upsample
+        self.sessions: dict[str, SessionAnalyser] = {}
+        self.gallery = PushedGallery()
+        self.budget = DescriptorBudget(settings.identify_share)
+
+    def handle(self, request: Request) -> Reply | None:
+        """The one reply to ``request`` (None for Drop, SetGallery): a failure is reported, the
+        worker goes on serving its other sessions."""
+        sessions, settings = self.sessions, self.settings
+        try:
+            if isinstance(request, AnalyseUnit):
+                analyser = sessions.get(request.session_id)
+                if analyser is None:
+                    analyser = sessions[request.session_id] = SessionAnalyser(self, **request.decoder)
+                return Frames(request.session_id, request.seq, analyser.unit(request.unit, request.analyse))
+            if isinstance(request, Flush):
+                done = sessions.pop(request.session_id, None)
+                return Frames(request.session_id, request.seq, done.flush() if done else [])
+            if isinstance(request, Drop):
+                sessions.pop(request.session_id, None)
+                return None
+            if isinstance(request, SetGallery):
+                self.gallery.update(request.generation, request.matrix)
+                return None
+            if isinstance(request, RunJob):
+                return JobFrames(request.job_id, run_job(request.job))
+            if isinstance(request, AnalyseImage):
+                with open(request.path, "rb") as f:
+                    data = f.read()
+                faces = faces_in_snapshot(data, self.snapshot_upsample, settings.engine, request.max_pixels,
+                                          self.gallery if settings.identify else None, settings.identity_threshold,
+                                          settings.descriptor_engine)  # fmt: skip
+                return ImageFaces(request.request_id, faces)
+            raise TypeError(f"unknown request {type(request).__name__}")
+        except Exception as exc:  # report, keep serving the other sessions
+            if isinstance(exc, InvalidMediaError):
+                failure = Failure("invalid_media", exc.message)
+            elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
+                failure = Failure("invalid_media", str(exc))  # the image does not decode
+            else:
+                log.exception("worker failed on %s", type(request).__name__)
+                failure = Failure("internal", f"internal error: {exc}")
+            if isinstance(request, AnalyseUnit | Flush):
+                sessions.pop(request.session_id, None)
+                return Frames(request.session_id, request.seq, [], failure)
+            if isinstance(request, RunJob):
+                return JobFrames(request.job_id, [], failure)
+            if isinstance(request, AnalyseImage):
+                return ImageFaces(request.request_id, [], failure)
+            raise
+
+
 def worker_main(
     conn: multiprocessing.connection.Connection, tracker_settings: TrackerSettings, snapshot_upsample: int
 ) -> None:
@@ -79,7 +137,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     prepare_analysis_process(tracker_settings.engine, tracker_settings.descriptor_engine)
-    sessions: dict[str, SessionAnalyser] = {}
+    worker = Worker(tracker_settings, snapshot_upsample)
     while True:
         try:
             request: Request = conn.recv()
@@ -88,7 +146,7 @@ def worker_main(
         if isinstance(request, Exit):
             return
         try:
-            reply = _handle(request, sessions, tracker_settings, snapshot_upsample)
+            reply = worker.handle(request)
         except (BrokenPipeError, EOFError):
             return
         if reply is not None:
@@ -96,49 +154,3 @@ def worker_main(
                 conn.send(reply)
             except (BrokenPipeError, EOFError, OSError):
                 return
-
-
-def _handle(
-    request: Request, sessions: dict[str, SessionAnalyser], tracker_settings: TrackerSettings, snapshot_upsample: int
-) -> Reply | None:
-    """The one reply to ``request`` (None for Drop): a failure is reported, the worker goes on
-    serving its other sessions."""
-    try:
-        if isinstance(request, AnalyseUnit):
-            analyser = sessions.get(request.session_id)
-            if analyser is None:
-                analyser = sessions[request.session_id] = SessionAnalyser(tracker_settings, **request.decoder)
-            return Frames(request.session_id, request.seq, analyser.unit(request.unit, request.analyse))
-        if isinstance(request, Flush):
-            analyser = sessions.pop(request.session_id, None)
-            return Frames(request.session_id, request.seq, analyser.flush() if analyser else [])
-        if isinstance(request, Drop):
-            sessions.pop(request.session_id, None)
-            return None
-        if isinstance(request, RunJob):
-            return JobFrames(request.job_id, run_job(request.job))
-        if isinstance(request, AnalyseImage):
-            gallery = live_gallery(tracker_settings.gallery_data_dir) if tracker_settings.gallery_data_dir else None
-            with open(request.path, "rb") as f:
-                data = f.read()
-            faces = faces_in_snapshot(data, snapshot_upsample, tracker_settings.engine, request.max_pixels,
-                                      gallery, tracker_settings.identity_threshold,
-                                      tracker_settings.descriptor_engine)  # fmt: skip
-            return ImageFaces(request.request_id, faces)
-        raise TypeError(f"unknown request {type(request).__name__}")
-    except Exception as exc:  # report, keep serving the other sessions
-        if isinstance(exc, InvalidMediaError):
-            failure = Failure("invalid_media", exc.message)
-        elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
-            failure = Failure("invalid_media", str(exc))  # the image does not decode
-        else:
-            log.exception("worker failed on %s", type(request).__name__)
-            failure = Failure("internal", f"internal error: {exc}")
-        if isinstance(request, AnalyseUnit | Flush):
-            sessions.pop(request.session_id, None)
-            return Frames(request.session_id, request.seq, [], failure)
-        if isinstance(request, RunJob):
-            return JobFrames(request.job_id, [], failure)
-        if isinstance(request, AnalyseImage):
-            return ImageFaces(request.request_id, [], failure)
-        raise

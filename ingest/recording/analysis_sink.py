@@ -34,6 +34,10 @@ class AnalysisSink(Protocol):
         """``{"state": "queued"}`` or ``{"state": "filling", "frames_done", "frames_total"}``."""
         ...
 
+    async def gallery_changed(self) -> None:
+        """The gallery changed on this node: the analysis uses the new one from now on."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -56,6 +60,9 @@ class NoAnalysis:
         return None
 
     def fill_status(self, session_id: str) -> dict[str, Any] | None:
+        return None
+
+    async def gallery_changed(self) -> None:
         return None
 
     async def close(self) -> None:

@@ -69,7 +69,7 @@ def build_app(settings: Settings) -> web.Application:
         await sio.emit(event, data, room=room)
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = SessionStore(settings.data_dir, settings.max_pending_writes)
+        store = SessionStore(settings.data_dir, settings.max_pending_writes, index=settings.index)
         for note in await asyncio.to_thread(store.open):
             log.warning("recovery: %s", note)
         metrics = Metrics()
@@ -103,6 +103,8 @@ def build_app(settings: Settings) -> web.Application:
         )
         add_gauges(ctx, workers, snapshots_waiting)
         app[CONTEXT] = ctx
+        enrolment = EnrolmentService(settings, store.gallery, pipeline.gallery_changed)
+        app[ENROLMENT] = enrolment
         namespace = IngestNamespace(ctx)
         sio.register_namespace(namespace)
         app[NAMESPACE] = namespace
@@ -112,6 +114,7 @@ def build_app(settings: Settings) -> web.Application:
         try:
             yield
         finally:
+            enrolment.close()
             await ctx.close()
 
     async def close_connections(app: web.Application) -> None:
@@ -122,15 +125,6 @@ def build_app(settings: Settings) -> web.Application:
             await namespace.close(settings.shutdown_grace_s)
             log.info("shutdown: connections closed")
 
-    async def enrolment_ctx(app: web.Application) -> AsyncIterator[None]:
-        enrolment = EnrolmentService(settings)
-        app[ENROLMENT] = enrolment
-        try:
-            yield
-        finally:
-            enrolment.close()
-
-    app.cleanup_ctx.append(enrolment_ctx)
     app.cleanup_ctx.append(context_ctx)
     app.on_shutdown.append(close_connections)
     add_routes(app, settings.pages_dir)

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from ingest.analysis.stills import enrol_photos
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, CapacityError, IngestError, NotFoundError
+from ingest.exceptions import BadRequestError, CapacityError
 from storage.gallery import Gallery, GalleryError, check_name
-
-
-def as_ingest_error(exc: GalleryError) -> IngestError:
-    """A gallery refusal with its protocol code: an unknown person is 404, a bad name 400."""
-    return NotFoundError(str(exc)) if exc.unknown else BadRequestError(str(exc))
 
 
 def check_photo_count(count: int, limit: int) -> None:
@@ -33,18 +28,16 @@ def check_photo_count(count: int, limit: int) -> None:
 
 
 class EnrolmentService:
-    def __init__(self, settings: Settings) -> None:
-        self.gallery = Gallery(Path(settings.data_dir))
+    def __init__(self, settings: Settings, gallery: Gallery, on_change: Callable[[], Awaitable[None]]) -> None:
+        self.gallery = gallery
         self.settings = settings
+        self.on_change = on_change  # the analysis workers get the new gallery before we answer
         self._pool: ProcessPoolExecutor | None = None
         self._busy = asyncio.Lock()
 
     def checked_name(self, name: object) -> str:
         """No I/O: on the loop."""
-        try:
-            return check_name(name)
-        except GalleryError as exc:
-            raise as_ingest_error(exc) from None
+        return check_name(name)
 
     async def add(self, name: str, photos: list[tuple[bytes, str]]) -> dict[str, Any]:
         check_photo_count(len(photos), self.settings.max_photos_per_request)
@@ -62,17 +55,32 @@ class EnrolmentService:
             )  # fmt: skip
         if refusal is not None:
             raise refusal
-        count = await asyncio.to_thread(self.gallery.add, name, enrolled)
-        return {"name": name, "images": count}
+        person = await asyncio.to_thread(self.gallery.add, name, enrolled)
+        await self.on_change()
+        return person
 
     async def people(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.gallery.people)
 
-    async def remove(self, name: str) -> int:
+    async def remove(self, person: str) -> dict[str, Any]:
+        """Remove the person whose id is ``person`` (or, as PROTOCOL v1.1 has it, whose name)."""
+        removed = await asyncio.to_thread(self._remove, person)
+        await self.on_change()
+        return removed
+
+    def _remove(self, person: str) -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(self.gallery.remove, name)
+            return self.gallery.remove(person)
         except GalleryError as exc:
-            raise as_ingest_error(exc) from None
+            if not exc.unknown:
+                raise
+        try:
+            found = self.gallery.find(person)
+        except GalleryError:
+            found = None
+        if found is None:
+            raise GalleryError(f"the gallery holds no person {person[:100]!r} (neither an id nor a name)", unknown=True)
+        return self.gallery.remove(found["id"])
 
     def close(self) -> None:
         if self._pool is not None:

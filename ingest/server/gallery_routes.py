@@ -1,5 +1,5 @@
 """HTTP routes of the gallery (PROTOCOL.md v1.1): ``GET/POST /api/gallery``, ``DELETE
-/api/gallery/{name}``."""
+/api/gallery/{person}`` (a person's id; a name is accepted too), and each person's photos."""
 
 from __future__ import annotations
 
@@ -48,12 +48,11 @@ async def enrol(request: web.Request) -> web.StreamResponse:
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
-    removed = await request.app[ENROLMENT].remove(name)
-    return web.json_response({"ok": True, "name": name, "images_removed": removed})
+    removed = await request.app[ENROLMENT].remove(request.match_info["person"])
+    return web.json_response({"ok": True, **removed})
 
 
 def add_gallery_routes(app: web.Application) -> None:
     app.router.add_get("/api/gallery", list_people)
     app.router.add_post("/api/gallery", enrol)
-    app.router.add_delete("/api/gallery/{name}", remove)
+    app.router.add_delete("/api/gallery/{person:.+}", remove)
