@@ -23,6 +23,10 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="data folder (default ./data or $CAMINGEST_DATA_DIR)")
     parser.add_argument("--index", default=None, metavar="URL",
                         help="the index: postgresql://USER@HOST:PORT/DB (default: DATA/index.sqlite3; $CAMINGEST_INDEX)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="session bytes in object storage: s3://BUCKET/PREFIX (default: the data folder; $CAMINGEST_STORE)")
+    parser.add_argument("--s3-endpoint", default=None, metavar="URL",
+                        help="the S3 API's address (SeaweedFS, MinIO; default: AWS; $CAMINGEST_S3_ENDPOINT)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +98,7 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
             if not path.is_file():
                 raise IngestError(f"{path} is not a file")
             photos.append((path.read_bytes(), path.name))
-        store = SessionStore(settings.data_dir, index=settings.index)  # enrolling may start a data folder
+        store = settings.open_store()  # enrolling may start a data folder
         store.open(recover=False)
     else:
         store = _open_store(settings)
@@ -147,6 +151,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         pages_dir=getattr(args, "pages", None),
         cluster=getattr(args, "cluster", None),
         index=getattr(args, "index", None),
+        store=getattr(args, "store", None),
+        s3_endpoint=getattr(args, "s3_endpoint", None),
     )
 
 
@@ -155,7 +161,7 @@ def _open_store(settings: Settings, exclusive: bool = False) -> SessionStore:
     left, as a starting server does), so nothing changes under a running server."""
     if not SessionStore.found(settings.data_dir, settings.index):
         raise IngestError(f"no camingest data in {settings.data_dir}")
-    store = SessionStore(settings.data_dir, index=settings.index)
+    store = settings.open_store()
     try:
         store.open(recover=exclusive)
     except StoreBusyError:
@@ -264,7 +270,7 @@ def cmd_import(settings: Settings, source: Path) -> int:
 
     if not source.is_file():
         raise IngestError(f"no such file: {source}")
-    store = SessionStore(settings.data_dir, index=settings.index)
+    store = settings.open_store()
     store.open(recover=False)
     try:
         with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:

@@ -8,6 +8,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from storage.objects import ObjectStoreSettings
+from storage.store import SessionStore
+
 # ingest/analysis/engine/descriptor.py's engines (named here: settings sit below the analysis)
 DESCRIPTOR_ENGINES = ("onnxruntime", "opencv", "numpy", "dlib")
 
@@ -55,6 +58,22 @@ class Settings:
     # The index: unset = DATA/index.sqlite3 (embedded SQLite); postgresql://USER@HOST:PORT/DB = one
     # PostgreSQL index (several nodes share it). `--index`, CAMINGEST_INDEX.
     index: str | None = None
+    # Session bytes in S3-compatible object storage: s3://BUCKET/PREFIX (`--store`,
+    # CAMINGEST_STORE; AWS's standard credential chain) at `s3_endpoint` (SeaweedFS, MinIO; unset
+    # = AWS). Unset: the data folder is the store of record. With it, the data folder is the
+    # write path and a cache of at most `local_cache_bytes` (stopped sessions already uploaded
+    # are evicted and read back when asked for).
+    store: str | None = None
+    s3_endpoint: str | None = None
+    # Acknowledged chunks go to object storage in segments: once the oldest has waited
+    # segment_s or they reach segment_bytes, and at stop (a PUT per 250 ms chunk would cost 4
+    # requests a second per recorder). `durable_seq` in acks says what is there.
+    segment_s: float = 5.0
+    segment_bytes: int = 8 * 1024 * 1024
+    local_cache_bytes: int = 20 * 1024 * 1024 * 1024
+    # `stop` waits at most this long for the session's tail to reach object storage, so that its
+    # answer can say every chunk is durable (a store that is down: the answer says how far it got).
+    stop_durable_wait_s: float = 10.0
     # Your own pages (e.g. one written for the Node tutorials), served at /pages/ from this folder:
     # same origin as camingest, so their `io()` and `/socket.io/socket.io.js` work unchanged.
     pages_dir: str | None = None
@@ -147,10 +166,22 @@ class Settings:
             )
         if self.pages_dir is not None and not Path(self.pages_dir).is_dir():
             raise ValueError(f"the pages folder {self.pages_dir} does not exist (--pages / CAMINGEST_PAGES_DIR)")
+        if self.store is not None and not self.store.startswith("s3://"):
+            raise ValueError(f"--store {self.store!r} is not s3://BUCKET/PREFIX (CAMINGEST_STORE)")
         if self.descriptor_engine not in DESCRIPTOR_ENGINES:
             raise ValueError(f"descriptor_engine is {self.descriptor_engine!r}; allowed: {', '.join(DESCRIPTOR_ENGINES)}")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
+
+    def object_store(self) -> ObjectStoreSettings | None:
+        """What the store needs to use object storage (None: the data folder only)."""
+        if self.store is None:
+            return None
+        return ObjectStoreSettings(self.store, self.s3_endpoint, self.segment_s, self.segment_bytes, self.local_cache_bytes)
+
+    def open_store(self) -> SessionStore:
+        """The session store these settings name (not opened yet)."""
+        return SessionStore(self.data_dir, self.max_pending_writes, index=self.index, objects=self.object_store())
 
     @property
     def worker_count(self) -> int:

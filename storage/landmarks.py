@@ -11,7 +11,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,9 +140,10 @@ class LandmarkRewrite:
     fsync), so readers and an interrupted run see the previous file, never a mix.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_commit: Callable[[], None] | None = None) -> None:
         self.path = path
         self.counts = LandmarkCounts()
+        self.on_commit = on_commit  # the store's: the new file is to be uploaded
 
     def __enter__(self) -> LandmarkRewrite:
         """Opens the files here, not in ``__init__``: whatever interrupts the opening (Ctrl-C, an
@@ -196,4 +197,6 @@ class LandmarkRewrite:
         os.fsync(self._out.fileno())
         self._out.close()
         os.replace(self.tmp, self.path)
+        if self.on_commit is not None:
+            self.on_commit()
         return self.counts

@@ -56,6 +56,11 @@ def _add_columns(table: str, columns: dict[str, str]) -> Callable[[Connection], 
     return run
 
 
+def _each(conn: Connection, *steps: Callable[[Connection], None]) -> None:
+    for step in steps:
+        step(conn)
+
+
 MIGRATIONS = (
     Migration(1, "sessions, chunks, init segments, snapshots", (
         """CREATE TABLE IF NOT EXISTS sessions (
@@ -137,6 +142,16 @@ MIGRATIONS = (
         )""",
         "CREATE INDEX IF NOT EXISTS gallery_images_by_person ON gallery_images (person_id)",
     )),
+    Migration(5, "object storage: durable_seq, planned segments, derived files' generations, per-chunk state",
+              run=lambda conn: _each(conn, _add_columns("sessions", {
+                  "durable_seq": "{INT} NOT NULL DEFAULT -1",  # highest seq in object storage (-1: none)
+                  "segment_plan": "TEXT",  # the segment being uploaded, "first-last": the same key after a crash
+                  "changed_gen": "{INT} NOT NULL DEFAULT 0",  # +1 when a derived file changes
+                  "uploaded_gen": "{INT} NOT NULL DEFAULT 0",  # the changed_gen whose files are all uploaded
+                  "finalized": "{INT} NOT NULL DEFAULT 0",  # the seekable recording exists
+              }), _add_columns("chunks", {
+                  "after_state": "TEXT",  # JSON: the session's reader state and timestamps after this chunk
+              }))),
 )  # fmt: skip
 LATEST = MIGRATIONS[-1].version
 

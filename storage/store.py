@@ -19,17 +19,20 @@ import datetime as _dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from storage import landmarks_meta
 from storage.database import Connection, open_database
-from storage.errors import StoreBusyError, UnknownSessionError, UnknownSnapshotError
+from storage.errors import IndexWriteError, StoreBusyError, UnknownSessionError, UnknownSnapshotError
 from storage.files import (
     SNAPSHOT_ID_RE,
     LocalStream,
@@ -44,9 +47,12 @@ from storage.files import (
 from storage.gallery import Gallery, import_legacy
 from storage.index import Index
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, LandmarkTail, append_frames, count_frames, scan
+from storage.objects import ObjectStore, ObjectStoreSettings, StoreLocation
 from storage.records import ChunkRecord, decode_runs, encode_runs
+from storage.replication import DERIVED, Replicator
 
 STATES = ("recording", "stopped", "failed")
+log = logging.getLogger("camingest.storage")
 INDEX_FILE = "index.sqlite3"
 LOCK_FILE = "server.lock"
 UPLOADS_DIR = "uploads"
@@ -108,6 +114,11 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
     return result
 
 
+def durable_of(row: dict[str, Any], objects: bool) -> int:
+    """The highest seq in the store of record: every acked one when the local disk is it."""
+    return int(row["durable_seq"]) if objects else int(row["next_seq"]) - 1
+
+
 _SUMMARY_SQL = """
 SELECT s.*,
        (SELECT COUNT(*) FROM chunks c WHERE c.session_id = s.id) AS n_chunks,
@@ -117,12 +128,30 @@ FROM sessions s
 
 
 class SessionStore:
-    def __init__(self, data_dir: Path, max_pending_writes: int = 1024, index: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        max_pending_writes: int = 1024,
+        index: str | None = None,
+        objects: ObjectStoreSettings | None = None,
+    ) -> None:
+        """``index``: None (SQLite in the data folder) or a PostgreSQL URL; ``objects``: None (the
+        data folder is the store of record) or S3-compatible object storage (the data folder is
+        then the write path and a bounded cache)."""
         self.data_dir = Path(data_dir)
         self.sessions_dir = self.data_dir / "sessions"
         self.database = open_database(index, self.data_dir, INDEX_FILE)
         self.index = Index(self.database, max_pending=max_pending_writes)
         self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images")
+        self.objects: ObjectStore | None = None
+        self.replicator: Replicator | None = None
+        if objects is not None:
+            self.objects = ObjectStore(StoreLocation.parse(objects.url, objects.endpoint))
+            self.replicator = Replicator(
+                self, self.objects, objects.segment_s, objects.segment_bytes, objects.local_cache_bytes
+            )
+        self._present: set[str] = set()  # sessions whose files are known to be on the local disk
+        self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
 
     @staticmethod
@@ -154,9 +183,13 @@ class SessionStore:
             notes.append(f"the gallery's {imported} people moved into the index")
         if recover:
             notes += self.recover()
+            if self.replicator is not None:  # the server: it uploads (a command only reads)
+                self.replicator.start()
         return notes
 
     def close(self) -> None:
+        if self.replicator is not None:
+            self.replicator.close()
         self.index.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -181,11 +214,61 @@ class SessionStore:
                     f.truncate(row["bytes"])
                     os.fsync(f.fileno())
                 notes.append(f"{row['id']}: trimmed {size - row['bytes']} unacknowledged bytes")
+            elif size < row["bytes"] and self.objects is not None:
+                notes += self._restore_from_objects(row["id"])
             elif size < row["bytes"]:
                 message = f"stream.webm has {size} bytes, the index acknowledged {row['bytes']}"
                 self._fail(row["id"], message)
                 notes.append(f"{row['id']}: {message}")
         return notes
+
+    def _restore_from_objects(self, session_id: str) -> list[str]:
+        """The local copy of a session is gone or short (a lost disk, a new machine): what is in
+        object storage comes back; acknowledged chunks that never reached it are forgotten by the
+        index (``next_seq`` = ``durable_seq + 1``), so their client resends them."""
+        row = self.get_row(session_id)
+        durable = row["durable_seq"]
+        notes = []
+        if durable < row["next_seq"] - 1:
+            self._truncate(session_id, durable)
+            notes.append(f"{session_id}: chunks {durable + 1}-{row['next_seq'] - 1} were not in object storage; "
+                         f"next_seq is {durable + 1} (the client resends them)")  # fmt: skip
+        self._present.discard(session_id)
+        if durable >= 0:
+            self._local(session_id)
+            notes.append(f"{session_id}: restored from object storage through seq {durable}")
+        return notes
+
+    def _truncate(self, session_id: str, last_seq: int) -> None:
+        """Forget chunks after ``last_seq``: the session's state becomes what it was after it."""
+
+        def cut(conn: Connection) -> None:
+            kept = conn.execute("SELECT * FROM chunks WHERE session_id=? AND seq=?", (session_id, last_seq)).fetchone()
+            conn.execute("DELETE FROM chunks WHERE session_id=? AND seq>?", (session_id, last_seq))
+            if kept is None:
+                conn.execute("DELETE FROM session_init WHERE session_id=?", (session_id,))
+                conn.execute(
+                    "UPDATE sessions SET next_seq=0, bytes=0, frames=0, first_ts_ms=NULL, last_ts_ms=NULL,"
+                    " reader_state=NULL, segment_plan=NULL WHERE id=?",
+                    (session_id,),
+                )
+                return
+            after = json.loads(kept["after_state"] or "null")
+            if after is None:
+                raise IndexWriteError(0, f"session {session_id} has no saved state after chunk {last_seq}")
+            conn.execute(
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
+                " segment_plan=NULL WHERE id=?",
+                (last_seq + 1, kept["offset"] + kept["size"], kept["frames_before"] + kept["frames"],
+                 after["first_ts_ms"], after["last_ts_ms"], json.dumps(after["reader_state"]), session_id),
+            )  # fmt: skip
+
+        self.index.write(cut)
+        stream = self.files(session_id).stream
+        if stream.exists():
+            row = self.get_row(session_id)
+            with open(stream, "r+b") as f:
+                f.truncate(min(row["bytes"], os.fstat(f.fileno()).st_size))
 
     def _fail(self, session_id: str, message: str) -> None:
         self.index.write(
@@ -195,6 +278,155 @@ class SessionStore:
     # -- sessions -----------------------------------------------------------------------------
     def files(self, session_id: str) -> SessionFiles:
         return SessionFiles(self.sessions_dir / validate_session_id(session_id))
+
+    def _local(self, session_id: str) -> SessionFiles:
+        """The session's files on the local disk, fetched from object storage first where they
+        were evicted from it (or lost with a disk)."""
+        files = self.files(session_id)
+        if self.objects is None or self.replicator is None:
+            return files
+        self.replicator.touched(session_id)
+        if session_id in self._present:
+            return files
+        lock = self._fetching.setdefault(session_id, threading.Lock())
+        with lock:
+            if session_id not in self._present:
+                self._fetch(session_id, files)
+                self._present.add(session_id)
+        return files
+
+    def _fetch(self, session_id: str, files: SessionFiles) -> None:
+        assert self.objects is not None
+        row = self.get_row(session_id)
+        size = files.stream.stat().st_size if files.stream.exists() else 0
+        if size >= row["bytes"]:
+            return
+        files.root.mkdir(parents=True, exist_ok=True)
+        location = self.objects.location
+        with replacing(files.stream) as tmp, open(tmp, "wb") as out:
+            expected = 0
+            for first, last, key, _ in self.objects.segments(session_id):
+                if first != expected:  # a gap or an overlap: never serve a stream that is not the one acked
+                    raise IndexWriteError(0, f"the segments of {session_id} do not follow each other at seq {first}")
+                if last > row["durable_seq"]:
+                    break
+                out.write(self.objects.get(key))
+                expected = last + 1
+            out.flush()
+            if out.tell() < row["bytes"] and row["durable_seq"] == row["next_seq"] - 1:
+                raise IndexWriteError(0, f"object storage holds {out.tell()} of the {row['bytes']} bytes of {session_id}")
+        for name in DERIVED:
+            target = files.root / name
+            if not target.exists():
+                try:
+                    data = self.objects.get(location.session_key(session_id, name))
+                except FileNotFoundError:
+                    continue
+                replace_atomically(target, data)
+        snapshot_prefix = location.session_key(session_id, "snapshots/")
+        for key, _ in self.objects.keys(snapshot_prefix):
+            target = files.snapshots / key[len(snapshot_prefix):]
+            if not target.exists():
+                files.snapshots.mkdir(exist_ok=True)
+                replace_atomically(target, self.objects.get(key))
+        log.info("session %s fetched from object storage", session_id)
+
+    def evict(self, session_id: str) -> None:
+        """Drop the local copy of a session that is wholly in object storage."""
+        self._present.discard(session_id)
+        shutil.rmtree(self.files(session_id).root, ignore_errors=True)
+
+    # -- object storage ------------------------------------------------------------------------
+    def durable_seq(self, session_id: str, acked_seq: int) -> int:
+        """The highest seq already in the store of record (the local disk's last ack when there
+        is no object storage). No I/O: what the replicator knows (``remember`` seeds it)."""
+        if self.replicator is None:
+            return acked_seq
+        known = self.replicator.durable_seq(session_id)
+        return -1 if known is None else known
+
+    def remember(self, row: dict[str, Any]) -> None:
+        """A session row was read: its durable_seq seeds what acks say."""
+        if self.replicator is not None:
+            self.replicator.remember(row["id"], row["durable_seq"])
+
+    def wait_durable(self, session_id: str, timeout_s: float) -> int:
+        """Wait (at most ``timeout_s``) until every acknowledged chunk is in the store of record."""
+        last = self.get_row(session_id)["next_seq"] - 1
+        if self.replicator is None:
+            return last
+        return self.replicator.wait_durable(session_id, last, timeout_s)
+
+    def replication_work(self) -> list[dict[str, Any]]:
+        return self.index.read(
+            lambda c: c.execute(
+                "SELECT id, state, next_seq, durable_seq, segment_plan, changed_gen, uploaded_gen FROM sessions"
+                " WHERE durable_seq < next_seq - 1 OR uploaded_gen < changed_gen ORDER BY created_at"
+            ).fetchall()
+        )
+
+    def chunks_after(self, session_id: str, seq: int) -> list[dict[str, Any]]:
+        return self.index.read(
+            lambda c: c.execute(
+                'SELECT seq, "offset", size, received_at FROM chunks WHERE session_id=? AND seq>? ORDER BY seq',
+                (session_id, seq),
+            ).fetchall()
+        )
+
+    def has_local_stream(self, session_id: str, length: int) -> bool:
+        path = self.files(session_id).stream
+        return path.exists() and path.stat().st_size >= length
+
+    def plan_segment(self, session_id: str, first: int, last: int) -> None:
+        self.index.write(
+            lambda c: c.execute("UPDATE sessions SET segment_plan=? WHERE id=?", (f"{first}-{last}", session_id))
+        )
+
+    def segment_done(self, session_id: str, first: int, last: int) -> bool:
+        return bool(
+            self.index.write(
+                lambda c: c.execute(
+                    "UPDATE sessions SET durable_seq=?, segment_plan=NULL WHERE id=? AND durable_seq=?",
+                    (last, session_id, first - 1),
+                ).rowcount
+            )
+        )
+
+    def derived_done(self, session_id: str, generation: int) -> None:
+        self.index.write(
+            lambda c: c.execute(
+                "UPDATE sessions SET uploaded_gen=? WHERE id=? AND uploaded_gen<?", (generation, session_id, generation)
+            )
+        )
+
+    def _changed(self, session_id: str) -> None:
+        """A derived file of the session changed: upload it (group-committed, not awaited)."""
+        if self.replicator is None:
+            return
+        self.index.submit(
+            lambda c: c.execute("UPDATE sessions SET changed_gen=changed_gen+1 WHERE id=?", (session_id,))
+        ).add_done_callback(lambda _: self.replicator.wake() if self.replicator else None)
+
+    def local_usage(self) -> dict[str, int]:
+        """Bytes of each session folder on the local disk."""
+        usage: dict[str, int] = {}
+        if not self.sessions_dir.is_dir():
+            return usage
+        for folder in self.sessions_dir.iterdir():
+            if folder.is_dir():
+                usage[folder.name] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        return usage
+
+    def evictable(self, session_id: str, quiet_s: float = 60.0) -> bool:
+        """Stopped, wholly in object storage, and not read here for ``quiet_s``."""
+        try:
+            row = self.get_row(session_id)
+        except UnknownSessionError:
+            return False
+        if row["state"] == "recording" or row["durable_seq"] < row["next_seq"] - 1 or row["uploaded_gen"] < row["changed_gen"]:
+            return False
+        last_read = self.replicator.last_read(session_id) if self.replicator else 0.0
+        return time.monotonic() - last_read > quiet_s
 
     def create(self, mime: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
         session_id, token = new_session_id(), secrets.token_urlsafe(24)
@@ -223,6 +455,7 @@ class SessionStore:
         row = self.get_row(session_id)
         result = summary(row, row["n_chunks"], row["n_snapshots"])
         result["finalized"] = self.is_finalized(session_id)
+        result["durable_seq"] = durable_of(row, self.objects is not None)
         return result
 
     def detail(self, session_id: str) -> dict[str, Any]:
@@ -254,6 +487,8 @@ class SessionStore:
                 (ended_by, stopped_at, session_id),
             ).rowcount
         )
+        if changed and self.replicator is not None:
+            self._changed(session_id)  # its tail and its landmarks go to object storage now
         return bool(changed)
 
     def recording_activity(self) -> dict[str, float]:
@@ -291,6 +526,7 @@ class SessionStore:
         )
 
     def reset_landmark_counts(self, session_id: str, counts: LandmarkCounts) -> None:
+        self._changed(session_id)
         self.index.write(
             lambda c: c.execute(
                 "UPDATE sessions SET landmark_frames=?, face_frames=?, skipped_frames=? WHERE id=?",
@@ -313,6 +549,10 @@ class SessionStore:
         files = self.files(session_id)
         self.index.write(lambda c: c.execute("DELETE FROM sessions WHERE id=?", (session_id,)))
         shutil.rmtree(files.root, ignore_errors=True)
+        self._present.discard(session_id)
+        if self.objects is not None and self.replicator is not None:
+            self.replicator.forget(session_id)
+            self.objects.delete_prefix(self.objects.location.session_key(session_id, ""))
 
     # -- chunks -------------------------------------------------------------------------------
     def chunk_row(self, session_id: str, seq: int) -> dict[str, Any] | None:
@@ -350,7 +590,7 @@ class SessionStore:
         ]
 
     def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
-        with open(self.files(session_id).stream, "rb") as f:
+        with open(self._local(session_id).stream, "rb") as f:
             f.seek(offset)
             data = f.read(length)
         if len(data) != length:
@@ -372,8 +612,15 @@ class SessionStore:
         reader_state = json.dumps(record.reader_state)
         state = "failed" if record.error else None
 
+        after = json.dumps({"reader_state": record.reader_state, "first_ts_ms": record.first_ts_ms,
+                            "last_ts_ms": record.last_ts_ms})  # fmt: skip
+
         def commit(conn: Connection) -> None:
-            conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            conn.execute(
+                'INSERT INTO chunks (session_id, seq, "offset", size, sha256, received_at, t_ms, units, frames_before,'
+                " frames, keyframe, after_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*row, after),
+            )
             conn.execute(
                 "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
                 " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?",
@@ -403,31 +650,38 @@ class SessionStore:
         """Read access to the acknowledged raw stream, for remuxing, rendering and batch jobs
         (picklable: worker processes read it themselves)."""
         length = self.get_row(session_id)["bytes"]
-        return LocalStream(str(self.files(session_id).stream), length)
+        return LocalStream(str(self._local(session_id).stream), length)
 
     def open_stream(self, session_id: str) -> tuple[BinaryIO, int]:
         """The raw stream opened for reading, and its acknowledged length."""
         length = self.get_row(session_id)["bytes"]
-        return open(self.files(session_id).stream, "rb"), length
+        return open(self._local(session_id).stream, "rb"), length
 
     # -- the seekable recording -----------------------------------------------------------------
     def is_finalized(self, session_id: str) -> bool:
-        return self.files(session_id).recording.exists()
+        row = self.get_row(session_id)
+        return bool(row["finalized"]) or self.files(session_id).recording.exists()  # (rows made before the flag)
+
+    def _finalized(self, session_id: str) -> None:
+        self.index.write(lambda c: c.execute("UPDATE sessions SET finalized=1 WHERE id=?", (session_id,)))
+        self._changed(session_id)
 
     @contextlib.contextmanager
     def recording_target(self, session_id: str) -> Iterator[Path]:
         """A temporary path to write the seekable recording into; it becomes the session's
         recording (atomically) when the block ends without an error."""
-        with replacing(self.files(session_id).recording) as tmp:
+        with replacing(self._local(session_id).recording) as tmp:
             yield tmp
+        self._finalized(session_id)
 
     def install_recording(self, session_id: str, path: Path) -> None:
         """Make a finished file (an import's remux, on this filesystem) the session's recording."""
         os.replace(path, self.files(session_id).recording)
+        self._finalized(session_id)
 
     def open_recording(self, session_id: str) -> tuple[BinaryIO, int] | None:
         """The finalized recording and its size, or None before it exists."""
-        path = self.files(session_id).recording
+        path = self._local(session_id).recording
         try:
             f = open(path, "rb")  # noqa: SIM115 -- the caller closes it
         except FileNotFoundError:
@@ -437,7 +691,7 @@ class SessionStore:
     # -- snapshots ------------------------------------------------------------------------------
     def add_snapshot(self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None) -> str:
         """Store a (validated) snapshot durably; returns its id."""
-        files = self.files(session_id)
+        files = self._local(session_id)
         files.snapshots.mkdir(exist_ok=True)
         counted = self.index.read(
             lambda c: c.execute("SELECT COUNT(*) AS n FROM snapshots WHERE session_id=?", (session_id,)).fetchone()
@@ -445,6 +699,7 @@ class SessionStore:
         number = counted["n"] if counted else 0
         snapshot_id = f"{number:06d}-{secrets.token_hex(3)}"
         write_new_file(files.snapshot(snapshot_id, mime), data)
+        self._changed(session_id)
         self.index.write(
             lambda c: c.execute(
                 "INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?)",
@@ -480,24 +735,25 @@ class SessionStore:
     def snapshot_file(self, session_id: str, snapshot_id: str) -> str:
         """Where a worker reads the stored image of a snapshot."""
         row = self.snapshot_row(session_id, snapshot_id)
-        return str(self.files(session_id).snapshot(snapshot_id, row["mime"]))
+        return str(self._local(session_id).snapshot(snapshot_id, row["mime"]))
 
     def open_snapshot(self, session_id: str, snapshot_id: str) -> tuple[BinaryIO, int, str]:
         """The stored image opened for reading, its size and its type."""
         row = self.snapshot_row(session_id, snapshot_id)
-        f = open(self.files(session_id).snapshot(snapshot_id, row["mime"]), "rb")  # noqa: SIM115
+        f = open(self._local(session_id).snapshot(snapshot_id, row["mime"]), "rb")  # noqa: SIM115
         return f, row["bytes"], row["mime"]
 
     def write_snapshot_landmarks(self, session_id: str, snapshot_id: str, faces: list[dict[str, Any]]) -> None:
         replace_atomically(
-            self.files(session_id).snapshot_landmarks(snapshot_id), json.dumps({"faces": faces}, allow_nan=False).encode()
+            self._local(session_id).snapshot_landmarks(snapshot_id), json.dumps({"faces": faces}, allow_nan=False).encode()
         )
+        self._changed(session_id)
 
     def snapshot_landmarks(self, session_id: str, snapshot_id: str) -> bytes | None:
         """``{"faces": [...]}`` as stored, or None while the snapshot is not analysed."""
         self.snapshot_row(session_id, snapshot_id)
         try:
-            return self.files(session_id).snapshot_landmarks(snapshot_id).read_bytes()
+            return self._local(session_id).snapshot_landmarks(snapshot_id).read_bytes()
         except FileNotFoundError:
             return None
 
@@ -516,42 +772,49 @@ class SessionStore:
         )
         return counts
 
+    def landmarks_finished(self, session_id: str) -> None:
+        """Live analysis of a stopped session wrote its last results: they may be uploaded."""
+        self._changed(session_id)
+
     def stored_landmark_frames(self, session_id: str) -> int:
         """Frames with a stored result (a torn last line, from a crash mid-append, is cut)."""
-        return count_frames(self.files(session_id).landmarks)
+        return count_frames(self._local(session_id).landmarks)
 
     def scan_landmarks(self, session_id: str, total: int) -> tuple[list[int], LandmarkCounts]:
         """Frame indices in [0, total) without a result or with a skipped one, and the counters."""
-        return scan(self.files(session_id).landmarks, total)
+        return scan(self._local(session_id).landmarks, total)
 
     def landmarks_rewrite(self, session_id: str) -> LandmarkRewrite:
         """A rewrite of some frame ranges (unopened: use ``with`` or ``.__enter__()``)."""
-        return LandmarkRewrite(self.files(session_id).landmarks)
+        return LandmarkRewrite(self._local(session_id).landmarks, on_commit=lambda: self._changed(session_id))
 
     def landmark_tail(self, session_id: str) -> LandmarkTail:
-        return LandmarkTail(self.files(session_id).landmarks)
+        return LandmarkTail(self._local(session_id).landmarks)
 
     def landmarks_json(self, session_id: str) -> bytes:
         """``{"session_id", "frames": [...]}`` in index order: the stored lines already are the
         frames' JSON, joined without re-encoding."""
         self.get_row(session_id)
-        path = self.files(session_id).landmarks
+        path = self._local(session_id).landmarks
         lines = path.read_bytes().splitlines() if path.exists() else []
         body = b",".join(line for line in lines if line.endswith(b"}"))
         return b'{"session_id":' + json.dumps(session_id).encode() + b',"frames":[' + body + b"]}"
 
     def landmarks_meta(self, session_id: str) -> dict[str, Any] | None:
-        return landmarks_meta.read(self.files(session_id).landmarks_meta)
+        return landmarks_meta.read(self._local(session_id).landmarks_meta)
 
     def start_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
         """Record how live analysis makes this session's landmarks (kept if already recorded)."""
-        landmarks_meta.write_if_absent(self.files(session_id).landmarks_meta, meta)
+        landmarks_meta.write_if_absent(self._local(session_id).landmarks_meta, meta)
+        self._changed(session_id)
 
     def write_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
-        landmarks_meta.write(self.files(session_id).landmarks_meta, meta)
+        landmarks_meta.write(self._local(session_id).landmarks_meta, meta)
+        self._changed(session_id)
 
     def update_landmarks_meta(self, session_id: str, **changes: Any) -> None:
-        landmarks_meta.update(self.files(session_id).landmarks_meta, **changes)
+        landmarks_meta.update(self._local(session_id).landmarks_meta, **changes)
+        self._changed(session_id)
 
     # -- exports --------------------------------------------------------------------------------
     @contextlib.contextmanager

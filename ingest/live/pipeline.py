@@ -252,6 +252,7 @@ class LivePipeline:
             self.metrics.landmark_lag.observe(time.monotonic() - acked)
         pipe.in_flight = False
         if seq == -1:  # flushed: the session is complete
+            await asyncio.to_thread(self.store.landmarks_finished, session_id)  # (may wait for room to commit)
             # (a pipe already closed was replaced after a worker crash: its successor finishes)
             if self._close_pipe(pipe) and pipe.skipped:
                 self.filler.request(session_id)

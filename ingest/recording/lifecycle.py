@@ -104,6 +104,8 @@ class SessionLifecycle:
             if changed:
                 await self.pipeline.finish(session_id)  # flush, then fill what has no landmarks
                 self.finalize_later(session_id)
+        if changed:  # the tail goes to object storage now: the answer says whether it got there
+            await asyncio.to_thread(self.store.wait_durable, session_id, self.settings.stop_durable_wait_s)
         summary = await asyncio.to_thread(self.store.summary, session_id)
         if changed:
             self.metrics.sessions_ended.labels(ended_by).inc()

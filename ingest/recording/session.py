@@ -148,6 +148,7 @@ class SessionRegistry:
                 f"{self.settings.max_open_sessions}; try again later"
             )
         row, token = await asyncio.to_thread(self.store.create, mime, meta)
+        self.store.remember(row)
         session = LiveSession(self.store, row, self._reader())
         self._live[session.id] = session
         return session, token
@@ -176,6 +177,7 @@ class SessionRegistry:
 
     def _load(self, session_id: str) -> LiveSession:
         row = self.store.get_row(session_id)
+        self.store.remember(row)
         init = self.store.init_segment(session_id) or b""
         state, pending = self.store.reader_state(session_id)
         if state is not None:

@@ -35,7 +35,6 @@ from ingest.server.gallery_routes import ENROLMENT
 from ingest.server.responses import errors_as_json
 from ingest.server.routes import add_routes
 from ingest.server.sio import make_socketio
-from storage.store import SessionStore
 
 log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
@@ -69,7 +68,7 @@ def build_app(settings: Settings) -> web.Application:
         await sio.emit(event, data, room=room)
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = SessionStore(settings.data_dir, settings.max_pending_writes, index=settings.index)
+        store = settings.open_store()
         for note in await asyncio.to_thread(store.open):
             log.warning("recovery: %s", note)
         metrics = Metrics()

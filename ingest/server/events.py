@@ -142,7 +142,9 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise InvalidMediaError(f"session {session.id} failed: {session.error}")
             self.context.lifecycle.hold(sid, session.id)
             log.info("session %s resumed at seq %d", session.id, session.next_seq)
-            return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq}
+            durable = self.context.store.durable_seq(session.id, session.next_seq - 1)
+            return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq,
+                    "durable_seq": durable}  # fmt: skip
 
         mime = payload.get("mime")
         if not isinstance(mime, str) or not mime or len(mime) > MAX_MIME_CHARS:
@@ -160,7 +162,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         self.context.lifecycle.hold(sid, session.id)
         log.info("session %s started (%s)", session.id, mime)
         await self.enter_room(sid, session.id)
-        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
+        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq, "durable_seq": -1}
 
     async def chunk(self, sid: str, payload: dict[str, Any]) -> Ack:
         seq = payload.get("seq")
@@ -185,7 +187,8 @@ class IngestNamespace(socketio.AsyncNamespace):
                 )
                 if not same:
                     raise ConflictError(f"seq {seq} is already stored with different bytes")
-                return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+                durable = context.store.durable_seq(session.id, session.next_seq - 1)
+                return {"ok": True, "seq": seq, "next_seq": session.next_seq, "durable_seq": durable}
             if seq > session.next_seq:
                 raise GapError(
                     f"seq {seq} is ahead of next_seq {session.next_seq}; resend from there", session.next_seq
@@ -219,7 +222,8 @@ class IngestNamespace(socketio.AsyncNamespace):
         context.metrics.chunks.inc()
         context.metrics.chunk_bytes.inc(len(data))
         context.metrics.chunk_ack.observe(time.monotonic() - received)
-        return {"ok": True, "seq": seq, "next_seq": session.next_seq}
+        durable = context.store.durable_seq(session.id, seq)
+        return {"ok": True, "seq": seq, "next_seq": session.next_seq, "durable_seq": durable}
 
     async def stop(self, sid: str, payload: dict[str, Any]) -> Ack:
         session = await self._session(sid, payload)
