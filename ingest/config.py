@@ -71,6 +71,8 @@ class Settings:
     segment_s: float = 5.0
     segment_bytes: int = 8 * 1024 * 1024
     local_cache_bytes: int = 20 * 1024 * 1024 * 1024
+    # A session read on this node this recently is not evicted (its readers keep their files).
+    evict_quiet_s: float = 60.0
     # `stop` waits at most this long for the session's tail to reach object storage, so that its
     # answer can say every chunk is durable (a store that is down: the answer says how far it got).
     stop_durable_wait_s: float = 10.0
@@ -177,7 +179,9 @@ class Settings:
         """What the store needs to use object storage (None: the data folder only)."""
         if self.store is None:
             return None
-        return ObjectStoreSettings(self.store, self.s3_endpoint, self.segment_s, self.segment_bytes, self.local_cache_bytes)
+        return ObjectStoreSettings(
+            self.store, self.s3_endpoint, self.segment_s, self.segment_bytes, self.local_cache_bytes, self.evict_quiet_s
+        )
 
     def open_store(self) -> SessionStore:
         """The session store these settings name (not opened yet)."""

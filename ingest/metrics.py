@@ -36,6 +36,10 @@ class Metrics:
             buckets=LAG_BUCKETS, registry=r,
         )  # fmt: skip
         self.worker_restarts = Counter("camingest_worker_restarts", "Analysis workers that died and were replaced", registry=r)
+        self.segment_upload = Histogram(
+            "camingest_segment_upload_seconds", "One segment's upload to object storage",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=r,
+        )  # fmt: skip
         self.sessions_ended = Counter(
             "camingest_sessions_ended", "Sessions ended, by what ended them", ["ended_by"], registry=r
         )

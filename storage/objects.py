@@ -151,3 +151,4 @@ class ObjectStoreSettings:
     segment_s: float = 5.0
     segment_bytes: int = 8 * 1024 * 1024
     local_cache_bytes: int = 20 * 1024 * 1024 * 1024
+    evict_quiet_s: float = 60.0  # a session read here this recently stays in the cache

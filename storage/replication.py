@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from storage.errors import StoreUnavailableError
@@ -45,7 +45,6 @@ class ReplicationStats:
     oldest_pending_s: float = 0.0  # how long the oldest acknowledged, not durable chunk has waited
     uploads: int = 0
     failures: int = 0
-    upload_seconds: list[float] = field(default_factory=list)  # since the last scrape
     store_ok: bool = True
 
 
@@ -65,6 +64,7 @@ class Replicator:
         self.segment_bytes = segment_bytes
         self.local_cache_bytes = local_cache_bytes
         self.on_durable = on_durable
+        self.on_upload: Callable[[float], None] | None = None  # seconds per segment PUT (metrics)
         self.stats = ReplicationStats()
         self._durable: dict[str, int] = {}  # session -> durable_seq, as last read or written
         self._wake = threading.Event()
@@ -186,7 +186,8 @@ class Replicator:
         data = self.store.read_stream(session_id, pending[0]["offset"], sum(c["size"] for c in pending))
         started = time.monotonic()
         self.objects.put(self.objects.location.session_key(session_id, segment_name(first, last)), data)
-        self.stats.upload_seconds.append(time.monotonic() - started)
+        if self.on_upload is not None:
+            self.on_upload(time.monotonic() - started)
         self.stats.uploads += 1
         if self.store.segment_done(session_id, first, last):
             self._durable[session_id] = last

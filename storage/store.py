@@ -150,6 +150,7 @@ class SessionStore:
             self.replicator = Replicator(
                 self, self.objects, objects.segment_s, objects.segment_bytes, objects.local_cache_bytes
             )
+            self.evict_quiet_s = objects.evict_quiet_s
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
@@ -417,8 +418,8 @@ class SessionStore:
                 usage[folder.name] = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         return usage
 
-    def evictable(self, session_id: str, quiet_s: float = 60.0) -> bool:
-        """Stopped, wholly in object storage, and not read here for ``quiet_s``."""
+    def evictable(self, session_id: str) -> bool:
+        """Stopped, wholly in object storage, and not read here for ``evict_quiet_s``."""
         try:
             row = self.get_row(session_id)
         except UnknownSessionError:
@@ -426,7 +427,7 @@ class SessionStore:
         if row["state"] == "recording" or row["durable_seq"] < row["next_seq"] - 1 or row["uploaded_gen"] < row["changed_gen"]:
             return False
         last_read = self.replicator.last_read(session_id) if self.replicator else 0.0
-        return time.monotonic() - last_read > quiet_s
+        return time.monotonic() - last_read > self.evict_quiet_s
 
     def create(self, mime: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
         session_id, token = new_session_id(), secrets.token_urlsafe(24)

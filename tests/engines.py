@@ -623,14 +623,24 @@ class SeaweedFS(Engine):
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
-    def delete_bucket(self, name: str) -> None:
-        """Delete every object and the bucket."""
+    def delete_bucket(self, name: str, attempts: int = 20) -> None:
+        """Delete every object and the bucket (retried for a while: a SeaweedFS just started again
+        answers InternalError until its volume server has registered)."""
+        from botocore.exceptions import ClientError
+
         client = self.client()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
-        client.delete_bucket(Bucket=name)
+        for attempt in range(attempts):
+            try:
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+                    keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                    if keys:
+                        client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+                client.delete_bucket(Bucket=name)
+                return
+            except ClientError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.5)
 
 
 def _probe_config() -> Any:

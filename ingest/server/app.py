@@ -55,6 +55,18 @@ def add_gauges(ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Ca
                   lambda: sum(1 for w in workers if w.outstanding))  # fmt: skip
     metrics.gauge("camingest_workers", "Analysis worker processes", lambda: len(workers))
     metrics.disk_gauge(settings.data_dir)
+    replicator = ctx.store.replicator
+    if replicator is not None:
+        stats = replicator.stats
+        replicator.on_upload = metrics.segment_upload.observe
+        metrics.gauge("camingest_upload_backlog_bytes", "Acknowledged bytes not yet in object storage",
+                      lambda: stats.backlog_bytes)  # fmt: skip
+        metrics.gauge("camingest_upload_backlog_sessions", "Sessions with chunks not yet in object storage",
+                      lambda: stats.backlog_sessions)  # fmt: skip
+        metrics.gauge("camingest_durable_lag_seconds", "How long the oldest acknowledged chunk not in object "
+                      "storage has waited", lambda: stats.oldest_pending_s)  # fmt: skip
+        metrics.gauge("camingest_object_store_up", "1 while object storage answers", lambda: float(stats.store_ok))
+        metrics.gauge("camingest_segment_upload_failures", "Failed passes of uploads (total)", lambda: stats.failures)
 
 
 def build_app(settings: Settings) -> web.Application:

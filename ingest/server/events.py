@@ -202,7 +202,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             except BaseException as exc:
                 # Memory may be ahead of what was committed: drop it, reload from the store.
                 context.registry.forget(session.id)
-                if isinstance(exc, OSError):
+                if isinstance(exc, OSError) and not isinstance(exc, IngestError):  # (busy errors keep their code)
                     log.error("chunk %d of %s not stored: %r", seq, session.id, exc)  # the path: for the operator
                     raise storage_error(exc, "chunk") from exc
                 raise
