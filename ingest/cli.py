@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, metavar="FILE")
     importer.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     _add_data(importer)
+    migrate = commands.add_parser("migrate", help="copy a data folder's sessions and gallery into PostgreSQL + object storage")
+    migrate.add_argument("--from", dest="source", type=Path, required=True, metavar="DATA",
+                         help="the data folder to copy (not served meanwhile)")  # fmt: skip
+    _add_data(migrate)
     gallery = commands.add_parser("gallery", help="the people faces are identified as: add, list, remove")
     actions = gallery.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="enrol a person from face photos (one face per photo)")
@@ -306,6 +310,34 @@ def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> 
     return 0
 
 
+def cmd_migrate(settings: Settings, source_dir: Path) -> int:
+    """Copy ``source_dir`` into the index and object storage the settings name (resumable)."""
+    from tqdm import tqdm
+
+    from storage.migrate import migrate, sizes
+
+    if settings.index is None or settings.store is None:
+        raise IngestError("migrate copies into PostgreSQL and object storage: give --index postgresql://... and --store s3://...")
+    if not SessionStore.found(source_dir):
+        raise IngestError(f"no camingest data in {source_dir}")
+    source = SessionStore(source_dir)
+    try:
+        source.open(recover=True)  # its lock: no server may change it meanwhile
+    except StoreBusyError:
+        raise IngestError(f"a camingest server is running on {source_dir}; stop it, then migrate") from None
+    target = settings.open_store()
+    try:
+        target.open(recover=False)
+        with tqdm(total=sizes(source), unit="B", unit_scale=True, desc="migrate") as bar:
+            report = migrate(source, target, bar.update)
+    finally:
+        target.close()
+        source.close()
+    print(f"migrated {len(report.copied)} sessions ({len(report.skipped)} already there, checked) and "
+          f"{report.people} gallery people into {settings.index.split('@')[-1]} and {settings.store}")  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -331,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_import(settings, args.file)
         if args.command == "export":
             return cmd_export(settings, args.session_id, args.out, args.overlay)
+        if args.command == "migrate":
+            return cmd_migrate(settings, args.source)
         if args.command == "gallery":
             return cmd_gallery(settings, args)
     except (IngestError, RuntimeError, OSError, ValueError) as exc:

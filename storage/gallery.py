@@ -30,6 +30,7 @@ import numpy as np
 from storage.database import Connection
 from storage.errors import IngestError
 from storage.index import Index
+from storage.objects import ObjectStore
 
 DESCRIPTOR_SIZE = 128  # dlib's ResNet face descriptor
 MAX_NAME_CHARS = 100
@@ -118,18 +119,32 @@ def _bump(conn: Connection) -> None:
 
 
 class Gallery:
-    """The gallery's rows in ``index`` and its photos in ``images`` (a folder of the data folder)."""
+    """The gallery's rows in ``index`` and its photos in ``images`` (a folder of the data folder),
+    and in object storage too when there is one (then any node can show them)."""
 
-    def __init__(self, index: Index, images: Path) -> None:
+    def __init__(self, index: Index, images: Path, objects: ObjectStore | None = None) -> None:
         self.index = index
         self.images = images
+        self.objects = objects
+
+    def _photo_key(self, file: str) -> str:
+        assert self.objects is not None
+        return f"{self.objects.location.prefix}gallery/{Path(file).name}"
+
+    def keep_photo(self, file: str, data: bytes) -> Path:
+        """Store an enrolment photo's bytes (before its row: a crash leaves a file, swept at start-up)."""
+        self.images.mkdir(parents=True, exist_ok=True)
+        path = self.images / Path(file).name
+        path.write_bytes(data)
+        if self.objects is not None:
+            self.objects.put(self._photo_key(file), data)
+        return path
 
     def add(self, name: str, photos: list[Enrolment]) -> dict[str, Any]:
         """Enrol ``photos`` of ``name`` (a new person, or more photos of the person with that
         name's key); returns the person (id, name, images)."""
         name = check_name(name)
         key = name_key(name)
-        self.images.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         rows = []
         try:
@@ -138,8 +153,7 @@ class Gallery:
                 if descriptor.shape != (DESCRIPTOR_SIZE,):
                     raise GalleryError(f"a descriptor has shape {descriptor.shape}, not ({DESCRIPTOR_SIZE},)")
                 image_id = uuid.uuid4().hex
-                path = self.images / f"{image_id}{photo.extension}"
-                path.write_bytes(photo.data)  # before its row: a crash leaves a file, swept at start-up
+                path = self.keep_photo(f"{image_id}{photo.extension}", photo.data)
                 written.append(path)
                 rows.append((image_id, path.name, photo.source[:200], ",".join(map(str, photo.box)), descriptor.tobytes()))
 
@@ -211,7 +225,11 @@ class Gallery:
     def photo_path(self, person_id: str, image_id: str) -> Path:
         for photo in self.photos(person_id):
             if photo["id"] == image_id:
-                return self.images / Path(photo["file"]).name
+                path = self.images / Path(photo["file"]).name
+                if not path.exists() and self.objects is not None:  # enrolled on another node
+                    self.images.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(self.objects.get(self._photo_key(photo["file"])))
+                return path
         raise GalleryError(f"person {person_id} has no photo {str(image_id)[:40]!r}", unknown=True)
 
     def remove(self, person_id: str) -> dict[str, Any]:
@@ -230,6 +248,8 @@ class Gallery:
         files = self.index.write(delete)
         for file in files:
             (self.images / Path(file).name).unlink(missing_ok=True)
+            if self.objects is not None:
+                self.objects.delete_prefix(self._photo_key(file))
         return {**person, "images_removed": len(files)}
 
     def matrix(self) -> GalleryMatrix:

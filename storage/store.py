@@ -142,7 +142,6 @@ class SessionStore:
         self.sessions_dir = self.data_dir / "sessions"
         self.database = open_database(index, self.data_dir, INDEX_FILE)
         self.index = Index(self.database, max_pending=max_pending_writes)
-        self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images")
         self.objects: ObjectStore | None = None
         self.replicator: Replicator | None = None
         if objects is not None:
@@ -151,6 +150,7 @@ class SessionStore:
                 self, self.objects, objects.segment_s, objects.segment_bytes, objects.local_cache_bytes
             )
             self.evict_quiet_s = objects.evict_quiet_s
+        self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images", self.objects)
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None

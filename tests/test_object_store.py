@@ -310,3 +310,86 @@ def test_evicted_sessions_are_read_back_from_object_storage(postgres, s3, tmp_pa
     finally:
         server.stop()
     assert "fetched from object storage" in server.log.read_text()
+
+
+def test_migrate_a_data_folder(postgres, s3, tmp_path, clip):
+    """A data folder with 5 sessions (one still recording, one with snapshots, one imported) and a
+    gallery person, migrated into PostgreSQL + object storage: listings, bytes and landmarks are
+    equal before and after; a second run copies nothing again."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import IMAGES, ROOT
+
+    source = tmp_path / "source"
+    server = ServerProcess(source).start()
+    names = ["webcam_vp8_opus_250ms", "webcam_vp8_kf1s_250ms", "webcam_h264_250ms"]
+
+    async def fill_source() -> list[str]:
+        async with Client(server.url) as client:
+            ids = []
+            for name in names:
+                recording = load_recording(name)
+                session = await client.start(recording.meta["mime"])
+                await client.send_all(session, recording.chunks)
+                for path in recording.snapshots[:2]:
+                    ack = await client.call("snapshot", {**session_ids(session), "mime": mime(path), "data": path.read_bytes()})
+                    assert ack["ok"], ack
+                await client.stop(session)
+                ids.append(session["session_id"])
+            recording = load_recording("webcam_vp9_opus_250ms")
+            still = await client.start(recording.meta["mime"])  # left recording
+            await client.send_all(still, recording.chunks[:5])
+            ids.append(still["session_id"])
+        for sid in ids[:3]:
+            await wait_for_summary(f"{server.url}/api/sessions/{sid}",
+                                   lambda s: s["finalized"] and "fill" not in s and s["skipped_frames"] == 0, "done")  # fmt: skip
+        return ids
+
+    ids = run(fill_source())
+    server.stop()
+    env = {**os.environ, **s3.env, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "ingest.cli"]
+    imported = subprocess.run([*base, "import", str(clip), "--data", str(source)], capture_output=True, text=True,
+                              env=env, cwd=ROOT, timeout=600)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    added = subprocess.run([*base, "gallery", "add", "Obama", str(IMAGES / "obama.jpg"), "--data", str(source)],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+    def snapshot_of(url: str) -> dict[str, Any]:
+        async def read() -> dict[str, Any]:
+            _, listing = await http_json(f"{url}/api/sessions")
+            out: dict[str, Any] = {"sessions": [{k: v for k, v in s.items() if k != "durable_seq"} for s in listing["sessions"]]}
+            for s in listing["sessions"]:
+                base_url = f"{url}/api/sessions/{s['id']}"
+                out[s["id"]] = [(await http_get(base_url + path))[1] for path in ("/raw.webm", "/landmarks")]
+                _, detail = await http_json(base_url)
+                for snap in detail["snapshots"]:
+                    out[s["id"]].append((await http_get(f"{base_url}/snapshots/{snap['snapshot_id']}"))[1])
+            out["gallery"] = [(p["name"], p["images"]) for p in (await http_json(f"{url}/api/gallery"))[1]["people"]]
+            return out
+
+        return run(read())
+
+    before_server = ServerProcess(source, "--no-analysis").start()
+    before = snapshot_of(before_server.url)
+    before_server.stop()
+    assert len(before["sessions"]) == 5 and before["gallery"] == [("Obama", 1)]
+
+    command = [*base, "migrate", "--from", str(source), "--index", postgres.dsn, "--store", s3.store_url,
+               "--s3-endpoint", s3.endpoint, "--data", str(tmp_path / "target")]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("migrated 5 sessions (0 already there, checked) and 1 gallery people"), first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert again.stdout.startswith("migrated 0 sessions (5 already there, checked)"), again.stdout
+
+    target = engine_server(tmp_path, postgres, s3, "--no-analysis", data=tmp_path / "fresh")
+    try:
+        after = snapshot_of(target.url)
+    finally:
+        target.stop()
+    assert after == before
+    assert sorted(joined_segments(s3, sid) == before[sid][0] for sid in ids) == [True] * 4
