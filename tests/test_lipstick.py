@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
@@ -201,6 +202,9 @@ def test_a_face_comes_back_with_its_lips_recoloured_and_is_stored(tryon_server):
                                          "the session ended with its connection")  # fmt: skip
         assert summary["ended_by"] == "client" and summary["meta"] == {"client": "classic-images"}
         assert summary["chunks"] == 0 and len(summary["snapshots"]) == 1
+        async with aiohttp.ClientSession() as http, http.delete(f"{url}/api/sessions/{session_id}") as response:
+            assert response.status == 200, await response.text()
+        assert session_id not in await image_sessions(url)
 
     run(scenario())
 
@@ -402,3 +406,14 @@ def test_the_lipstick_tutorials_page_works_unchanged(server_factory, browser, tm
     summary = page_summary(base, lambda s: s["state"] == "stopped")
     assert summary["ended_by"] == "client" and summary["meta"] == {"client": "classic-images"}
     assert len(summary["snapshots"]) >= answered
+    with_face = sum(1 for snap in summary["snapshots"]
+                    if get_json(f"{base}/snapshots/{snap['snapshot_id']}/landmarks")["faces"])  # fmt: skip
+
+    # on the sessions page: its images, each with the faces stored with it
+    sessions = browser.new_page()
+    sessions.goto(f"{server.url}/sessions?id={listed['id']}")
+    page_wait(sessions, f"""() => window.camingestSessions.selected === "{listed['id']}" &&
+        [...document.querySelectorAll("#gallery figcaption")].filter(c => c.textContent).length === {len(summary["snapshots"])}""")
+    captions = sessions.evaluate("() => [...document.querySelectorAll('#gallery figcaption')].map(c => c.textContent)")
+    sessions.screenshot(path=str(ARTIFACTS / "lipstick-sessions-page.png"), full_page=True)
+    assert sum(1 for c in captions if c.startswith("1 face")) == with_face > 0

@@ -61,14 +61,8 @@ class SnapshotService:
         faces: list[dict[str, Any]],
     ) -> str:  # fmt: skip
         """Store a validated image whose faces are already known (a try-on page's image, found by
-        the worker that recoloured it), with its landmarks; its id."""
-
-        def write() -> str:
-            snapshot_id = self.store.add_snapshot(session_id, mime, width, height, data, t_ms)
-            self.store.write_snapshot_landmarks(session_id, snapshot_id, faces)
-            return snapshot_id
-
-        return await asyncio.to_thread(write)
+        the worker that recoloured it), listed with its landmarks; its id."""
+        return await asyncio.to_thread(self.store.add_snapshot, session_id, mime, width, height, data, t_ms, faces)
 
     async def _analyse(self, session_id: str, snapshot_id: str) -> None:
         assert self.analyse is not None
