@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import os
 import re
+import signal
 import struct
 import zlib
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from tests.conftest import ARTIFACTS, CHROMIUM, IMAGES, ServerProcess
 from tests.pages import fetch, get_json
 from tests.pages import wait_for_summary as page_summary
 from tests.pages import wait_until as page_wait
+from tests.test_crash import worker_pids
 
 PAGES = Path(__file__).parent / "pages"
 OBAMA = (IMAGES / "obama.jpg").read_bytes()
@@ -339,6 +342,32 @@ def test_without_analysis_the_page_is_told_once(ingest_server):
         }]  # fmt: skip
 
     run(scenario())
+
+
+def test_a_worker_killed_mid_image_is_said_and_the_next_image_answered(server_factory):
+    server = server_factory(env={"CAMINGEST_WORKERS": "1"})
+    assert server.proc is not None
+    (worker,) = worker_pids(server.proc.pid)
+    image = cv2.resize(decode(OBAMA), (6000, 6000), interpolation=cv2.INTER_LINEAR)  # ~1 s of the worker
+    big = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])[1].tobytes()
+
+    async def scenario() -> None:
+        async with TryOn(server.url) as client:
+            await client.sio.emit("image", data_url(big))
+
+            async def in_hand() -> bool:
+                return await metric(server.url, "camingest_workers_busy") == 1
+
+            await wait_until(in_hand, "the big image in the worker's hands")
+            os.kill(worker, signal.SIGKILL)
+            await client.erred(1, "the crash said to the page")
+            await client.sio.emit("image", data_url(obama_at(320)))
+            await client.answered(1, "the next image answered by the new worker")
+        assert client.errors == [{"session_id": None, "code": "internal", "message": "the analysis worker crashed"}]
+        assert decode_url(client.answers[0]).shape[1] == 320
+
+    run(scenario())
+    assert len(worker_pids(server.proc.pid)) == 1 and worker not in worker_pids(server.proc.pid)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
