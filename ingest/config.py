@@ -39,6 +39,14 @@ class Settings:
     # nothing else in hand (live frames first). Beyond: the snapshot is stored, its analysis
     # answered with `busy`.
     max_snapshot_queue: int = 16
+    # The lipstick try-on tutorial's pages (`image` data URLs, ingest/server/classic_images.py):
+    # images one connection's session stores (each with its faces); past it the images are still
+    # recoloured and answered, not stored (said once, as session_error `busy`). 1,800 = 5 min at
+    # the page's 6 frames/s, ~55 MB of its JPEGs.
+    max_classic_images: int = 1800
+    # HOG upsampling for those images (a full detection on every frame, ~16 ms at 640x480 with 0):
+    # 0 finds faces from ~80 px (a person in front of a webcam), 1 from ~40 px at ~3x the cost.
+    classic_image_upsample: int = 0
     # Bytes of incomplete elements (a frame split across blobs) the readers of all open sessions
     # may hold together; each holds at most max_element_bytes. A chunk that could pass it: busy.
     max_held_bytes: int = 512 * 1024 * 1024
@@ -174,6 +182,10 @@ class Settings:
             raise ValueError(f"descriptor_engine is {self.descriptor_engine!r}; allowed: {', '.join(DESCRIPTOR_ENGINES)}")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
+        if self.classic_image_upsample not in (0, 1, 2):
+            raise ValueError(f"classic_image_upsample is {self.classic_image_upsample}; allowed: 0, 1, 2")
+        if self.max_classic_images < 0:
+            raise ValueError(f"max_classic_images is {self.max_classic_images}; allowed: 0 (store none) or more")
 
     def object_store(self) -> ObjectStoreSettings | None:
         """What the store needs to use object storage (None: the data folder only)."""

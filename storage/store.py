@@ -690,8 +690,12 @@ class SessionStore:
         return f, os.fstat(f.fileno()).st_size
 
     # -- snapshots ------------------------------------------------------------------------------
-    def add_snapshot(self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None) -> str:
-        """Store a (validated) snapshot durably; returns its id."""
+    def add_snapshot(
+        self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None,
+        faces: list[dict[str, Any]] | None = None,
+    ) -> str:  # fmt: skip
+        """Store a (validated) snapshot durably; returns its id. With ``faces`` (already found)
+        its landmarks are written too, before the snapshot is listed."""
         files = self._local(session_id)
         files.snapshots.mkdir(exist_ok=True)
         counted = self.index.read(
@@ -701,6 +705,8 @@ class SessionStore:
         snapshot_id = f"{number:06d}-{secrets.token_hex(3)}"
         write_new_file(files.snapshot(snapshot_id, mime), data)
         self._changed(session_id)
+        if faces is not None:
+            self.write_snapshot_landmarks(session_id, snapshot_id, faces)
         self.index.write(
             lambda c: c.execute(
                 "INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?)",

@@ -40,7 +40,9 @@ log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
 
 
-def add_gauges(ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Callable[[], int]) -> None:
+def add_gauges(
+    ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Callable[[], int], images_waiting: Callable[[], int]
+) -> None:
     """Gauges read when /metrics is scraped: nothing is counted on the hot paths for them."""
     metrics, settings = ctx.metrics, ctx.settings
     metrics.gauge("camingest_sessions_recording", "Sessions recording in this process", lambda: len(ctx.registry))
@@ -51,6 +53,8 @@ def add_gauges(ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Ca
     metrics.gauge("camingest_held_bytes", "Incomplete frames held back by the sessions' readers",
                   lambda: ctx.registry.held_total)  # fmt: skip
     metrics.gauge("camingest_snapshot_queue", "Snapshots waiting for analysis", snapshots_waiting)
+    metrics.gauge("camingest_classic_frames_waiting", "Try-on images waiting for a worker (one per connection at most)",
+                  images_waiting)  # fmt: skip
     metrics.gauge("camingest_workers_busy", "Analysis workers with work in hand",
                   lambda: sum(1 for w in workers if w.outstanding))  # fmt: skip
     metrics.gauge("camingest_workers", "Analysis worker processes", lambda: len(workers))
@@ -88,12 +92,15 @@ def build_app(settings: Settings) -> web.Application:
         pipeline: AnalysisSink
         workers: Sequence[Any] = []
         snapshots_waiting: Callable[[], int] = lambda: 0  # noqa: E731
+        images_waiting: Callable[[], int] = lambda: 0  # noqa: E731
         analyse = None
+        tryon = None
         if settings.analysis:
             from ingest.live.pipeline import LivePipeline  # imports PyAV and starts worker processes
 
             live = LivePipeline(settings, store, metrics, emit, registry.mark_failed)
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
+            tryon, images_waiting = live.tryon, live.tryon.waiting
         else:
             pipeline = NoAnalysis()
         ctx = ServerContext(
@@ -111,8 +118,9 @@ def build_app(settings: Settings) -> web.Application:
             lifecycle=SessionLifecycle(settings, store, registry, pipeline, metrics),
             metrics=metrics,
             exports=ExportJobs(store),
+            tryon=tryon,
         )
-        add_gauges(ctx, workers, snapshots_waiting)
+        add_gauges(ctx, workers, snapshots_waiting, images_waiting)
         app[CONTEXT] = ctx
         enrolment = EnrolmentService(settings, store.gallery, pipeline.gallery_changed)
         app[ENROLMENT] = enrolment
