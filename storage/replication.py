@@ -22,18 +22,32 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from storage.errors import StoreUnavailableError
+from storage.files import SessionFiles
 from storage.objects import ObjectStore, segment_name
-
-if TYPE_CHECKING:
-    from storage.store import SessionStore
 
 log = logging.getLogger("camingest.storage")
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 30.0
 IDLE_WAIT_S = 1.0  # how long the thread sleeps with nothing due (a chunk commit wakes it)
 DERIVED = ("recording.webm", "landmarks.jsonl", "landmarks.meta.json")
+
+
+class ReplicatedStore(Protocol):
+    """What the replicator needs of the session store (storage/store.py), which owns it."""
+
+    def replication_work(self) -> list[dict[str, Any]]: ...
+    def chunks_after(self, session_id: str, seq: int) -> list[dict[str, Any]]: ...
+    def plan_segment(self, session_id: str, first: int, last: int) -> None: ...
+    def has_local_stream(self, session_id: str, length: int) -> bool: ...
+    def read_stream(self, session_id: str, offset: int, length: int) -> bytes: ...
+    def segment_done(self, session_id: str, first: int, last: int) -> bool: ...
+    def files(self, session_id: str) -> SessionFiles: ...
+    def derived_done(self, session_id: str, generation: int) -> None: ...
+    def local_usage(self) -> dict[str, int]: ...
+    def evictable(self, session_id: str) -> bool: ...
+    def evict(self, session_id: str) -> None: ...
 
 
 @dataclass
@@ -51,7 +65,7 @@ class ReplicationStats:
 class Replicator:
     def __init__(
         self,
-        store: SessionStore,
+        store: ReplicatedStore,
         objects: ObjectStore,
         segment_s: float,
         segment_bytes: int,
