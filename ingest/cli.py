@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -44,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's private key (PEM)")
     serve.add_argument("--pages", default=None, metavar="DIR",
                        help="serve your own pages from DIR at /pages/ (same origin: their io() reaches camingest)")
+    serve.add_argument("--redis", default=None, metavar="URL",
+                       help="join a cluster of nodes over this Redis (redis://HOST:PORT/0; needs --index and --store)")
+    serve.add_argument("--node-id", default=None, metavar="ID", help="this node's name in the cluster (default: host-pid)")
+    serve.add_argument("--node-url", default=None, metavar="URL", help="this node's own address, for the other nodes")
     _add_data(serve)
+
+    nodes = commands.add_parser("nodes", help="the nodes of a cluster, with their sessions, workers and load")
+    nodes.add_argument("--redis", default=None, metavar="URL", help="the cluster's Redis ($CAMINGEST_REDIS)")
 
     sessions = commands.add_parser("sessions", help="list stored sessions")
     _add_data(sessions)
@@ -157,6 +165,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         index=getattr(args, "index", None),
         store=getattr(args, "store", None),
         s3_endpoint=getattr(args, "s3_endpoint", None),
+        redis=getattr(args, "redis", None) if args.command == "serve" else None,
+        node_id=getattr(args, "node_id", None),
+        node_url=getattr(args, "node_url", None),
     )
 
 
@@ -310,6 +321,28 @@ def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> 
     return 0
 
 
+def cmd_nodes(redis_url: str | None) -> int:
+    """List the nodes of the cluster whose Redis is ``redis_url``."""
+    import redis
+
+    url = redis_url or os.environ.get("CAMINGEST_REDIS")
+    if not url:
+        raise IngestError("name the cluster's Redis: --redis redis://HOST:PORT/0 (or CAMINGEST_REDIS)")
+    from ingest.server.cluster import KEY
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True)
+        entries = [json.loads(raw) for key in client.scan_iter(KEY + "*") if (raw := client.get(key))]
+    except redis.RedisError as exc:
+        raise IngestError(f"cannot reach Redis at {url} ({exc})") from None
+    print(f"{'node':<32} {'url':<28} {'sessions':>8} {'workers':>7} {'busy':>4} {'load':>5} version")
+    for entry in sorted(entries, key=lambda e: e["id"]):
+        print(f"{entry['id']:<32} {entry.get('url', ''):<28} {entry.get('sessions', 0):>8} {entry.get('workers', 0):>7} "
+              f"{entry.get('busy_workers', 0):>4} {entry.get('load', 0):>5.2f} {entry.get('version', '')}")  # fmt: skip
+    print(f"{len(entries)} node(s)")
+    return 0
+
+
 def cmd_migrate(settings: Settings, source_dir: Path) -> int:
     """Copy ``source_dir`` into the index and object storage the settings name (resumable)."""
     from tqdm import tqdm
@@ -363,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_import(settings, args.file)
         if args.command == "export":
             return cmd_export(settings, args.session_id, args.out, args.overlay)
+        if args.command == "nodes":
+            return cmd_nodes(args.redis)
         if args.command == "migrate":
             return cmd_migrate(settings, args.source)
         if args.command == "gallery":

@@ -7,9 +7,12 @@ stream as chunks, resume after a lost connection or a server restart, receive la
         summary = await session.stop()
         frames = await session.landmarks(summary["frames"])   # every frame's landmarks, by index
 
-Each chunk is sent with its seq and kept until the server's ack says it is stored
-(PROTOCOL.md); ``gap`` resends from the server's ``next_seq``; a lost connection (or an ack that
-does not come) waits for python-socketio's reconnect, resumes the session and resends the rest.
+Each chunk is sent with its seq and kept until the server's ``durable_seq`` covers it (in the
+store of record: object storage behind a cluster, else the server's disk, then at its ack), at
+most ``max_unreplicated_bytes`` of them (past it ``send`` waits); ``gap`` resends from the
+server's ``next_seq``; a lost connection (or an ack that does not come) waits for python-socketio's
+reconnect, resumes the session (maybe on another node) and resends from the ``next_seq`` the
+resume answers, from memory.
 Refusals (``too_large``, ``unsupported``, ...) raise :class:`CamingestError` with the server's
 code and message. Needs ``python-socketio[asyncio_client]`` (aiohttp is already a dependency).
 """
@@ -55,8 +58,12 @@ class CamingestClient:
         ack_timeout: float = 30.0,
         reconnect: bool = True,
         retry_for: float = 300.0,
+        max_unreplicated_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.url = url
+        # acknowledged chunks kept until durable_seq covers them (a node lost with its disk
+        # answers a resume with an earlier next_seq: they are resent from here)
+        self.max_unreplicated_bytes = max_unreplicated_bytes
         self.token = token
         self.ack_timeout = ack_timeout
         self.retry_for = retry_for  # how long a chunk may wait for a lost server before failing
@@ -144,20 +151,53 @@ class Session:
         self.snapshot_faces: dict[str, list[dict[str, Any]]] = {}
         self.errors: list[dict[str, Any]] = []
         self.filled: dict[str, Any] | None = None
+        self.durable_seq = next_seq - 1 if next_seq else -1
+        self.unreplicated: dict[int, tuple[bytes, float | None]] = {}  # acked, not yet durable
+        self.waits_for_durable = 0  # how often send() waited for durable_seq (max_unreplicated_bytes)
         self._changed = asyncio.Event()
 
     @property
     def ids(self) -> dict[str, str]:
         return {"session_id": self.session_id, "token": self.token}
 
+    @property
+    def unreplicated_bytes(self) -> int:
+        return sum(len(data) for data, _ in self.unreplicated.values())
+
     async def send(self, data: bytes, t_ms: float | None = None) -> dict[str, Any]:
-        """Send the next chunk and return its ack once stored; retried across reconnects."""
-        payload: dict[str, Any] = {**self.ids, "seq": self.next_seq, "data": data}
+        """Send the next chunk and return its ack once stored; retried across reconnects. Waits
+        first while ``max_unreplicated_bytes`` wait for the store of record."""
+        if self.unreplicated and self.unreplicated_bytes + len(data) > self.client.max_unreplicated_bytes:
+            await self._wait_durable()
+        seq = self.next_seq
+        payload: dict[str, Any] = {**self.ids, "seq": seq, "data": data}
         if t_ms is not None:
             payload["t_ms"] = t_ms
+        self.unreplicated[seq] = (data, t_ms)
         ack = await self._call_retrying("chunk", payload)
         self.next_seq = max(self.next_seq, ack["next_seq"])
+        self._durable(ack.get("durable_seq", seq))
         return ack
+
+    def _durable(self, durable_seq: int) -> None:
+        """The server has everything through ``durable_seq`` in its store of record."""
+        self.durable_seq = max(self.durable_seq, durable_seq)
+        for seq in [s for s in self.unreplicated if s <= self.durable_seq]:
+            del self.unreplicated[seq]
+
+    async def _wait_durable(self, timeout: float = 300.0) -> None:
+        """Ask (``status``) until some of what is kept is durable: the server's store is slow
+        or away, and the client keeps at most ``max_unreplicated_bytes``."""
+        self.waits_for_durable += 1
+        deadline = asyncio.get_running_loop().time() + timeout
+        pause = 0.1
+        while self.unreplicated and self.unreplicated_bytes >= self.client.max_unreplicated_bytes:
+            ack = await self._call_retrying("status", self.ids)
+            self._durable(ack["durable_seq"])
+            if asyncio.get_running_loop().time() > deadline:
+                raise CamingestError("timeout", f"the server made nothing durable for {timeout:g} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     async def send_stream(self, source: AsyncIterable[bytes] | Iterable[bytes]) -> int:
         """Send every piece of ``source`` (a live byte stream: bytes objects as they come) as the
@@ -192,9 +232,11 @@ class Session:
         return (await self._call_retrying("snapshot", payload))["snapshot_id"]
 
     async def stop(self) -> dict[str, Any]:
-        """End the session; returns its summary."""
+        """End the session; returns its summary (its ``durable_seq`` says how much of it the
+        store of record holds)."""
         ack = await self._call_retrying("stop", self.ids)
         self.stopped = True
+        self._durable(ack["session"].get("durable_seq", self.next_seq - 1))
         return ack["session"]
 
     async def landmarks(self, frames: int, timeout: float = 120.0) -> list[dict[str, Any]]:
@@ -244,6 +286,11 @@ class Session:
             except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
                 ack = {"ok": False, "error": {"code": "timeout", "message": "no answer from the server"}}
                 self.resume_needed = True
+            except CamingestError as exc:  # the resume (or a resend in it) was refused
+                if exc.code not in RETRYABLE:
+                    raise
+                ack = {"ok": False, "error": {"code": exc.code, "message": exc.message}}
+                self.resume_needed = True
             if ack["ok"]:
                 return ack
             code, message = ack["error"]["code"], ack["error"]["message"]
@@ -261,4 +308,20 @@ class Session:
         if not ack["ok"]:
             raise CamingestError(ack["error"]["code"], ack["error"]["message"])
         self.resume_needed = False
-        self.next_seq = ack["next_seq"]
+        sent, self.next_seq = self.next_seq, ack["next_seq"]
+        self._durable(ack.get("durable_seq", ack["next_seq"] - 1))
+        # a server that lost what it acked (a node gone with its disk) restarts from durable_seq:
+        # what it lost is resent from memory, in order, before anything new
+        for seq in range(ack["next_seq"], sent):
+            if seq not in self.unreplicated:
+                break  # the chunk being sent now (or a stream restarted by the caller)
+            data, t_ms = self.unreplicated[seq]
+            payload: dict[str, Any] = {**self.ids, "seq": seq, "data": data}
+            if t_ms is not None:
+                payload["t_ms"] = t_ms
+            resent = await self.client.call("chunk", payload)
+            if not resent["ok"]:
+                self.resume_needed = True
+                raise CamingestError(resent["error"]["code"], resent["error"]["message"])
+            self.next_seq = resent["next_seq"]
+            self._durable(resent.get("durable_seq", seq))

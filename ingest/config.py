@@ -84,6 +84,20 @@ class Settings:
     # `stop` waits at most this long for the session's tail to reach object storage, so that its
     # answer can say every chunk is durable (a store that is down: the answer says how far it got).
     stop_durable_wait_s: float = 10.0
+    # Several nodes, one service: Socket.IO over this Redis (python-socketio's AsyncRedisManager),
+    # a node registry and hand-over messages (`--redis`, CAMINGEST_REDIS). Needs `index`
+    # (PostgreSQL) and `store` (object storage): every node reads every session.
+    redis: str | None = None
+    # This node's name among them (unset: host-pid-random), and the address peers and the
+    # operator see for it (unset: http://HOST:PORT as it listens).
+    node_id: str | None = None
+    node_url: str | None = None
+    # A node owns a recording session by a lease of this many seconds, renewed every third of it:
+    # a dead node's sessions continue elsewhere after at most this long.
+    lease_s: float = 10.0
+    # Events to the pages waiting to be sent (landmarks, errors): beyond, dropped and counted, so
+    # that a Redis that hangs delays nothing else.
+    max_queued_emits: int = 10_000
     # Your own pages (e.g. one written for the Node tutorials), served at /pages/ from this folder:
     # same origin as camingest, so their `io()` and `/socket.io/socket.io.js` work unchanged.
     pages_dir: str | None = None
@@ -176,6 +190,13 @@ class Settings:
             )
         if self.pages_dir is not None and not Path(self.pages_dir).is_dir():
             raise ValueError(f"the pages folder {self.pages_dir} does not exist (--pages / CAMINGEST_PAGES_DIR)")
+        if self.redis is not None and (self.store is None or not (self.index or "").startswith(("postgresql://", "postgres://"))):
+            raise ValueError(
+                "--redis joins a cluster of nodes, which share one index and one object store: "
+                "give --index postgresql://... and --store s3://... as well"
+            )
+        if self.lease_s < 1:
+            raise ValueError(f"lease_s is {self.lease_s:g}; allowed: at least 1 (seconds)")
         if self.store is not None and not self.store.startswith("s3://"):
             raise ValueError(f"--store {self.store!r} is not s3://BUCKET/PREFIX (CAMINGEST_STORE)")
         if self.descriptor_engine not in DESCRIPTOR_ENGINES:

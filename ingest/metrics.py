@@ -20,9 +20,15 @@ LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node: str | None = None) -> None:
+        """``node``: this node's id, a label on every sample (several nodes behind one address)."""
+        self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.emits_dropped = Counter(
+            "camingest_emits_dropped", "Events to pages dropped (the send queue full, or the transport failed)",
+            registry=r,
+        )  # fmt: skip
         self.chunks = Counter("camingest_chunks", "Chunks stored and acknowledged", registry=r)
         self.chunk_bytes = Counter("camingest_chunk_bytes", "Bytes of chunks stored and acknowledged", registry=r)
         self.chunk_ack = Histogram(
@@ -67,4 +73,18 @@ class Metrics:
                    lambda: float(shutil.disk_usage(data_dir).free))  # fmt: skip
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        text = generate_latest(self.registry)
+        if self.node is None:
+            return text
+        label = f'node="{self.node}"'.encode()
+        lines = []
+        for line in text.split(b"\n"):
+            if line and not line.startswith(b"#"):
+                name, _, rest = line.partition(b" ")
+                if name.endswith(b"}"):
+                    name = name[:-1] + b"," + label + b"}"
+                else:
+                    name += b"{" + label + b"}"
+                line = name + b" " + rest
+            lines.append(line)
+        return b"\n".join(lines)

@@ -86,6 +86,7 @@ class Replicator:
         self._thread: threading.Thread | None = None
         self._backoff = 0.0
         self._accessed: dict[str, float] = {}  # session -> last read here (eviction order)
+        self._urgent: set[str] = set()  # sessions being handed over: everything up now
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -118,6 +119,14 @@ class Replicator:
     def forget(self, session_id: str) -> None:
         self._durable.pop(session_id, None)
         self._accessed.pop(session_id, None)
+
+    def hurry(self, session_id: str) -> None:
+        """Upload everything of the session now (a hand-over), recording or not."""
+        self._urgent.add(session_id)
+        self.wake()
+
+    def calm(self, session_id: str) -> None:
+        self._urgent.discard(session_id)
 
     def wait_durable(self, session_id: str, seq: int, timeout_s: float) -> int:
         """Wait until ``seq`` is in object storage (at most ``timeout_s``); the durable_seq then."""
@@ -167,12 +176,12 @@ class Replicator:
                 backlog, sessions = backlog + size, sessions + 1
                 age = now - pending[0]["received_at"]
                 oldest = max(oldest, age)
-                finished = row["state"] != "recording"
+                finished = row["state"] != "recording" or session_id in self._urgent
                 if finished or age >= self.segment_s or size >= self.segment_bytes or row["segment_plan"]:
                     self._upload_segment(row, pending)
                 else:
                     wait = min(wait, self.segment_s - age)
-            if row["uploaded_gen"] < row["changed_gen"] and row["state"] != "recording":
+            if row["uploaded_gen"] < row["changed_gen"] and (row["state"] != "recording" or session_id in self._urgent):
                 self._upload_derived(session_id, row["changed_gen"])
         self.stats.backlog_bytes, self.stats.backlog_sessions, self.stats.oldest_pending_s = backlog, sessions, oldest
         self._evict()
@@ -183,8 +192,12 @@ class Replicator:
         plan = row["segment_plan"]
         if plan:  # an upload a crash interrupted: the same chunks, the same key
             first, last = (int(part) for part in plan.split("-"))
-            pending = [c for c in pending if first <= c["seq"] <= last]
-        else:
+            planned = [c for c in pending if first <= c["seq"] <= last]
+            if planned and planned[0]["seq"] == first and planned[-1]["seq"] == last:
+                pending = planned
+            else:  # a plan that no longer fits (the session was cut back): plan again
+                plan = None
+        if not plan:
             taken: list[dict[str, Any]] = []
             size = 0
             for chunk in pending:

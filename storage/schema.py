@@ -152,6 +152,23 @@ MIGRATIONS = (
               }), _add_columns("chunks", {
                   "after_state": "TEXT",  # JSON: the session's reader state and timestamps after this chunk
               }))),
+    Migration(6, "leases: one owner per session across nodes, and their history", (
+        """CREATE TABLE IF NOT EXISTS leases (
+            session_id    TEXT PRIMARY KEY,            -- not a foreign key: a lease may outlive a deleted session
+            node          TEXT NOT NULL,
+            expires_at    {REAL} NOT NULL,             -- seconds since the epoch, by the index's clock
+            epoch         {INT} NOT NULL               -- +1 at every change of owner
+        )""",
+        """CREATE TABLE IF NOT EXISTS lease_history (
+            session_id    TEXT NOT NULL,
+            node          TEXT NOT NULL,
+            epoch         {INT} NOT NULL,
+            what          TEXT NOT NULL,               -- acquired | released | lost
+            at            {REAL} NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS lease_history_by_session ON lease_history (session_id, at)",
+        "CREATE INDEX IF NOT EXISTS leases_by_node ON leases (node, expires_at)",
+    )),
 )  # fmt: skip
 LATEST = MIGRATIONS[-1].version
 

@@ -47,6 +47,8 @@ from storage.files import (
 from storage.gallery import Gallery, import_legacy
 from storage.index import Index
 from storage.landmarks import LandmarkCounts, LandmarkRewrite, LandmarkTail, append_frames, count_frames, scan
+from storage.leases import Lease, LeaseLostError, Leases
+from storage.leases import check_sql as lease_check_sql
 from storage.objects import ObjectStore, ObjectStoreSettings, StoreLocation
 from storage.records import ChunkRecord, decode_runs, encode_runs
 from storage.replication import DERIVED, Replicator
@@ -151,6 +153,8 @@ class SessionStore:
             )
             self.evict_quiet_s = objects.evict_quiet_s
         self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images", self.objects)
+        self.leases = Leases(self.index)
+        self.node: str | None = None  # several nodes: this one's id (it replicates what it owns)
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
@@ -163,7 +167,7 @@ class SessionStore:
         return database.dialect != "sqlite" or Path(getattr(database, "path", "")).exists()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def open(self, recover: bool = True) -> list[str]:
+    def open(self, recover: bool = True, cluster: bool = False) -> list[str]:
         """Open the index. With ``recover`` (the server: it takes the data folder's lock first,
         as repairs must not race a running server) also repair what a crash may have left;
         returns one line per repair."""
@@ -183,7 +187,7 @@ class SessionStore:
         if imported:
             notes.append(f"the gallery's {imported} people moved into the index")
         if recover:
-            notes += self.recover()
+            notes += self.recover(cluster)
             if self.replicator is not None:  # the server: it uploads (a command only reads)
                 self.replicator.start()
         return notes
@@ -196,7 +200,7 @@ class SessionStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def recover(self) -> list[str]:
+    def recover(self, cluster: bool = False) -> list[str]:
         """Trim raw streams to the indexed length (bytes of a chunk that was written but never
         committed, so never acked), fail sessions whose file lost acked bytes, and remove what
         unfinished uploads and imports left (never acknowledged: nothing is lost)."""
@@ -215,6 +219,8 @@ class SessionStore:
                     f.truncate(row["bytes"])
                     os.fsync(f.fileno())
                 notes.append(f"{row['id']}: trimmed {size - row['bytes']} unacknowledged bytes")
+            elif size < row["bytes"] and cluster:
+                continue  # maybe another node's session: its next owner makes its copy whole (adopt)
             elif size < row["bytes"] and self.objects is not None:
                 notes += self._restore_from_objects(row["id"])
             elif size < row["bytes"]:
@@ -292,29 +298,51 @@ class SessionStore:
         lock = self._fetching.setdefault(session_id, threading.Lock())
         with lock:
             if session_id not in self._present:
-                self._fetch(session_id, files)
-                self._present.add(session_id)
+                row = self.get_row(session_id)
+                self._fetch(session_id, files, row)
+                if row["state"] != "recording":  # a stopped session no longer changes: known present
+                    self._present.add(session_id)
         return files
 
-    def _fetch(self, session_id: str, files: SessionFiles) -> None:
+    def durable_length(self, row: dict[str, Any]) -> int:
+        """Bytes of the raw stream through durable_seq."""
+        if row["durable_seq"] >= row["next_seq"] - 1:
+            return int(row["bytes"])
+        if row["durable_seq"] < 0:
+            return 0
+        chunk = self.chunk_row(row["id"], row["durable_seq"])
+        return 0 if chunk is None else int(chunk["offset"] + chunk["size"])
+
+    def local_length(self, session_id: str) -> int:
+        """Acknowledged bytes of the raw stream on this node's disk (all of them at its owner;
+        what is durable elsewhere)."""
+        path = self.files(session_id).stream
+        size = path.stat().st_size if path.exists() else 0
+        return min(size, int(self.get_row(session_id)["bytes"]))
+
+    def _fetch(self, session_id: str, files: SessionFiles, row: dict[str, Any]) -> None:
         assert self.objects is not None
-        row = self.get_row(session_id)
         size = files.stream.stat().st_size if files.stream.exists() else 0
-        if size >= row["bytes"]:
+        if size >= self.durable_length(row):
             return
         files.root.mkdir(parents=True, exist_ok=True)
         location = self.objects.location
         with replacing(files.stream) as tmp, open(tmp, "wb") as out:
             expected = 0
+            # the chain of segments from seq 0 to durable_seq: at each seq the one reaching furthest
+            # (an upload a lease change interrupted may have left another one beside it)
+            by_first: dict[int, list[tuple[int, str]]] = {}
             for first, last, key, _ in self.objects.segments(session_id):
-                if first != expected:  # a gap or an overlap: never serve a stream that is not the one acked
-                    raise IndexWriteError(0, f"the segments of {session_id} do not follow each other at seq {first}")
-                if last > row["durable_seq"]:
-                    break
+                by_first.setdefault(first, []).append((last, key))
+            while expected <= row["durable_seq"]:
+                candidates = [(last, key) for last, key in by_first.get(expected, []) if last <= row["durable_seq"]]
+                if not candidates:  # a gap: never serve a stream that is not the one acked
+                    raise IndexWriteError(0, f"object storage has no segment of {session_id} from seq {expected}")
+                last, key = max(candidates)
                 out.write(self.objects.get(key))
                 expected = last + 1
             out.flush()
-            if out.tell() < row["bytes"] and row["durable_seq"] == row["next_seq"] - 1:
+            if out.tell() < self.durable_length(row):
                 raise IndexWriteError(0, f"object storage holds {out.tell()} of the {row['bytes']} bytes of {session_id}")
         for name in DERIVED:
             target = files.root / name
@@ -331,6 +359,21 @@ class SessionStore:
                 files.snapshots.mkdir(exist_ok=True)
                 replace_atomically(target, self.objects.get(key))
         log.info("session %s fetched from object storage", session_id)
+
+    def adopt(self, session_id: str) -> list[str]:
+        """This node took the session over (from another node, or a dead one): its local copy is
+        made what the index says, read back from object storage, and what never reached it is
+        forgotten by the index (the client resends it). One line per repair."""
+        self._present.discard(session_id)
+        row = self.get_row(session_id)
+        stream = self.files(session_id).stream
+        size = stream.stat().st_size if stream.exists() else 0
+        if size > row["bytes"]:  # bytes this node wrote but never committed, in an earlier ownership
+            with open(stream, "r+b") as f:
+                f.truncate(row["bytes"])
+        if size >= row["bytes"] or self.objects is None:
+            return []
+        return self._restore_from_objects(session_id)
 
     def evict(self, session_id: str) -> None:
         """Drop the local copy of a session that is wholly in object storage."""
@@ -351,6 +394,24 @@ class SessionStore:
         if self.replicator is not None:
             self.replicator.remember(row["id"], row["durable_seq"])
 
+    def hand_over_data(self, session_id: str, timeout_s: float) -> int:
+        """Everything of a recording session this node holds into object storage (its tail, its
+        landmarks so far), waiting at most ``timeout_s``; its durable_seq then."""
+        if self.replicator is None:
+            return self.get_row(session_id)["next_seq"] - 1
+        self.index.write(lambda c: c.execute("UPDATE sessions SET changed_gen=changed_gen+1 WHERE id=?", (session_id,)))
+        self.replicator.hurry(session_id)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                row = self.get_row(session_id)
+                done = row["durable_seq"] >= row["next_seq"] - 1 and row["uploaded_gen"] >= row["changed_gen"]
+                if done or time.monotonic() >= deadline:
+                    return int(row["durable_seq"])
+                time.sleep(0.05)
+        finally:
+            self.replicator.calm(session_id)
+
     def wait_durable(self, session_id: str, timeout_s: float) -> int:
         """Wait (at most ``timeout_s``) until every acknowledged chunk is in the store of record."""
         last = self.get_row(session_id)["next_seq"] - 1
@@ -358,12 +419,54 @@ class SessionStore:
             return last
         return self.replicator.wait_durable(session_id, last, timeout_s)
 
+    def serve_as(self, node: str) -> None:
+        """This store is one node's of several: it uploads only what that node owns (a lease)."""
+        self.node = node
+
     def replication_work(self) -> list[dict[str, Any]]:
+        """Sessions with something to upload (of this node's, with several)."""
+        columns = "s.id, s.state, s.next_seq, s.durable_seq, s.segment_plan, s.changed_gen, s.uploaded_gen"
+        pending = "(s.durable_seq < s.next_seq - 1 OR s.uploaded_gen < s.changed_gen)"
+        if self.node is None:
+            return self.index.read(lambda c: c.execute(
+                f"SELECT {columns} FROM sessions s WHERE {pending} ORDER BY s.created_at").fetchall())  # fmt: skip
         return self.index.read(
             lambda c: c.execute(
-                "SELECT id, state, next_seq, durable_seq, segment_plan, changed_gen, uploaded_gen FROM sessions"
-                " WHERE durable_seq < next_seq - 1 OR uploaded_gen < changed_gen ORDER BY created_at"
+                f"SELECT {columns} FROM sessions s JOIN leases l ON l.session_id = s.id AND l.node = ?"
+                f" AND l.expires_at > {self.leases.now} WHERE {pending} ORDER BY s.created_at",
+                (self.node,),
             ).fetchall()
+        )
+
+    def uploads_pending(self) -> set[str]:
+        """This node's sessions with something still to upload: their leases are kept."""
+        return {row["id"] for row in self.replication_work()}
+
+    def orphaned_uploads(self) -> list[str]:
+        """Stopped sessions whose derived files changed and were never uploaded, whose lease
+        nobody holds (a node died with them)."""
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT s.id FROM sessions s LEFT JOIN leases l ON l.session_id = s.id"
+                f" AND l.expires_at > {self.leases.now} WHERE s.state <> 'recording' AND s.uploaded_gen < s.changed_gen"
+                " AND l.session_id IS NULL ORDER BY s.created_at"
+            ).fetchall()
+        )
+        return [row["id"] for row in rows]
+
+    def derived_lost(self, session_id: str) -> None:
+        """A dead node's derived files of the session never reached object storage: made again
+        (the counters and the finalized flag say they are missing, so fill and finalize run)."""
+        files = self.files(session_id)
+        if files.landmarks.exists() and files.recording.exists():
+            self._changed(session_id)  # this node has them: upload them
+            return
+        self.index.write(
+            lambda c: c.execute(
+                "UPDATE sessions SET finalized=0, landmark_frames=0, face_frames=0, skipped_frames=0,"
+                " uploaded_gen=changed_gen WHERE id=?",
+                (session_id,),
+            )
         )
 
     def chunks_after(self, session_id: str, seq: int) -> list[dict[str, Any]]:
@@ -479,13 +582,16 @@ class SessionStore:
             )
         )
 
-    def end_session(self, session_id: str, ended_by: str) -> bool:
-        """Mark a recording session stopped, saying what ended it; False if it was not recording."""
+    def end_session(self, session_id: str, ended_by: str, lease: Lease | None = None) -> bool:
+        """Mark a recording session stopped, saying what ended it; False if it was not recording
+        (or, with ``lease``, if this node no longer holds it)."""
         stopped_at = utc_now()
+        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
+        owner = (lease.node, lease.epoch) if lease is not None else ()
         changed = self.index.write(
             lambda c: c.execute(
-                "UPDATE sessions SET state='stopped', ended_by=?, stopped_at=? WHERE id=? AND state='recording'",
-                (ended_by, stopped_at, session_id),
+                "UPDATE sessions SET state='stopped', ended_by=?, stopped_at=? WHERE id=? AND state='recording'" + owned,
+                (ended_by, stopped_at, session_id, *owner),
             ).rowcount
         )
         if changed and self.replicator is not None:
@@ -602,34 +708,40 @@ class SessionStore:
         """Where a recording session's chunks are appended (durably), by their offsets."""
         return StreamWriter(self.files(session_id).stream)
 
-    def commit_chunk(self, record: ChunkRecord) -> concurrent.futures.Future[None]:
+    def commit_chunk(self, record: ChunkRecord, lease: Lease | None = None) -> concurrent.futures.Future[None]:
         """Commit a chunk whose bytes ``stream_writer`` has made durable: its row and the
         session's state after it, in the next group commit. The future resolves once committed
-        (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait."""
+        (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait. With
+        ``lease`` (a node of a cluster) nothing is committed unless the node still holds it:
+        ``LeaseLostError`` otherwise."""
         row = (
             record.session_id, record.seq, record.offset, record.size, record.sha256, record.received_at,
             record.t_ms, encode_runs(record.runs), record.frames_before, record.frames, record.keyframe,
         )  # fmt: skip
         reader_state = json.dumps(record.reader_state)
         state = "failed" if record.error else None
-
         after = json.dumps({"reader_state": record.reader_state, "first_ts_ms": record.first_ts_ms,
                             "last_ts_ms": record.last_ts_ms})  # fmt: skip
+        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
+        owner = (lease.node, lease.epoch) if lease is not None else ()
 
         def commit(conn: Connection) -> None:
+            updated = conn.execute(
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
+                " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?" + owned,
+                (
+                    record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
+                    record.first_ts_ms, record.last_ts_ms, reader_state, state, record.error, record.session_id,
+                    *owner,
+                ),
+            ).rowcount  # fmt: skip
+            if lease is not None and not updated:  # rolled back with this job's savepoint
+                raise LeaseLostError(f"this node no longer owns session {record.session_id}: reconnect and resume it")
             conn.execute(
                 'INSERT INTO chunks (session_id, seq, "offset", size, sha256, received_at, t_ms, units, frames_before,'
                 " frames, keyframe, after_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*row, after),
             )
-            conn.execute(
-                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
-                " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?",
-                (
-                    record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
-                    record.first_ts_ms, record.last_ts_ms, reader_state, state, record.error, record.session_id,
-                ),
-            )  # fmt: skip
             if record.init is not None:
                 conn.execute(
                     "INSERT INTO session_init VALUES (?, ?) ON CONFLICT (session_id) DO UPDATE SET init = excluded.init",
@@ -650,13 +762,14 @@ class SessionStore:
     def stream_source(self, session_id: str) -> LocalStream:
         """Read access to the acknowledged raw stream, for remuxing, rendering and batch jobs
         (picklable: worker processes read it themselves)."""
-        length = self.get_row(session_id)["bytes"]
-        return LocalStream(str(self._local(session_id).stream), length)
+        files = self._local(session_id)
+        return LocalStream(str(files.stream), self.local_length(session_id))
 
     def open_stream(self, session_id: str) -> tuple[BinaryIO, int]:
-        """The raw stream opened for reading, and its acknowledged length."""
-        length = self.get_row(session_id)["bytes"]
-        return open(self._local(session_id).stream, "rb"), length
+        """The raw stream opened for reading, and its acknowledged length (of a session recorded
+        by another node: what is durable so far)."""
+        files = self._local(session_id)
+        return open(files.stream, "rb"), self.local_length(session_id)
 
     # -- the seekable recording -----------------------------------------------------------------
     def is_finalized(self, session_id: str) -> bool:

@@ -31,7 +31,20 @@ function loadScript(src) {
 /** A client connected (or connecting, and reconnecting for ever) to the server at `url`. */
 export async function createClient(url = location.origin, options = {}) {
   if (!globalThis.io) await loadScript(new URL(SOCKET_IO, url).href);
-  return new CamingestClient(url, options);
+  return new CamingestClient(url, { transports: await transportsOf(url, options.token), ...options });
+}
+
+/** The Socket.IO transports the server asks for: WebSocket only when several nodes serve it
+ * behind one address (no sticky routing); Socket.IO's default where it cannot say. */
+async function transportsOf(url, token) {
+  try {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch(new URL("/api/config", url).href, { headers, credentials: "include" });
+    if (response.ok) return (await response.json()).transports;
+  } catch {
+    // an older server, or none yet: the connection's own errors will say so
+  }
+  return undefined;
 }
 
 /**
@@ -40,7 +53,7 @@ export async function createClient(url = location.origin, options = {}) {
  * Recording gets those of its own session.
  */
 export class CamingestClient extends EventTarget {
-  constructor(url = location.origin, { token, ackTimeoutMs = 15000, io = globalThis.io } = {}) {
+  constructor(url = location.origin, { token, transports, ackTimeoutMs = 15000, io = globalThis.io } = {}) {
     super();
     this.ackTimeoutMs = ackTimeoutMs;
     this.state = "offline";
@@ -48,7 +61,9 @@ export class CamingestClient extends EventTarget {
     // recordings by session id, for the server's events: kept after stop (the last frames'
     // landmarks and the fill arrive later), the oldest dropped beyond RECENT_SESSIONS
     this.bySession = new Map();
-    this.socket = io(url, { auth: token ? { token } : undefined, reconnectionDelay: 250, reconnectionDelayMax: 2000 });
+    this.socket = io(url, {
+      auth: token ? { token } : undefined, transports, reconnectionDelay: 250, reconnectionDelayMax: 2000,
+    });
     this.socket.on("connect", () => {
       this._setState("connected");
       for (const recording of this.recordings) recording._reconnected();

@@ -87,7 +87,10 @@ class LivePipeline:
         metrics: Metrics,
         emit: Emit,
         on_failed: Callable[[str, str], None],
+        refill_at_start: bool = True,
     ) -> None:
+        """``refill_at_start``: fill the stopped sessions a restart left unfilled (a single node;
+        several take such work by lease, ingest/recording/lifecycle.py)."""
         self.settings = settings
         self.tracker_settings = TrackerSettings.from_settings(settings)
         self.metrics = metrics
@@ -106,7 +109,8 @@ class LivePipeline:
         self._tasks = BackgroundTasks(log)
         self.filler = Filler(store, self.tracker_settings, self.workers, self._filled)
         self.filler.start()
-        self._tasks.spawn(self._refill_after_restart(), "refill after restart")
+        if refill_at_start:
+            self._tasks.spawn(self._refill_after_restart(), "refill after restart")
         self._tasks.spawn(self._watch_gallery(), "gallery watch")
 
     def _start_worker(self, index: int, loop: asyncio.AbstractEventLoop) -> WorkerHandle:

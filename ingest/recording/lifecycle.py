@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.background import BackgroundTasks
@@ -42,7 +43,10 @@ class SessionLifecycle:
         registry: SessionRegistry,
         pipeline: AnalysisSink,
         metrics: Metrics,
+        take: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        """``take`` (several nodes): own a session nobody else holds (a dead node's), True if
+        this node owns it now; without it this node is the only one and owns everything."""
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -53,6 +57,8 @@ class SessionLifecycle:
         self._holder: dict[str, str] = {}  # session id -> the connection holding it
         self._active: dict[str, float] = {}  # session id -> unix time of its last chunk or (re)start
         self._reaper: asyncio.Task[None] | None = None
+        self.take = take
+        self.finalizing: set[str] = set()  # sessions being remuxed here
 
     # -- connections ----------------------------------------------------------------------------
     def check_room(self, sid: str) -> None:
@@ -84,6 +90,10 @@ class SessionLifecycle:
         self._release(session_id)
         self.pipeline.forget(session_id)
 
+    def forget_holder(self, session_id: str) -> None:
+        """The session left this node (handed over, its lease lost): no connection here holds it."""
+        self._release(session_id)
+
     def _release(self, session_id: str) -> None:
         sid = self._holder.pop(session_id, None)
         if sid is not None:
@@ -96,7 +106,12 @@ class SessionLifecycle:
         assert ended_by in ENDED_BY
         session = self.registry.loaded(session_id)
         async with session.lock if session is not None else contextlib.nullcontext():
-            changed = await asyncio.to_thread(self.store.end_session, session_id, ended_by)
+            ownership = self.registry.ownership
+            lease = ownership.lease(session_id) if ownership is not None else None
+            if ownership is not None and lease is None:
+                changed = False  # another node records it: it ends it
+            else:
+                changed = await asyncio.to_thread(self.store.end_session, session_id, ended_by, lease)
             if session is not None and changed:
                 session.state = "stopped"
             self.registry.forget(session_id)
@@ -126,6 +141,8 @@ class SessionLifecycle:
                 continue
             last = max(last, self._active.get(session_id, 0.0))
             if now - last >= self.settings.session_idle_s:
+                if self.take is not None and not await self.take(session_id):
+                    continue  # another node's session: its own reaper ends it
                 await self.end(session_id, "idle")
                 ended.append(session_id)
         return ended
@@ -134,6 +151,12 @@ class SessionLifecycle:
         """Remux a stopped session into its seekable recording, off the event loop."""
 
         async def run() -> None:
+            try:
+                await remux()
+            finally:
+                self.finalizing.discard(session_id)
+
+        async def remux() -> None:
             if (await asyncio.to_thread(self.store.get_row, session_id))["bytes"] == 0:
                 return  # no stream to remux (a session of snapshots only: a try-on page's)
             for attempt in range(FINALIZE_ATTEMPTS):
@@ -148,15 +171,41 @@ class SessionLifecycle:
                     log.warning("finalize %s failed: %s", session_id, exc)
                     return
 
+        self.finalizing.add(session_id)
         self.background.spawn(run(), f"finalize {session_id}")
 
     async def recover(self) -> None:
         """After a restart: finalize stopped sessions a crash left without a seekable recording
         (their landmarks are filled by the pipeline's own start-up sweep), and end sessions left
-        recording whose clients are gone for good (``expire_idle`` runs at once)."""
+        recording whose clients are gone for good (``expire_idle`` runs at once). Several nodes:
+        only what this node can take (``take_unfinished``, again every ``lease_s``)."""
+        if self.take is not None:
+            await self.take_unfinished()
+            return
         for session_id in await asyncio.to_thread(self.store.unfinalized):
             log.info("session %s: finalizing after a restart", session_id)
             self.finalize_later(session_id)
+
+    async def take_unfinished(self) -> None:
+        """Stopped sessions whose finalize or fill nobody holds (a dead node's): taken here."""
+        assert self.take is not None
+        for session_id in await asyncio.to_thread(self.store.orphaned_uploads):
+            if await self.take(session_id):  # a dead node's landmarks or recording never uploaded
+                log.info("session %s: its derived files are made again here (their node died)", session_id)
+                await asyncio.to_thread(self.store.derived_lost, session_id)
+        unfinalized = await asyncio.to_thread(self.store.unfinalized)
+        to_fill = await asyncio.to_thread(self.store.sessions_to_fill)
+        for session_id in dict.fromkeys(unfinalized + to_fill):
+            if session_id in self.finalizing or self.pipeline.fill_status(session_id) is not None:
+                continue
+            if not await self.take(session_id):
+                continue
+            log.info("session %s: taking over its unfinished %s", session_id,
+                     "finalize" if session_id in unfinalized else "fill")  # fmt: skip
+            if session_id in unfinalized:
+                self.finalize_later(session_id)
+            if session_id in to_fill:
+                self.pipeline.fill(session_id)
 
     def start(self) -> None:
         self._reaper = self.background.spawn(self._reap(), "idle expiry")

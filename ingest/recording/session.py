@@ -17,6 +17,7 @@ from typing import Any
 from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError, UnauthorizedError
 from ingest.media.webm import Unit, WebMReader, build_unit
+from ingest.recording.ownership import Ownership
 from storage.records import ChunkRecord, merge_spans
 from storage.store import SessionStore, hash_token, sha256_hex
 
@@ -110,9 +111,10 @@ class SessionRegistry:
 
     ``max_open_sessions`` bounds how many are recording at once."""
 
-    def __init__(self, store: SessionStore, settings: Settings) -> None:
+    def __init__(self, store: SessionStore, settings: Settings, ownership: Ownership | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.ownership = ownership  # several nodes: a session is recorded by its lease's holder only
         self._live: dict[str, LiveSession] = {}
         self._loading: dict[str, asyncio.Lock] = {}
         self.held_total = 0  # bytes of incomplete elements held by the open sessions' readers
@@ -149,6 +151,8 @@ class SessionRegistry:
             )
         row, token = await asyncio.to_thread(self.store.create, mime, meta)
         self.store.remember(row)
+        if self.ownership is not None:
+            await self.ownership.claim(row["id"], new=True)
         session = LiveSession(self.store, row, self._reader())
         self._live[session.id] = session
         return session, token
@@ -164,6 +168,10 @@ class SessionRegistry:
             async with lock:
                 session = self._live.get(session_id)
                 if session is None:
+                    if self.ownership is not None:
+                        row = await asyncio.to_thread(self.store.get_row, session_id)
+                        if row["state"] == "recording":  # hand-over, or take-over of a dead node's
+                            await self.ownership.claim(session_id)
                     session = await asyncio.to_thread(self._load, session_id)
                     if session.state == "recording":  # stopped/failed ones are answered, not kept
                         if len(self._live) >= self.settings.max_open_sessions:

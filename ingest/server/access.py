@@ -79,7 +79,7 @@ def access_middleware(settings: Settings) -> Middleware:
         if request.method in UNSAFE_METHODS and not _same_site(request, settings):
             origin = request.headers.get("Origin", "")[:100]
             return json_error(ForbiddenOriginError(f"requests from origin {origin} may not change anything here"))
-        if request.path.startswith("/static/"):
+        if request.path.startswith("/static/") or request.path == "/api/config":
             # the pages' scripts (the same files as in the package: no data) are public, and
             # pages of origins in cors_origins may import them (camingest-client.js)
             response = await handler(request)

@@ -13,6 +13,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,7 +28,9 @@ from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
+from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
+from ingest.server.emitter import Emitter
 from ingest.server.enrolment import EnrolmentService
 from ingest.server.events import IngestNamespace
 from ingest.server.export_jobs import ExportJobs
@@ -38,6 +41,7 @@ from ingest.server.sio import make_socketio
 
 log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
+CLUSTER = web.AppKey("cluster", Cluster)
 
 
 def add_gauges(
@@ -73,6 +77,47 @@ def add_gauges(
         metrics.gauge("camingest_segment_upload_failures", "Failed passes of uploads (total)", lambda: stats.failures)
 
 
+def node_hooks(ctx: ServerContext, cluster: Cluster, workers: Sequence[Any]) -> NodeHooks:
+    """What the cluster does with this node's sessions."""
+
+    async def hand_over(session_id: str) -> int | None:
+        session = ctx.registry.loaded(session_id)
+        if session is None:
+            await cluster.release(session_id)
+            return None
+        async with session.lock:  # no chunk of it in flight here
+            durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
+            drop(session_id)
+            await cluster.release(session_id)
+        log.info("session %s handed over (durable through seq %d)", session_id, durable)
+        return durable
+
+    def drop(session_id: str) -> None:
+        ctx.registry.forget(session_id)
+        ctx.pipeline.forget(session_id)
+        ctx.lifecycle.forget_holder(session_id)
+
+    def needed() -> set[str]:
+        live = {s.id for s in ctx.registry.live()}
+        return live | ctx.lifecycle.finalizing | {sid for sid in cluster.leases if ctx.pipeline.fill_status(sid)}
+
+    def describe() -> dict[str, Any]:
+        return {"sessions": len(ctx.registry), "workers": len(workers),
+                "busy_workers": sum(1 for w in workers if w.outstanding)}  # fmt: skip
+
+    return NodeHooks(hand_over, drop, needed, describe, ctx.lifecycle.take_unfinished)
+
+
+async def hand_over_all(ctx: ServerContext, cluster: Cluster) -> None:
+    """SIGTERM: every recording session's tail up and its lease released, then the clients go."""
+    started = time.monotonic()
+    sessions = [s.id for s in ctx.registry.live()]
+    hooks = node_hooks(ctx, cluster, [])
+    await asyncio.gather(*(hooks.hand_over(sid) for sid in sessions), return_exceptions=True)
+    if sessions:
+        log.info("shutdown: %d recording sessions handed over in %.1f s", len(sessions), time.monotonic() - started)
+
+
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
@@ -80,15 +125,16 @@ def build_app(settings: Settings) -> web.Application:
     sio = make_socketio(settings)
     sio.attach(app)
 
-    async def emit(event: str, data: dict[str, Any], room: str) -> None:
-        await sio.emit(event, data, room=room)
-
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
         store = settings.open_store()
-        for note in await asyncio.to_thread(store.open):
+        cluster = Cluster(settings, store, settings.redis) if settings.redis else None
+        for note in await asyncio.to_thread(store.open, True, cluster is not None):
             log.warning("recovery: %s", note)
-        metrics = Metrics()
-        registry = SessionRegistry(store, settings)
+        metrics = Metrics(node=cluster.node if cluster else None)
+        emitter = Emitter(sio, settings.max_queued_emits, metrics.emits_dropped)
+        emitter.start()
+        emit = emitter.emit
+        registry = SessionRegistry(store, settings, ownership=cluster)
         pipeline: AnalysisSink
         workers: Sequence[Any] = []
         snapshots_waiting: Callable[[], int] = lambda: 0  # noqa: E731
@@ -98,7 +144,7 @@ def build_app(settings: Settings) -> web.Application:
         if settings.analysis:
             from ingest.live.pipeline import LivePipeline  # imports PyAV and starts worker processes
 
-            live = LivePipeline(settings, store, metrics, emit, registry.mark_failed)
+            live = LivePipeline(settings, store, metrics, emit, registry.mark_failed, refill_at_start=cluster is None)
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
             tryon, images_waiting = live.tryon, live.tryon.waiting
         else:
@@ -115,13 +161,18 @@ def build_app(settings: Settings) -> web.Application:
             preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
             preview_slots=asyncio.Semaphore(settings.max_previews),
             upload_slots=asyncio.Semaphore(settings.max_uploads),
-            lifecycle=SessionLifecycle(settings, store, registry, pipeline, metrics),
+            lifecycle=SessionLifecycle(
+                settings, store, registry, pipeline, metrics, take=cluster.take_unowned if cluster else None
+            ),
             metrics=metrics,
             exports=ExportJobs(store),
             tryon=tryon,
         )
         add_gauges(ctx, workers, snapshots_waiting, images_waiting)
         app[CONTEXT] = ctx
+        if cluster is not None:
+            app[CLUSTER] = cluster
+            cluster.start(node_hooks(ctx, cluster, workers))
         enrolment = EnrolmentService(settings, store.gallery, pipeline.gallery_changed)
         app[ENROLMENT] = enrolment
         namespace = IngestNamespace(ctx)
@@ -135,12 +186,18 @@ def build_app(settings: Settings) -> web.Application:
         finally:
             enrolment.close()
             await ctx.close()
+            await emitter.close()
+            if cluster is not None:
+                await cluster.close()
 
     async def close_connections(app: web.Application) -> None:
         # aiohttp waits for open handlers at shutdown, and a Socket.IO websocket stays open until
         # its ping times out (~30 s): close them first (aiohttp's advice for websockets)
         namespace = app.get(NAMESPACE)
+        cluster = app.get(CLUSTER)
         if namespace is not None and not namespace.closing:  # aiohttp may signal twice
+            if cluster is not None:  # the other nodes take the recording sessions before the clients reconnect
+                await hand_over_all(app[CONTEXT], cluster)
             await namespace.close(settings.shutdown_grace_s)
             log.info("shutdown: connections closed")
 

@@ -44,6 +44,7 @@ from ingest.server.payloads import (
     require_bytes,
     require_dict,
 )
+from storage.leases import LeaseLostError
 from storage.store import sha256_hex, validate_session_id
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ class IngestNamespace(socketio.AsyncNamespace):
 
     async def on_chunk(self, sid: str, data: object = None) -> Ack:
         return await self.answer(self.chunk, sid, data)
+
+    async def on_status(self, sid: str, data: object = None) -> Ack:
+        return await self.answer(self.status, sid, data)
 
     async def on_stop(self, sid: str, data: object = None) -> Ack:
         return await self.answer(self.stop, sid, data)
@@ -224,10 +228,17 @@ class IngestNamespace(socketio.AsyncNamespace):
                 async with context.write_slots:
                     loop = asyncio.get_running_loop()
                     staged = await loop.run_in_executor(context.io_pool, session.stage_chunk, seq, data, t_ms)
-                    await asyncio.wrap_future(context.store.commit_chunk(staged.record))
+                    ownership = context.registry.ownership
+                    lease = ownership.lease(session.id) if ownership is not None else None
+                    await asyncio.wrap_future(context.store.commit_chunk(staged.record, lease))
             except BaseException as exc:
                 # Memory may be ahead of what was committed: drop it, reload from the store.
                 context.registry.forget(session.id)
+                if isinstance(exc, LeaseLostError) and context.registry.ownership is not None:
+                    context.registry.ownership.lost(session.id)
+                    context.pipeline.forget(session.id)
+                    log.warning("session %s: chunk %d not committed: this node lost its lease (another node owns "
+                                "it now); the session is dropped here", session.id, seq)  # fmt: skip
                 if isinstance(exc, OSError) and not isinstance(exc, IngestError):  # (busy errors keep their code)
                     log.error("chunk %d of %s not stored: %r", seq, session.id, exc)  # the path: for the operator
                     raise storage_error(exc, "chunk") from exc
@@ -250,6 +261,13 @@ class IngestNamespace(socketio.AsyncNamespace):
         context.metrics.chunk_ack.observe(time.monotonic() - received)
         durable = context.store.durable_seq(session.id, seq)
         return {"ok": True, "seq": seq, "next_seq": session.next_seq, "durable_seq": durable}
+
+    async def status(self, sid: str, payload: dict[str, Any]) -> Ack:
+        """Where the session stands: ``next_seq`` and what is ``durable_seq`` (a client keeping
+        chunks until they are durable asks this while it waits)."""
+        session = await self._session(sid, payload)
+        durable = self.context.store.durable_seq(session.id, session.next_seq - 1)
+        return {"ok": True, "state": session.state, "next_seq": session.next_seq, "durable_seq": durable}
 
     async def stop(self, sid: str, payload: dict[str, Any]) -> Ack:
         session = await self._session(sid, payload)

@@ -37,14 +37,26 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
 async def health(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     monitor = ctx.loop_monitor
-    return web.json_response(
-        {
-            "ok": True,
-            "sessions_recording": len(ctx.registry),
-            "sessions_loading": ctx.registry.loading(),
-            "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
-        }
-    )
+    answer: dict[str, object] = {
+        "ok": True,
+        "sessions_recording": len(ctx.registry),
+        "sessions_loading": ctx.registry.loading(),
+        "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
+    }
+    ownership = ctx.registry.ownership
+    if ownership is not None:
+        answer["node"] = ownership.node
+        answer["peers"] = [peer["id"] for peer in await ownership.peers()]
+    return web.json_response(answer)
+
+
+async def client_config(request: web.Request) -> web.StreamResponse:
+    """What a page's client needs to connect: the Socket.IO transports (WebSocket only when
+    several nodes serve behind one address: no sticky routing)."""
+    ownership = request.app[CONTEXT].registry.ownership
+    if ownership is None:
+        return web.json_response({"transports": ["polling", "websocket"], "node": None})
+    return web.json_response({"transports": ["websocket"], "node": ownership.node})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -62,6 +74,7 @@ def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
     if pages_dir is not None:
         app.router.add_static("/pages/", pages_dir, show_index=True, follow_symlinks=False)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/api/config", client_config)
     add_upload_routes(app)  # POST /api/sessions, before the session routes
     add_session_routes(app)
     add_export_routes(app)

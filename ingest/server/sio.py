@@ -59,15 +59,39 @@ class BoundedServer(socketio.AsyncServer):
             await self.eio.disconnect(eio_sid)
 
 
+class CountingRedisManager(socketio.AsyncRedisManager):
+    """python-socketio's Redis manager, counting what it could not publish (it only logs it):
+    a Redis down drops emits to other nodes' clients, and the operator should see how many."""
+
+    failed = 0
+    connected: bool
+
+    async def _publish(self, data: Any) -> Any:
+        try:
+            if not self.connected:
+                self._redis_connect()
+            return await self.redis.publish(self.channel, self.json.dumps(data))
+        except Exception:
+            self.connected = False
+            CountingRedisManager.failed += 1
+            return None
+
+
 def make_socketio(settings: Settings) -> socketio.AsyncServer:
     packet = type(
         "BoundedPacket",
         (_BoundedPacket,),
         {"max_bytes": settings.max_message_bytes, "max_attachments": settings.max_event_attachments},
     )
+    clustered: dict[str, Any] = {}
+    if settings.redis is not None:
+        # several nodes: emits reach the sessions' pages through Redis wherever they are
+        # connected; WebSocket only, so no sticky routing is needed behind the load balancer
+        clustered = {"client_manager": CountingRedisManager(settings.redis), "transports": ["websocket"]}
     return BoundedServer(
         serializer=packet,
         async_mode="aiohttp",
+        **clustered,
         cors_allowed_origins=socketio_origin_check(settings),
         max_http_buffer_size=settings.max_message_bytes,
         ping_interval=10,
