@@ -127,6 +127,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port; allowed: 0-65535 (0 picks a free one)")
+        if self.workers < 0:
+            raise ValueError(f"workers is {self.workers}; allowed: 1 or more processes, or 0 for one per core")
         if self.landmark_engine not in ("numba", "dlib"):
             raise ValueError(f"landmark_engine is {self.landmark_engine!r}; allowed: numba, dlib")
         if min(self.detect_every, self.anchor_every, self.sweep_every) < 1:

@@ -93,6 +93,10 @@ class Gallery:
         self.db_path = self.root / "gallery.sqlite3"
         self.generation_path = self.root / "generation"
 
+    def exists(self) -> bool:
+        """Whether anyone was ever enrolled here (the gallery's file exists)."""
+        return self.db_path.exists()
+
     def _connect(self) -> sqlite3.Connection:
         self.images.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.db_path, timeout=10)

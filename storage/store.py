@@ -128,21 +128,34 @@ class SessionStore:
         return (Path(data_dir) / INDEX_FILE).exists()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def open(self, recover: bool = True) -> list[str]:
+    def open(self, recover: bool = True, holder: str | None = None) -> list[str]:
         """Open the index. With ``recover`` (the server: it takes the data folder's lock first,
         as repairs must not race a running server) also repair what a crash may have left;
-        returns one line per repair."""
+        returns one line per repair. ``holder`` (who takes the lock: command, pid, address) is
+        written into the lock file, so that whoever is refused can be told who holds it."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         if recover:
             self._lock_fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                held_by = self.lock_holder()
                 os.close(self._lock_fd)
                 self._lock_fd = None
-                raise StoreBusyError(f"another camingest server is using {self.data_dir}") from None
+                who = f" ({held_by})" if held_by else ""
+                raise StoreBusyError(f"another camingest process{who} is using {self.data_dir}") from None
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, (holder or f"pid {os.getpid()}").encode()[:400] + b"\n", 0)
         self.index.open()
         return self.recover() if recover else []
+
+    def lock_holder(self) -> str | None:
+        """What the process holding the data folder's lock wrote there (command, pid, address)."""
+        try:
+            text = (self.data_dir / LOCK_FILE).read_bytes()[:400].decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+        return "".join(c for c in text if c.isprintable()) or None
 
     def close(self) -> None:
         self.index.close()
