@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="enrol a person from face photos (one face per photo)")
     add.add_argument("name", metavar="NAME")
     add.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    add.add_argument("--confirm", action="store_true",
+                     help="enrol even if the face looks like someone already enrolled, or the name is another face's")  # fmt: skip
     _add_data(add)
     listing = actions.add_parser("list", help="the people in the gallery")
     _add_data(listing)
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.analysis.stills import enrol_photos
-    from ingest.server.enrolment import as_ingest_error, check_photo_count
+    from ingest.server.enrolment import as_ingest_error, check_look_alikes, check_photo_count
     from storage.gallery import Gallery, GalleryError, check_name
 
     gallery = Gallery(settings.data_dir)
@@ -141,11 +143,10 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
         )
         if refusal is not None:
             raise refusal
-        new_folder = not (SessionStore.found(settings.data_dir) or gallery.exists())
+        if not args.confirm:
+            check_look_alikes(gallery, name, enrolled, settings.identity_threshold, "run it again with --confirm")
         count = gallery.add(name, enrolled)
         print(f"enrolled {name}: {count} photo{'s' if count != 1 else ''}")
-        if new_folder:
-            print(f"(a new gallery in {settings.data_dir}: give camingest serve the same --data)")
         return 0
     except GalleryError as exc:
         raise as_ingest_error(exc) from None
