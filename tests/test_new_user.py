@@ -10,6 +10,8 @@ import aiohttp
 from ingest.client import CamingestClient
 from tests.client import http_json, run
 from tests.conftest import IMAGES, load_recording
+from tests.test_batch import cli
+from tests.test_identity import photos  # noqa: F401 -- the identity tests' photos (a fixture)
 
 FAST = load_recording("two_people_720p_vp8")  # 720p: live analysis on one worker cannot keep up
 
@@ -57,17 +59,17 @@ def test_stop_wait_rejects_an_unknown_wait(server_factory):
     run(scenario())
 
 
-async def _enrol(url: str, name: str, photo: bytes, confirm: bool = False) -> tuple[int, dict]:
+async def _enrol(url: str, name: str, photo: bytes, confirm: bool = False, filename: str = "face.jpg") -> tuple[int, dict]:
     form = aiohttp.FormData()
     form.add_field("name", name)
-    form.add_field("file", photo, filename="face.jpg", content_type="image/jpeg")
+    form.add_field("file", photo, filename=filename)
     if confirm:
         form.add_field("confirm", "1")
     async with aiohttp.ClientSession() as http, http.post(url + "/api/gallery", data=form) as response:
         return response.status, json.loads(await response.read())
 
 
-def test_enrolment_warns_when_the_face_is_someone_else_or_the_name_is_taken(server_factory):
+def test_enrolment_warns_when_the_face_is_someone_else_or_the_name_is_taken(server_factory, photos):  # noqa: F811
     """The snapshot's face already matched "Barack Obama" at 0.08, and was enrolled as "Snapshot
     Person" without a word: now a 409 says whom it matches, and only confirm=1 enrols it; a name
     already taken by another face is said too."""
@@ -93,5 +95,32 @@ def test_enrolment_warns_when_the_face_is_someone_else_or_the_name_is_taken(serv
         # more photos of the same person: no question
         status, body = await _enrol(server.url, "Barack Obama", photo)
         assert status == 201 and body["images"] == 2
+        # another face under a name already taken: two people, one name
+        status, body = await _enrol(server.url, "Barack Obama", photos["far"].read_bytes(), filename="far.png")
+        assert status == 409, body
+        same = body["error"]["same_name"]
+        assert same["name"] == "Barack Obama" and same["distance"] > 0.6 and body["error"]["matches"] == []
+        assert body["error"]["message"] == (
+            f"the gallery already holds Barack Obama, whose photos do not look like this face (distance "
+            f"{same['distance']:.2f}, more than 0.6): two people would share one name; choose another name, or send "
+            "confirm=1 to add it to Barack Obama anyway"
+        )
+        _, people = await http_json(server.url + "/api/gallery")
+        assert {p["name"]: p["images"] for p in people["people"]} == {"Barack Obama": 2, "Snapshot Person": 1}
 
     run(scenario())
+
+
+def test_gallery_add_on_the_command_line_asks_for_confirm_too(tmp_path):
+    data = tmp_path / "data"
+    photo = str(IMAGES / "obama.jpg")
+    assert cli("gallery", "add", "Barack Obama", photo, data=data).returncode == 0
+    again = cli("gallery", "add", "Snapshot Person", photo, data=data)
+    assert again.returncode == 1
+    assert again.stderr == (
+        "camingest gallery: this face looks like Barack Obama (distance 0.00, a match below 0.6): enrolled as "
+        "Snapshot Person it would be named either; add it to Barack Obama, or run it again with --confirm to enrol "
+        "a new person anyway\n"
+    )
+    confirmed = cli("gallery", "add", "Snapshot Person", photo, "--confirm", data=data)
+    assert confirmed.returncode == 0 and confirmed.stdout == "enrolled Snapshot Person: 1 photo\n"
