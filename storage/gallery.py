@@ -147,6 +147,21 @@ class Gallery:
             ).fetchall()
         return [{"name": name, "images": count, "created_at": created} for name, count, created in rows]
 
+    def photo(self, name: str) -> tuple[bytes, str, tuple[int, int, int, int]]:
+        """The person's first enrolment photo as uploaded, its extension and the face's box."""
+        name = check_name(name)
+        row = None
+        if self.db_path.exists():
+            with closing(self._connect()) as db:
+                row = db.execute(
+                    "SELECT file, box FROM images WHERE name = ? ORDER BY created_at, id LIMIT 1", (name,)
+                ).fetchone()
+        if row is None:
+            raise GalleryError(f"the gallery holds no person named {name!r}", unknown=True)
+        file, box = row
+        x, y, w, h = (int(v) for v in box.split(","))
+        return (self.images / file).read_bytes(), Path(file).suffix, (x, y, w, h)
+
     def remove(self, name: str) -> int:
         """Forget ``name``: rows and photos; returns how many photos were deleted."""
         name = check_name(name)

@@ -104,6 +104,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
             lifecycle=SessionLifecycle(settings, store, registry, pipeline, metrics),
             metrics=metrics,
             exports=ExportJobs(store),
+            thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
         )
         add_gauges(ctx, workers, snapshots_waiting)
         app[CONTEXT] = ctx

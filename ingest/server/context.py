@@ -73,6 +73,8 @@ class ServerContext:
     lifecycle: SessionLifecycle
     metrics: Metrics
     exports: ExportJobs
+    # thumbnails being decoded (max_thumbnails); others wait
+    thumbnail_slots: asyncio.Semaphore
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

@@ -105,6 +105,14 @@ class EnrolmentService:
     async def people(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.gallery.people)
 
+    async def photo(self, name: str) -> tuple[bytes, str]:
+        """The person's first photo (as uploaded) and its type."""
+        try:
+            data, extension, _ = await asyncio.to_thread(self.gallery.photo, name)
+        except GalleryError as exc:
+            raise as_ingest_error(exc) from None
+        return data, {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}.get(extension, "image/jpeg")
+
     async def remove(self, name: str) -> int:
         try:
             return await asyncio.to_thread(self.gallery.remove, name)

@@ -59,7 +59,14 @@ async def remove(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True, "name": name, "images_removed": removed})
 
 
+async def photo(request: web.Request) -> web.StreamResponse:
+    """The person's first enrolment photo (the sessions page's People list shows it)."""
+    data, mime = await request.app[ENROLMENT].photo(request.match_info["name"])
+    return web.Response(body=data, content_type=mime, headers={"Cache-Control": "no-cache"})
+
+
 def add_gallery_routes(app: web.Application) -> None:
     app.router.add_get("/api/gallery", list_people)
     app.router.add_post("/api/gallery", enrol)
     app.router.add_delete("/api/gallery/{name}", remove)
+    app.router.add_get("/api/gallery/{name}/photo", photo)
