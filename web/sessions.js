@@ -354,13 +354,16 @@ async function enrol(name, file, fileName, status = ui.enrolStatus, confirmed = 
         other.addEventListener("click", () => enrol(match.name, file, fileName, status));
         status.append(" ", other);
       }
+      status.scrollIntoView({ block: "nearest" }); // the answer where the person acted, in view
       return false;
     }
     status.textContent = err.unreachable ? err.message : `Not enrolled: ${err.message}`;
+    status.scrollIntoView({ block: "nearest" });
     return false;
   }
   status.dataset.kind = "ok";
   status.textContent = `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`;
+  status.scrollIntoView({ block: "nearest" });
   await loadPeople();
   return true;
 }
