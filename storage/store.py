@@ -334,7 +334,8 @@ class SessionStore:
         people = [(row["id"], p["name"], p["frames"]) for p in made["people"]]
 
         def save(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE sessions SET digest=?, digest_key=? WHERE id=?", (json.dumps(made), key, row["id"]))
+            if not c.execute("UPDATE sessions SET digest=?, digest_key=? WHERE id=?", (json.dumps(made), key, row["id"])).rowcount:
+                return  # deleted meanwhile
             c.execute("DELETE FROM session_people WHERE session_id=?", (row["id"],))
             c.executemany("INSERT INTO session_people VALUES (?, ?, ?)", people)
 

@@ -13,7 +13,7 @@ const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("uploa
   enrolFile: $("enrol-file"), enrolStatus: $("enrol-status"), people: $("people"), more: $("more"),
   filters: $("filters"), fState: $("f-state"), fPerson: $("f-person"), fSince: $("f-since"), fUntil: $("f-until"),
   fMeta: $("f-meta"), toast: $("toast"), timeline: $("timeline"), legend: $("timeline-legend"), frame: $("frame"),
-  timelineWrap: $("timeline-wrap"), failedReason: $("failed-reason") };
+  timelineWrap: $("timeline-wrap"), failedReason: $("failed-reason"), playhead: $("playhead") };
 let selected = null, frames = [], allFrames = [];
 window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" },
   nextCursor: null, query: "" };
@@ -229,6 +229,10 @@ function paint() {
   // MediaRecorder timestamps start at 0, so the player's time is the frames' pts_ms
   const i = frameAt(frames, ui.player.currentTime * 1000);
   if (i >= 0) drawFaces(ctx, frames[i].faces, ui.mode.value);
+  // where the player is, on the timeline (by frame, as the timeline is drawn)
+  const at = frameAt(allFrames, ui.player.currentTime * 1000);
+  const n = Math.max(selected?.frames ?? 0, allFrames.length, 1);
+  ui.playhead.style.left = `${(100 * Math.max(0, at >= 0 ? allFrames[at].index : 0)) / n}%`;
 }
 const tick = () => { paint(); requestAnimationFrame(tick); };
 
