@@ -70,6 +70,7 @@ class Reprocessor:
         else:
             self._pool.terminate()
         self._pool.join()
+        self._reports.close()  # the workers are gone: what they reported last is not wanted
 
     def jobs(self, session_id: str, progress: Callable[[int], None] | None = None) -> list[Job]:
         """The session's jobs; ``progress`` hears the bytes of its stream read to plan them."""
