@@ -284,7 +284,7 @@ function showTimeline() {
     key("#9aa3b2", people.length ? "a face nobody enrolled" : "a face"),
     key("#3a3f4b", "no face"),
     ...(summary.missing ? [key("repeating-linear-gradient(45deg,#ff5d6c 0 3px,transparent 3px 6px)",
-      `${summary.missing} frame${summary.missing === 1 ? "" : "s"} without landmarks (skipped, not filled yet)`)] : []),
+      `${summary.missing} frame${summary.missing === 1 ? "" : "s"} without landmarks (not analysed yet, or skipped live and not filled yet)`)] : []),
   );
 }
 ui.timeline.addEventListener("click", (e) => {
