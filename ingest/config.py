@@ -140,6 +140,13 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
+    # Thumbnails (GET /api/sessions/{id}/thumbnail.jpg) decoded at once, each in a thread (a
+    # frame of the first ~15 s: up to ~0.5 s); more wait for a slot. Made once, then stored.
+    max_thumbnails: int = 2
+    # Sessions in one page of GET /api/sessions (the sessions page loads one at a time, then more
+    # with `next_cursor`); ?limit= asks for fewer or more, up to max_sessions_page.
+    sessions_page: int = 100
+    max_sessions_page: int = 500
     # Photos one enrolment request (POST /api/gallery, `camingest gallery add`) may carry.
     max_photos_per_request: int = 10
     # Enrolment photos are analysed at most this large (width x height), decoded reduced and
@@ -180,6 +187,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port; allowed: 0-65535 (0 picks a free one)")
+        if self.workers < 0:
+            raise ValueError(f"workers is {self.workers}; allowed: 1 or more processes, or 0 for one per core")
         if self.landmark_engine not in ("numba", "dlib"):
             raise ValueError(f"landmark_engine is {self.landmark_engine!r}; allowed: numba, dlib")
         if min(self.detect_every, self.anchor_every, self.sweep_every) < 1:

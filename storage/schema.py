@@ -169,6 +169,18 @@ MIGRATIONS = (
         "CREATE INDEX IF NOT EXISTS lease_history_by_session ON lease_history (session_id, at)",
         "CREATE INDEX IF NOT EXISTS leases_by_node ON leases (node, expires_at)",
     )),
+    Migration(7, "what the sessions page lists without the landmarks: a digest, who appears", (
+        """CREATE TABLE IF NOT EXISTS session_people (  -- who appears in a session (from its digest), for filters
+            session_id    TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            name          TEXT NOT NULL,
+            frames        {INT} NOT NULL,
+            PRIMARY KEY (session_id, name)
+        )""",
+        "CREATE INDEX IF NOT EXISTS session_people_by_name ON session_people (name)",
+    ), run=_add_columns("sessions", {
+        "digest": "TEXT",  # JSON: who appears, the thumbnail's frame (storage/landmarks.py)
+        "digest_key": "TEXT",  # the landmarks file (size:mtime) the digest was made from
+    })),
 )  # fmt: skip
 LATEST = MIGRATIONS[-1].version
 

@@ -12,6 +12,7 @@ the local pool (local.py) and Dask (cluster.py).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from storage.store import SessionStore
 
 READ_PIECE = 1024 * 1024
 MAX_JOB_FRAMES_DEFAULT = 300
+REPORT_EVERY = 10  # frames between progress reports of a job (a bar moves per ~0.1 s of a worker)
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,15 @@ class Job:
     gallery: GalleryMatrix | None = None
 
 
-def scan_video_blocks(source: LocalStream) -> tuple[bytes, list[VideoBlock]]:
-    """Init segment and the video blocks of a stored stream (locations only, not the bytes)."""
+def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock]]:
+    """Init segment and the video blocks of a stored stream (locations only, not the bytes);
+    ``progress`` hears the bytes read."""
     reader = WebMReader()
     blocks: list[VideoBlock] = []
     with source.open() as f:
-        while piece := f.read(READ_PIECE):
+        while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
+            if progress is not None:
+                progress(len(piece))
             unit = reader.feed(piece)
             video = reader.video_track
             for run in unit.clusters:
@@ -68,11 +74,12 @@ def scan_video_blocks(source: LocalStream) -> tuple[bytes, list[VideoBlock]]:
 
 def plan_jobs(
     source: LocalStream, settings: TrackerSettings, gallery: GalleryMatrix | None,
-    max_frames: int = MAX_JOB_FRAMES_DEFAULT,
+    max_frames: int = MAX_JOB_FRAMES_DEFAULT, progress: Progress | None = None,
 ) -> list[Job]:  # fmt: skip
     """The jobs of a stored stream; ``gallery``: who its faces are identified against (the
-    gallery when planned: it travels with the jobs, so every worker uses the same)."""
-    init, blocks = scan_video_blocks(source)
+    gallery when planned: it travels with the jobs, so every worker uses the same);
+    ``progress`` hears the bytes of the stream read."""
+    init, blocks = scan_video_blocks(source, progress)
     # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     jobs = []
@@ -107,9 +114,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     return landmark_runs(job, read_runs(job))
 
 
-def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
+def landmark_runs(job: Job, runs: Runs, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Decode ``runs`` (the job's blocks, from the keyframe before its range) with a fresh
-    decoder and track frames [start, end) with a fresh tracker; no file is read here."""
+    decoder and track frames [start, end) with a fresh tracker; no file is read here.
+    ``progress`` hears the frames landmarked, every ``REPORT_EVERY``."""
     decoder = UnitDecoder(first_index=job.first_index)
     tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
     out = []
@@ -118,15 +126,20 @@ def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
         if job.start <= frame.index < job.end:
             faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
             out.append(frame_result(frame.index, frame.pts_ms, faces))
+            if progress is not None and len(out) % REPORT_EVERY == 0:
+                progress(REPORT_EVERY)
     if len(out) != job.end - job.start:
         raise InvalidMediaError(f"frames {job.start}-{job.end}: decoded {len(out)} of {job.end - job.start}")
     return out
 
 
-def session_jobs(store: SessionStore, session_id: str, settings: TrackerSettings) -> list[Job]:
-    """The jobs of a stored session, identified against the gallery as it is now."""
+def session_jobs(
+    store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None
+) -> list[Job]:
+    """The jobs of a stored session, identified against the gallery as it is now; ``progress``
+    hears the bytes of its stream read while planning."""
     gallery = store.gallery.matrix() if settings.identify else None
-    return plan_jobs(store.stream_source(session_id), settings, gallery)
+    return plan_jobs(store.stream_source(session_id), settings, gallery, progress=progress)
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:

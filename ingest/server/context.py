@@ -74,6 +74,8 @@ class ServerContext:
     lifecycle: SessionLifecycle
     metrics: Metrics
     exports: ExportJobs
+    # thumbnails being decoded (max_thumbnails); others wait
+    thumbnail_slots: asyncio.Semaphore
     # the try-on pages' images to the analysis workers (ingest/live/tryon_lane.py); None: --no-analysis
     tryon: ImageLane | None = None
 

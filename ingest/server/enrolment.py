@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from ingest.analysis.identity import distances_by_name
 from ingest.analysis.stills import enrol_photos
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, CapacityError
-from storage.gallery import Gallery, GalleryError, check_name
+from ingest.exceptions import BadRequestError, CapacityError, LookAlikeError
+from storage.gallery import Enrolment, Gallery, GalleryError, check_name
 
 
 def check_photo_count(count: int, limit: int) -> None:
@@ -25,6 +26,39 @@ def check_photo_count(count: int, limit: int) -> None:
         raise BadRequestError("send at least one photo (form field 'file')")
     if count > limit:
         raise BadRequestError(f"{count} photos sent; at most {limit} per request (max_photos_per_request)")
+
+
+def check_look_alikes(gallery: Gallery, name: str, photos: list[Enrolment], threshold: float, how: str) -> None:
+    """Refuse (``LookAlikeError``) an enrolment that would silently merge or split people: a
+    new person whose face matches someone already enrolled (recordings would name either), or
+    a name already taken by a face this one does not match (two people, one name). More photos
+    of a person that match them pass. ``how``: what the client does to confirm (blocking: the
+    gallery is read)."""
+    matrix = gallery.matrix()
+    known = gallery.find(name)
+    name = known["name"] if known is not None else name  # as enrolled: "ADA" adds to "Ada"
+    for photo in photos:
+        distances = distances_by_name(matrix, photo.descriptor)
+        own = distances.get(name)
+        if own is not None and own <= threshold:
+            continue  # another photo of the same person
+        near = sorted((d, other) for other, d in distances.items() if other != name and d <= threshold)
+        matches: list[dict[str, object]] = [{"name": other, "distance": d} for d, other in near]
+        same_name: dict[str, object] | None = None if own is None else {"name": name, "distance": own}
+        if near:
+            distance, other = near[0]
+            raise LookAlikeError(
+                f"this face looks like {other} (distance {distance:.2f}, a match below {threshold:g}): enrolled as "
+                f"{name} it would be named either; add it to {other}, or {how} to enrol a new person anyway",
+                matches, same_name,
+            )  # fmt: skip
+        if own is not None:
+            raise LookAlikeError(
+                f"the gallery already holds {name}, whose photos do not look like this face (distance {own:.2f}, "
+                f"more than {threshold:g}): two people would share one name; choose another name, or {how} to add "
+                f"it to {name} anyway",
+                matches, same_name,
+            )  # fmt: skip
 
 
 class EnrolmentService:
@@ -39,7 +73,9 @@ class EnrolmentService:
         """No I/O: on the loop."""
         return check_name(name)
 
-    async def add(self, name: str, photos: list[tuple[bytes, str]]) -> dict[str, Any]:
+    async def add(self, name: str, photos: list[tuple[bytes, str]], confirm: bool = False) -> dict[str, Any]:
+        """Enrol ``photos`` of ``name``; one that would merge or split people is refused with
+        the match (409) unless ``confirm``."""
         check_photo_count(len(photos), self.settings.max_photos_per_request)
         name = self.checked_name(name)
         if self._busy.locked():
@@ -55,6 +91,9 @@ class EnrolmentService:
             )  # fmt: skip
         if refusal is not None:
             raise refusal
+        if not confirm:
+            threshold = self.settings.identity_threshold
+            await asyncio.to_thread(check_look_alikes, self.gallery, name, enrolled, threshold, "send confirm=1")
         person = await asyncio.to_thread(self.gallery.add, name, enrolled)
         await self.on_change()
         return person
@@ -62,15 +101,23 @@ class EnrolmentService:
     async def people(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.gallery.people)
 
-    async def remove(self, person: str) -> dict[str, Any]:
-        """Remove the person whose id is ``person`` (or, as PROTOCOL v1.1 has it, whose name)."""
-        removed = await asyncio.to_thread(self._remove, person)
-        await self.on_change()
-        return removed
+    async def photo(self, person: str) -> tuple[bytes, str]:
+        """The first photo (as uploaded) of the person whose id (or name) is ``person``, and its type."""
+        data, extension = await asyncio.to_thread(self._photo, person)
+        return data, {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}.get(extension, "image/jpeg")
 
-    def _remove(self, person: str) -> dict[str, Any]:
+    def _photo(self, person: str) -> tuple[bytes, str]:
+        found = self._find(person)
+        photos = self.gallery.photos(found["id"])
+        if not photos:
+            raise GalleryError(f"{found['name']} has no photo", unknown=True)
+        path = self.gallery.photo_path(found["id"], photos[0]["id"])
+        return path.read_bytes(), path.suffix
+
+    def _find(self, person: str) -> dict[str, Any]:
+        """The person whose id is ``person``, else whose name has its key."""
         try:
-            return self.gallery.remove(person)
+            return self.gallery.person(person)
         except GalleryError as exc:
             if not exc.unknown:
                 raise
@@ -80,7 +127,13 @@ class EnrolmentService:
             found = None
         if found is None:
             raise GalleryError(f"the gallery holds no person {person[:100]!r} (neither an id nor a name)", unknown=True)
-        return self.gallery.remove(found["id"])
+        return found
+
+    async def remove(self, person: str) -> dict[str, Any]:
+        """Remove the person whose id is ``person`` (or, as PROTOCOL v1.1 has it, whose name)."""
+        removed = await asyncio.to_thread(lambda: self.gallery.remove(self._find(person)["id"]))
+        await self.on_change()
+        return removed
 
     def close(self) -> None:
         if self._pool is not None:
