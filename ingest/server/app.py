@@ -203,7 +203,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         if namespace is not None and not namespace.closing:  # aiohttp may signal twice
             if cluster is not None:  # the other nodes take the recording sessions before the clients reconnect
                 await hand_over_all(app[CONTEXT], cluster)
-            await namespace.close(settings.shutdown_grace_s)
+            await namespace.close(settings.shutdown_grace_s, reconnect=cluster is not None)
             log.info("shutdown: connections closed")
 
     app.cleanup_ctx.append(context_ctx)

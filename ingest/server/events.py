@@ -84,7 +84,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             if self.closing and not self._handling:
                 self._drained.set()
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, timeout: float, reconnect: bool = False) -> None:
         """Shutdown: refuse new events (``busy``), let the ones in hand finish and be acked (at
         most ``timeout`` s), then close every connection: clients resume after a restart."""
         self.closing = True
@@ -94,7 +94,13 @@ class IngestNamespace(socketio.AsyncNamespace):
             except TimeoutError:
                 log.warning("shutdown: %d events still in hand after %g s", self._handling, timeout)
         eio = self.server.eio
-        if eio.sockets:
+        if eio.sockets and reconnect:
+            # several nodes: no goodbye (a client told "disconnect" by its server stays away);
+            # the connections simply end, and the clients reconnect to another node and resume
+            for socket in list(eio.sockets.values()):
+                await socket.close(wait=False, abort=True)
+            eio.sockets = {}
+        elif eio.sockets:
             await asyncio.wait_for(eio.disconnect(), timeout)
 
     async def on_start(self, sid: str, data: object = None) -> Ack:
