@@ -294,6 +294,8 @@ class SessionStore:
             notes.append(f"{session_id}: chunks {durable + 1}-{row['next_seq'] - 1} were not in object storage; "
                          f"next_seq is {durable + 1} (the client resends them)")  # fmt: skip
         self._present.discard(session_id)
+        # the folder exists even when nothing was durable: the resent chunk 0 is written into it
+        self.files(session_id).root.mkdir(parents=True, exist_ok=True)
         if durable >= 0:
             self._local(session_id)
             notes.append(f"{session_id}: restored from object storage through seq {durable}")
