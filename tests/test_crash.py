@@ -34,11 +34,12 @@ def test_sigkill_mid_recording_then_resume(server_factory, tmp_path):
         async with Client(server.url) as client:
             resume = {"resume": {"session_id": session["session_id"], "token": session["token"]}}
             ack = await client.call("start", resume)
-            assert ack == {"ok": True, "session_id": session["session_id"], "token": session["token"], "next_seq": 11}
+            assert ack == {"ok": True, "session_id": session["session_id"], "token": session["token"], "next_seq": 11,
+                           "durable_seq": 10}  # fmt: skip
             # a resend of an acked chunk is still recognised after the restart
             assert (await client.chunk(session, 10, chunks[10]))["ok"]
             for seq in range(11, len(chunks)):
-                assert (await client.chunk(session, seq, chunks[seq])) == {"ok": True, "seq": seq, "next_seq": seq + 1}
+                assert (await client.chunk(session, seq, chunks[seq])) == {"ok": True, "seq": seq, "next_seq": seq + 1, "durable_seq": seq}
             stopped = await client.stop(session)
             assert stopped["session"]["frames"] == recording.expected["video_frames"]
         base = f"{server.url}/api/sessions/{session['session_id']}"

@@ -17,7 +17,7 @@ async def replay(url: str, chunks: list[bytes], mime: str = "video/webm;codecs=v
         session = await client.start(mime)
         for seq, data in enumerate(chunks):
             ack = await client.chunk(session, seq, data, t_ms=seq * 250.0)
-            assert ack == {"ok": True, "seq": seq, "next_seq": seq + 1}
+            assert ack == {"ok": True, "seq": seq, "next_seq": seq + 1, "durable_seq": seq}  # durable: one disk
         stopped = await client.stop(session)
         assert stopped["ok"], stopped
         return {**session, "summary": stopped["session"]}
@@ -66,7 +66,7 @@ def test_chunk_rules(ingest_server):
             assert session["next_seq"] == 0 and len(session["token"]) >= 24
             assert (await client.chunk(session, 0, chunks[0]))["ok"]
             # duplicate with the same bytes: ok, stored once
-            assert await client.chunk(session, 0, chunks[0]) == {"ok": True, "seq": 0, "next_seq": 1}
+            assert await client.chunk(session, 0, chunks[0]) == {"ok": True, "seq": 0, "next_seq": 1, "durable_seq": 0}
             # same seq, other bytes: conflict
             ack = await client.chunk(session, 0, chunks[1])
             assert ack["ok"] is False and ack["error"]["code"] == "conflict"
