@@ -174,11 +174,11 @@ def face_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def free_port() -> int:
-    import socket
+    """A free loopback port outside the ephemeral range (see tests/engines.py): a server
+    restarted by a test on its port finds it still free."""
+    from tests.engines import free_port as engine_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return engine_port()
 
 
 @pytest.fixture(scope="session")

@@ -23,11 +23,14 @@ installs them): a skip would hide a broken CI.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import os
 import pwd
 import shutil
+import random
 import signal
 import socket
 import subprocess
@@ -60,15 +63,33 @@ class EngineError(RuntimeError):
 # shared helpers
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on now, never handed out twice in this process."""
-    for _ in range(100):
+    """A loopback TCP port nobody listens on now, never handed out twice in this process, and
+    outside the kernel's ephemeral range: engines stopped and started again by a test keep their
+    ports, and a port chosen by ``bind(0)`` (another test, a client's outgoing connection) could
+    take it while the engine is down."""
+    low, high = _ephemeral_range()
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535) if high < 64000 else (low, high)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(first, last)
+        if port in _ports_given:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
     raise EngineError("no free loopback port")
 
 
@@ -127,6 +148,12 @@ def private_dir(prefix: str, owner: str | None = None) -> Path:
     else:
         path.chmod(0o755)
     return path
+
+
+@functools.cache
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    """The one thread that starts engines (see :meth:`Engine._spawn`)."""
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-spawner")
 
 
 def _die_with_parent(sig: int) -> Callable[[], None]:
@@ -251,10 +278,13 @@ class Engine:
             log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(self.command())}\n".encode())
             log.flush()
             kwargs: dict[str, Any] = {"cwd": self.base, **self.spawn_kwargs()}
-            self.proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            # spawned by one thread that lives as long as the test process: the death signal is
+            # sent when the spawning *thread* ends (prctl(2)), and a start from asyncio.to_thread
+            # would otherwise stop the engine when that executor thread exits
+            self.proc = _spawner().submit(
+                subprocess.Popen, self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent(self.stop_signal), **kwargs,
-            )  # fmt: skip
+            ).result()  # fmt: skip
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop it the way its operator would (its own graceful signal), SIGKILL past ``timeout``
@@ -688,7 +718,10 @@ class S3Bucket:
 
     def drop(self) -> None:
         self.server.start()
-        self.server.delete_bucket(self.bucket)
+        try:
+            self.server.delete_bucket(self.bucket)
+        except Exception as exc:
+            raise EngineError(f"bucket {self.bucket} not deleted ({exc})\n{self.server.log_tail()}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
