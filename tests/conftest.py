@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real recordings in ../shared/fixtures, and a real server process."""
+"""Shared test fixtures: the real recordings in tests/fixtures, and a real server process."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
-RECORDINGS = SHARED / "fixtures" / "recordings"
-# recordings this repo made itself with the fixture recorder (see tests/fixtures/README.md)
-OWN_RECORDINGS = ROOT / "tests" / "fixtures" / "recordings"
-IMAGES = SHARED / "fixtures" / "images"
+FIXTURES = ROOT / "tests" / "fixtures"  # what each holds and how it was made: tests/fixtures/README.md
+RECORDINGS = FIXTURES / "recordings"
+IMAGES = FIXTURES / "images"
+TOOLS = FIXTURES / "tools"  # the fixture recorder (record.sh) and the fake cameras it records
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Recording:
 
 
 def load_recording(name: str) -> Recording:
-    path = OWN_RECORDINGS / name if (OWN_RECORDINGS / name).exists() else RECORDINGS / name
+    path = RECORDINGS / name
     chunks = [p.read_bytes() for p in sorted(path.glob("chunk_*.webm"))]
     return Recording(
         name,
@@ -53,8 +52,13 @@ def load_recording(name: str) -> Recording:
     )
 
 
-RECORDING_NAMES = sorted(p.name for p in RECORDINGS.iterdir() if (p / "expected.json").exists())
-assert RECORDING_NAMES, f"no fixture recordings under {RECORDINGS}"
+# the webcam-like set every `recording`-parametrized test runs on (one per codec, plus the hard
+# scene); two_people_720p_vp8 and webcam_av1_250ms serve their own tests (tests/fixtures/README.md)
+RECORDING_NAMES = [
+    "scene_vp8_opus_250ms", "webcam_h264_250ms", "webcam_vp8_kf1s_250ms", "webcam_vp8_opus_250ms",
+    "webcam_vp9_opus_250ms",
+]  # fmt: skip
+assert all((RECORDINGS / n / "expected.json").exists() for n in RECORDING_NAMES), f"fixture recordings missing in {RECORDINGS}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -165,7 +169,7 @@ def ffprobe_frames(path: Path) -> int:
 def face_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A y4m fake camera made from the face photo with the fixture recorder's own tool."""
     out = tmp_path_factory.mktemp("camera") / "face.y4m"
-    tool = SHARED / "tools" / "fixture-recorder" / "make_camera.py"
+    tool = TOOLS / "make_camera.py"
     subprocess.run([sys.executable, str(tool), str(IMAGES / "obama.jpg"), str(out), "640", "480", "4"], check=True)
     return out
 

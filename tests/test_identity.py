@@ -1,7 +1,7 @@
 """Identification against a gallery (issue 12): the gallery's CLI, routes and refusals; who is
 in the frame, live and in batch, with the people of the fixture recordings.
 
-Photos: obama.jpg (the shared fixture; the webcam fixtures were made from it) and "Far", the
+Photos: obama.jpg (tests/fixtures/images; the webcam fixtures were made from it) and "Far", the
 second person of the scene fixture (frame 150, from the MIT-licensed face_recognition example
 clip), who is the small face of two_people_720p_vp8."""
 
