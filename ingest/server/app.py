@@ -128,7 +128,7 @@ def build_app(settings: Settings) -> web.Application:
         try:
             yield
         finally:
-            enrolment.close()
+            await asyncio.to_thread(enrolment.close)
 
     app.cleanup_ctx.append(enrolment_ctx)
     app.cleanup_ctx.append(context_ctx)
