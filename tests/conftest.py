@@ -8,12 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+
+from tests.blocking_server import reports_in
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"  # what each holds and how it was made: tests/fixtures/README.md
@@ -76,7 +78,10 @@ def recording(request: pytest.FixtureRequest) -> Recording:
 
 
 class ServerProcess:
-    """``camingest serve`` in a subprocess on a free loopback port."""
+    """``camingest serve`` in a subprocess on a free loopback port, with BlockBuster watching its
+    event loop (tests/blocking_server.py): a test whose server blocked its loop fails at teardown."""
+
+    logs: ClassVar[dict[Path, int]] = {}  # every server log of the session: bytes already checked
 
     def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0) -> None:
         self.data = data
@@ -89,17 +94,15 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        ServerProcess.logs.setdefault(self.log, self.log.stat().st_size if self.log.exists() else 0)
         logfile = open(self.log, "a")  # noqa: SIM115 -- owned by the child process for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "serve", "--port", str(self.port), "--data", str(self.data), *self.extra],
+            [sys.executable, "-m", "tests.blocking_server", "serve", "--port", str(self.port), "--data", str(self.data),
+             *self.extra],
             stdout=subprocess.PIPE, stderr=logfile, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
+        for line in iter(self.proc.stdout.readline, ""):  # until it says where it listens, or exits
             match = re.search(r"(https?://\S+?)/ ", line)
             if match:
                 self.url = match.group(1)
@@ -121,6 +124,37 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def new_blocking_calls() -> list[str]:
+    """What the servers' logs gained since the last look: BlockingError reports of
+    tests/blocking_server.py (each with the call and the stack that made it on the loop)."""
+    reports = []
+    for log, checked in list(ServerProcess.logs.items()):
+        if not log.exists():
+            continue
+        with open(log, "rb") as f:
+            f.seek(checked)
+            data = f.read()
+        data = data[: data.rfind(b"\n") + 1]  # whole lines only: a running server may be writing
+        ServerProcess.logs[log] = checked + len(data)
+        text = data.decode(errors="replace")
+        reports += [f"{log.name}: {report}" for report in reports_in(text)]
+    return reports
+
+
+def fail_on_blocking_calls() -> None:
+    if reports := new_blocking_calls():
+        pytest.fail(f"the server blocked its event loop {len(reports)} time(s):\n" + "\n".join(reports), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def server_loop_never_blocked() -> Iterator[None]:
+    """Every test that used a server fails if the server blocked its event loop meanwhile
+    (checked after the test's own servers stopped, so shutdown counts too; a module-scoped
+    server's start-up counts for its module's first test)."""
+    yield
+    fail_on_blocking_calls()
 
 
 @pytest.fixture
@@ -150,6 +184,7 @@ def analysis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     server = ServerProcess(data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}).start()
     yield server
     server.stop()
+    fail_on_blocking_calls()  # its shutdown, after the module's last test
 
 
 ARTIFACTS = ROOT / "test-artifacts"
