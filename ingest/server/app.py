@@ -141,7 +141,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         try:
             yield
         finally:
-            enrolment.close()
+            await asyncio.to_thread(enrolment.close)
 
     app.cleanup_ctx.append(enrolment_ctx)
     app.cleanup_ctx.append(context_ctx)
