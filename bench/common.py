@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
-RECORDINGS = SHARED / "fixtures" / "recordings"
+FIXTURES = ROOT / "tests" / "fixtures"  # the recordings and images the tests use, in the repo
+RECORDINGS = FIXTURES / "recordings"
+IMAGES = FIXTURES / "images"
 
 
 def chunks_of(name: str) -> list[bytes]:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import socketio
 
-from bench.common import RECORDINGS, SHARED, chunks_of, machine_notes, percentile, start_server
+from bench.common import IMAGES, RECORDINGS, chunks_of, machine_notes, percentile, start_server
 from ingest.analysis.detect import detect_boxes, detector
 from ingest.analysis.engine.predictor import predictor
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
@@ -139,7 +139,7 @@ async def live(sessions: int, workers: int, engine: str = "numba", identify: boo
     name = "webcam_vp8_opus_250ms"
     with tempfile.TemporaryDirectory() as data:
         if identify:  # one person enrolled: every face gets descriptors (an empty gallery costs nothing)
-            subprocess.run([sys.executable, "-m", "ingest.cli", "gallery", "add", "Obama", str(SHARED / "fixtures" / "images" / "obama.jpg"),
+            subprocess.run([sys.executable, "-m", "ingest.cli", "gallery", "add", "Obama", str(IMAGES / "obama.jpg"),
                             "--data", data], check=True, capture_output=True)  # fmt: skip
         proc, url = start_server(Path(data), "--workers", str(workers), env={"CAMINGEST_LANDMARK_ENGINE": engine})
         await asyncio.sleep(3)  # workers load the predictor

@@ -34,7 +34,7 @@ import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RECORDINGS, SHARED, chunks_of, machine_notes, percentile, start_server
+from bench.common import FIXTURES, IMAGES, RECORDINGS, chunks_of, machine_notes, percentile, start_server
 from ingest.media.image_headers import probe_image
 
 FPS = 6
@@ -45,8 +45,8 @@ LIVE = "webcam_vp8_opus_250ms"
 def camera_frames(folder: Path) -> list[str]:
     """The face camera's frames as the tutorial's page would send them (data URLs)."""
     y4m = folder / "face.y4m"
-    tool = SHARED / "tools" / "fixture-recorder" / "make_camera.py"
-    subprocess.run([sys.executable, str(tool), str(SHARED / "fixtures" / "images" / "obama.jpg"), str(y4m),
+    tool = FIXTURES / "tools" / "make_camera.py"
+    subprocess.run([sys.executable, str(tool), str(IMAGES / "obama.jpg"), str(y4m),
                     "640", "480", "4"], check=True)  # fmt: skip
     raw = y4m.read_bytes()
     body = raw.index(b"\n") + 1

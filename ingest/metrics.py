@@ -3,7 +3,8 @@
 One ``CollectorRegistry`` per application (never prometheus-client's global one): counters are
 incremented where things happen (chunk path, live pipeline, worker restarts); gauges that are
 cheap to read are computed when scraped (sessions recording, event-loop lag, queue depths, busy
-workers, free disk). An increment costs about a microsecond: nothing shows in the ack benchmark.
+workers); free disk is read just before, in a thread. An increment costs about a microsecond:
+nothing shows in the ack benchmark.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Metrics:
         """``node``: this node's id, a label on every sample (several nodes behind one address)."""
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
+        self._disk: tuple[Gauge, Path] | None = None
         r = self.registry
         self.emits_dropped = Counter(
             "camingest_emits_dropped", "Events to pages dropped (the send queue full, or the transport failed)",
@@ -69,8 +71,15 @@ class Metrics:
         Gauge(name, documentation, registry=self.registry).set_function(read)
 
     def disk_gauge(self, data_dir: Path) -> None:
-        self.gauge("camingest_disk_free_bytes", "Free bytes on the data folder's filesystem",
-                   lambda: float(shutil.disk_usage(data_dir).free))  # fmt: skip
+        """Free disk of ``data_dir``'s filesystem, read by ``refresh_disk`` before a scrape."""
+        gauge = Gauge("camingest_disk_free_bytes", "Free bytes on the data folder's filesystem", registry=self.registry)
+        self._disk = (gauge, data_dir)
+
+    def refresh_disk(self) -> None:
+        """A statvfs: the caller runs it off the event loop."""
+        if self._disk is not None:
+            gauge, data_dir = self._disk
+            gauge.set(float(shutil.disk_usage(data_dir).free))
 
     def exposition(self) -> bytes:
         text = generate_latest(self.registry)

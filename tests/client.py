@@ -1,14 +1,21 @@
-"""A test client speaking PROTOCOL.md with python-socketio's AsyncClient."""
+"""What the async tests share: a test client speaking PROTOCOL.md (python-socketio's
+AsyncClient), the one poller (``wait_until``) and the waits built on it, ``record`` (a fixture
+recording sent as a browser would) and small HTTP helpers."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+import inspect
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from ingest.client import CamingestClient
+
+if TYPE_CHECKING:
+    from tests.conftest import Recording
 
 
 class Client(CamingestClient):
@@ -44,26 +51,36 @@ async def http_get(url: str) -> tuple[int, bytes, str]:
 
 async def http_json(url: str) -> tuple[int, Any]:
     status, body, _ = await http_get(url)
-    import json
-
     return status, json.loads(body)
 
 
-async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 120) -> Any:
-    """The one poller of the tests: await ``check()`` every 0.1 s until it returns something
-    truthy (returned), else fail loudly with ``what`` and the last value after ``timeout`` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(
+    check: Callable[[], Any], what: str, timeout: float = 120, *, seen: Callable[[], Any] | None = None,
+    interval: float = 0.1,
+) -> Any:
+    """The one poller of the tests: call ``check()`` (a function or a coroutine function) every
+    ``interval`` s until it returns something truthy, which is returned. After ``timeout`` s it
+    fails loudly: ``what`` was awaited, and the state it saw (``seen()`` if given, else the last
+    value ``check`` returned)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while True:
-        value = await check()
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} (after {timeout:g} s; last: {value!r})")
-        await asyncio.sleep(0.1)
+        if loop.time() > deadline:
+            state = seen() if seen is not None else value
+            raise AssertionError(f"{what}: still not so after {timeout:g} s; last seen: {state!r}")
+        await asyncio.sleep(interval)
 
 
-async def wait_for_summary(url: str, done: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
-    """Poll a session summary until ``done`` says so (2 minutes at most)."""
+async def wait_for_summary(
+    url: str, done: Callable[[dict[str, Any]], bool], what: str = "the session summary", timeout: float = 120
+) -> dict[str, Any]:
+    """Poll a session summary (GET ``url``) until ``done(summary)``; returns that summary, or
+    fails with ``what`` and the last summary seen. tests/pages.py's runs this one in a thread."""
     last: dict[str, Any] = {}
 
     async def check() -> dict[str, Any] | None:
@@ -71,10 +88,54 @@ async def wait_for_summary(url: str, done: Callable[[dict[str, Any]], bool], wha
         _, last = await http_json(url)
         return last if done(last) else None
 
-    try:
-        return await wait_until(check, what)
-    except AssertionError:
-        raise AssertionError(f"{what}: {last}") from None
+    return await wait_until(check, what, timeout, seen=lambda: last)
+
+
+def live_frames(client: CamingestClient) -> list[dict[str, Any]]:
+    """Every frame of the ``landmarks`` events ``client`` received, in arrival order."""
+    return [frame for event in client.events.get("landmarks", []) for frame in event["frames"]]
+
+
+async def wait_for_frames(client: CamingestClient, count: int, timeout: float = 120) -> list[dict[str, Any]]:
+    """Wait until ``client`` received live landmarks (or ``skipped``) for ``count`` frames."""
+
+    def enough() -> list[dict[str, Any]] | None:
+        frames = live_frames(client)
+        return frames if len(frames) >= count else None
+
+    return await wait_until(enough, f"live landmarks of {count} frames", timeout,
+                            seen=lambda: f"{len(live_frames(client))} frames")  # fmt: skip
+
+
+async def wait_for_event(client: CamingestClient, name: str, count: int = 1, timeout: float = 60) -> list[Any]:
+    """Wait until ``client`` received ``count`` server events ``name``; returns them all."""
+    return await wait_until(lambda: len(client.events.get(name, [])) >= count and list(client.events[name]),
+                            f"{count} {name!r} event(s)", timeout,
+                            seen=lambda: {k: len(v) for k, v in client.events.items() if v})  # fmt: skip
+
+
+async def record(
+    server_url: str, recording: Recording, pace: float = 0.05, *, client: Client | None = None,
+    session: dict[str, Any] | None = None, first: int = 0, last: int | None = None, stop: bool = True,
+) -> dict[str, Any]:
+    """Send ``recording``'s chunks [first, last) as a browser would, each acknowledged, ``pace`` s
+    apart (0: as fast as acks come back), on ``client`` (else a connection of its own) into
+    ``session`` (else a new one, with the recording's mime), then stop it unless ``stop`` is
+    False. Returns the session (its ``start`` ack)."""
+    if client is None:
+        async with Client(server_url) as own:
+            return await record(server_url, recording, pace, client=own, session=session, first=first, last=last,
+                                stop=stop)  # fmt: skip
+    session = session or await client.start(recording.meta["mime"])
+    for seq, data in enumerate(recording.chunks[first:last], start=first):
+        ack = await client.chunk(session, seq, data)
+        assert ack["ok"], f"seq {seq}: {ack}"
+        if pace:
+            await asyncio.sleep(pace)
+    if stop:
+        stopped = await client.stop(session)
+        assert stopped["ok"], stopped
+    return session
 
 
 def run(coro: Any) -> Any:

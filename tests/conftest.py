@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real recordings in ../shared/fixtures, and a real server process."""
+"""Shared test fixtures: the real recordings in tests/fixtures, and a real server process."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+
+from tests.blocking_server import reports_in
 
 # real PostgreSQL, Redis, SeaweedFS and nginx as fixtures (tests/engines.py)
 pytest_plugins = ["tests.engines"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("CAMINGEST_SHARED", ROOT.parent / "shared"))
-RECORDINGS = SHARED / "fixtures" / "recordings"
-# recordings this repo made itself with the fixture recorder (see tests/fixtures/README.md)
-OWN_RECORDINGS = ROOT / "tests" / "fixtures" / "recordings"
-IMAGES = SHARED / "fixtures" / "images"
+FIXTURES = ROOT / "tests" / "fixtures"  # what each holds and how it was made: tests/fixtures/README.md
+RECORDINGS = FIXTURES / "recordings"
+IMAGES = FIXTURES / "images"
+TOOLS = FIXTURES / "tools"  # the fixture recorder (record.sh) and the fake cameras it records
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Recording:
 
 
 def load_recording(name: str) -> Recording:
-    path = OWN_RECORDINGS / name if (OWN_RECORDINGS / name).exists() else RECORDINGS / name
+    path = RECORDINGS / name
     chunks = [p.read_bytes() for p in sorted(path.glob("chunk_*.webm"))]
     return Recording(
         name,
@@ -56,8 +57,13 @@ def load_recording(name: str) -> Recording:
     )
 
 
-RECORDING_NAMES = sorted(p.name for p in RECORDINGS.iterdir() if (p / "expected.json").exists())
-assert RECORDING_NAMES, f"no fixture recordings under {RECORDINGS}"
+# the webcam-like set every `recording`-parametrized test runs on (one per codec, plus the hard
+# scene); two_people_720p_vp8 and webcam_av1_250ms serve their own tests (tests/fixtures/README.md)
+RECORDING_NAMES = [
+    "scene_vp8_opus_250ms", "webcam_h264_250ms", "webcam_vp8_kf1s_250ms", "webcam_vp8_opus_250ms",
+    "webcam_vp9_opus_250ms",
+]  # fmt: skip
+assert all((RECORDINGS / n / "expected.json").exists() for n in RECORDING_NAMES), f"fixture recordings missing in {RECORDINGS}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,7 +81,10 @@ def recording(request: pytest.FixtureRequest) -> Recording:
 
 
 class ServerProcess:
-    """``camingest serve`` in a subprocess on a free loopback port."""
+    """``camingest serve`` in a subprocess on a free loopback port, with BlockBuster watching its
+    event loop (tests/blocking_server.py): a test whose server blocked its loop fails at teardown."""
+
+    logs: ClassVar[dict[Path, int]] = {}  # every server log of the session: bytes already checked
 
     def __init__(self, data: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0) -> None:
         self.data = data
@@ -88,17 +97,15 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        ServerProcess.logs.setdefault(self.log, self.log.stat().st_size if self.log.exists() else 0)
         logfile = open(self.log, "a")  # noqa: SIM115 -- owned by the child process for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "serve", "--port", str(self.port), "--data", str(self.data), *self.extra],
+            [sys.executable, "-m", "tests.blocking_server", "serve", "--port", str(self.port), "--data", str(self.data),
+             *self.extra],
             stdout=subprocess.PIPE, stderr=logfile, text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
+        for line in iter(self.proc.stdout.readline, ""):  # until it says where it listens, or exits
             match = re.search(r"(https?://\S+?)/ ", line)
             if match:
                 self.url = match.group(1)
@@ -120,6 +127,37 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def new_blocking_calls() -> list[str]:
+    """What the servers' logs gained since the last look: BlockingError reports of
+    tests/blocking_server.py (each with the call and the stack that made it on the loop)."""
+    reports = []
+    for log, checked in list(ServerProcess.logs.items()):
+        if not log.exists():
+            continue
+        with open(log, "rb") as f:
+            f.seek(checked)
+            data = f.read()
+        data = data[: data.rfind(b"\n") + 1]  # whole lines only: a running server may be writing
+        ServerProcess.logs[log] = checked + len(data)
+        text = data.decode(errors="replace")
+        reports += [f"{log.name}: {report}" for report in reports_in(text)]
+    return reports
+
+
+def fail_on_blocking_calls() -> None:
+    if reports := new_blocking_calls():
+        pytest.fail(f"the server blocked its event loop {len(reports)} time(s):\n" + "\n".join(reports), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def server_loop_never_blocked() -> Iterator[None]:
+    """Every test that used a server fails if the server blocked its event loop meanwhile
+    (checked after the test's own servers stopped, so shutdown counts too; a module-scoped
+    server's start-up counts for its module's first test)."""
+    yield
+    fail_on_blocking_calls()
 
 
 @pytest.fixture
@@ -149,6 +187,7 @@ def analysis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     server = ServerProcess(data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}).start()
     yield server
     server.stop()
+    fail_on_blocking_calls()  # its shutdown, after the module's last test
 
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -168,7 +207,7 @@ def ffprobe_frames(path: Path) -> int:
 def face_camera(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A y4m fake camera made from the face photo with the fixture recorder's own tool."""
     out = tmp_path_factory.mktemp("camera") / "face.y4m"
-    tool = SHARED / "tools" / "fixture-recorder" / "make_camera.py"
+    tool = TOOLS / "make_camera.py"
     subprocess.run([sys.executable, str(tool), str(IMAGES / "obama.jpg"), str(out), "640", "480", "4"], check=True)
     return out
 

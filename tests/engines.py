@@ -29,8 +29,8 @@ import ctypes
 import functools
 import os
 import pwd
-import shutil
 import random
+import shutil
 import signal
 import socket
 import subprocess

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import io
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from ingest.media.webm import _read_header
-from tests.client import Client, http_get, http_json, run, wait_for_summary
+from tests.client import http_get, record, run, wait_for_summary
 from tests.conftest import ROOT, ffprobe_frames, load_recording
 
 NO_SKIP = {"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}
@@ -36,18 +35,11 @@ def record_live(server, recording) -> str:
     """Record a fixture through the server and wait until every frame has live landmarks."""
 
     async def scenario() -> str:
-        async with Client(server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            for seq, chunk in enumerate(recording.chunks):
-                assert (await client.chunk(session, seq, chunk))["ok"]
-                await asyncio.sleep(0.05)
-            await client.stop(session)
-            for _ in range(1200):
-                _, detail = await http_json(f"{server.url}/api/sessions/{session['session_id']}")
-                if detail["analysed_frames"] == recording.expected["video_frames"] and detail["finalized"]:
-                    return session["session_id"]
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"live analysis or finalize did not finish: {detail}")
+        session = await record(server.url, recording)
+        await wait_for_summary(f"{server.url}/api/sessions/{session['session_id']}",
+                               lambda d: d["analysed_frames"] == recording.expected["video_frames"] and d["finalized"],
+                               "live analysis and finalize")  # fmt: skip
+        return session["session_id"]
 
     return run(scenario())
 
@@ -204,10 +196,7 @@ def test_av1_recording_finalizes_and_reprocesses(server_factory, tmp_path):
     server = server_factory("--no-analysis", data=data)
 
     async def scenario() -> str:
-        async with Client(server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            await client.send_all(session, recording.chunks)
-            assert (await client.stop(session))["ok"]
+        session = await record(server.url, recording, pace=0)
         await wait_for_summary(f"{server.url}/api/sessions/{session['session_id']}", lambda s: s["finalized"],
                                "the AV1 recording finalized")  # fmt: skip
         return session["session_id"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import Client, run
+from tests.client import Client, record, run, wait_until
 from tests.conftest import IMAGES, ROOT, free_port, load_recording
 from tests.test_batch import cli, read_landmarks
 
@@ -40,9 +40,8 @@ def dask_cluster(tmp_path_factory):
                                "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
     client = None
     try:
-        deadline_client = distributed.Client(scheduler_file=str(scheduler_file), timeout=60) if _wait_file(scheduler_file) else None
-        assert deadline_client is not None, (folder / "dask.log").read_text()
-        client = deadline_client
+        wait_for_file(scheduler_file, folder / "dask.log")
+        client = distributed.Client(scheduler_file=str(scheduler_file), timeout=60)
         for _ in range(2):
             procs.append(subprocess.Popen([DASK, "worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1",
                                            "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common))  # fmt: skip
@@ -61,15 +60,9 @@ def dask_cluster(tmp_path_factory):
         log.close()
 
 
-def _wait_file(path: Path, timeout: float = 60) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not path.exists():  # the scheduler writes it once it listens
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
+def wait_for_file(path: Path, log: Path, timeout: float = 60) -> None:
+    """Until the scheduler has written ``path`` (it does once it listens); else fail with its log."""
+    run(wait_until(path.exists, f"the scheduler to write {path.name}", timeout, seen=log.read_text))
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +75,9 @@ def stored(tmp_path_factory):
     server = ServerProcess(data, "--no-analysis").start()
 
     async def store() -> list[str]:
-        ids = []
         async with Client(server.url) as client:
-            for name in NAMES:
-                recording = load_recording(name)
-                session = await client.start(recording.meta["mime"])
-                await client.send_all(session, recording.chunks)
-                await client.stop(session)
-                ids.append(session["session_id"])
-        return ids
+            return [(await record(server.url, load_recording(name), pace=0, client=client))["session_id"]
+                    for name in NAMES]  # fmt: skip
 
     try:
         ids = run(store())
@@ -178,7 +165,9 @@ def test_unreachable_scheduler_is_one_line_and_keeps_landmarks(stored):
     assert {sid: (data / "sessions" / sid / "landmarks.jsonl").read_bytes() for sid in ids} == before
 
 
-def test_an_unreadable_stream_fails_that_session_only(dask_cluster, stored):
+def test_a_stream_that_cannot_be_planned_fails_that_session_only(dask_cluster, stored):
+    """A directory where a session's stream should be: planning (which scans the stream, in the
+    CLI) fails for that session before any job is sent; the cluster runs the others."""
     _, address = dask_cluster
     data, ids, reference = stored
     broken, rest = ids[0], ids[1:]
@@ -198,6 +187,47 @@ def test_an_unreadable_stream_fails_that_session_only(dask_cluster, stored):
     assert result.stderr.strip().splitlines()[-1] == f"camingest reprocess: 1 of {len(ids)} sessions failed"
     assert (data / "sessions" / broken / "landmarks.jsonl").read_bytes() == before
     assert landmarks_of(data, rest) == {sid: reference[sid] for sid in rest}
+
+
+def test_a_stream_unreadable_when_its_job_is_sent_fails_that_session_only(dask_cluster, stored):
+    """The cluster path's own failure branch: the stream is planned fine, then cut short before
+    the client reads a job's bytes to send them (the workers get bytes, not paths). That session
+    fails with the reader's message and keeps its landmarks; the others are committed as the
+    local path made them."""
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.cluster import ClusterReprocessor
+    from ingest.config import Settings
+    from storage.store import SessionStore
+
+    _, address = dask_cluster
+    data, ids, reference = stored
+    broken, rest = ids[0], ids[1:]
+    stream = data / "sessions" / broken / "stream.webm"
+    whole = stream.read_bytes()
+    cut = len(whole) // 2
+    before = (data / "sessions" / broken / "landmarks.jsonl").read_bytes()
+    wipe(data, rest)
+    store = SessionStore(data)
+    store.open(recover=False)
+    try:
+        with ClusterReprocessor(store, TrackerSettings.from_settings(Settings(data_dir=data)), address) as reprocessor:
+            plan = [(sid, reprocessor.jobs(sid)) for sid in ids]  # every stream whole: planned
+            os.truncate(stream, cut)
+            results = dict(reprocessor.run_many(plan))
+    finally:
+        store.close()
+        stream.write_bytes(whole)
+    # the first block of the session's first job that reaches past the cut is the one reported
+    jobs = dict(plan)[broken]
+    offset, length = next((o, n) for job in jobs for _, o, n in job.blocks if o + n > cut)
+    assert results[broken] == {
+        "error": f"cannot read the stored stream: the stored stream is shorter than its index ({offset}+{length})"
+    }
+    assert (data / "sessions" / broken / "landmarks.jsonl").read_bytes() == before
+    assert landmarks_of(data, rest) == {sid: reference[sid] for sid in rest}
+    for sid in rest:
+        frames = reference[sid]
+        assert results[sid] == {"frames": len(frames), "frames_with_faces": sum(1 for f in frames if f["faces"])}
 
 
 def reprocess_in_process(data: Path, ids: list[str], address: str, progress, **options):
@@ -230,8 +260,6 @@ def test_ctrl_c_cancels_the_clusters_work(dask_cluster, stored):
     def tasks(dask_scheduler) -> int:
         return len(dask_scheduler.tasks)
 
-    from tests.client import wait_until
-
     async def idle() -> bool:
         return await asyncio.to_thread(client.run_on_scheduler, tasks) == 0
 
@@ -253,7 +281,7 @@ def test_losing_every_worker_ends_in_one_error_with_landmarks_kept(tmp_path, sto
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
     try:
-        assert _wait_file(scheduler_file), (tmp_path / "dask.log").read_text()
+        wait_for_file(scheduler_file, tmp_path / "dask.log")
         procs.append(subprocess.Popen([DASK, "worker", "--scheduler-file", str(scheduler_file), "--no-nanny",
                                        "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **common))  # fmt: skip
         address = json.loads(scheduler_file.read_text())["address"]

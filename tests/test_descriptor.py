@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 from ingest.analysis.engine import descriptor as de
-from tests.conftest import IMAGES, OWN_RECORDINGS
-from tests.conftest import RECORDINGS as SHARED_RECORDINGS
+from tests.conftest import IMAGES, RECORDING_NAMES
+from tests.conftest import RECORDINGS as FIXTURE_RECORDINGS
 
 TOLERANCE = 1e-4
 FRAMES_PER_RECORDING = 10
 PHOTO = IMAGES / "obama.jpg"
-RECORDINGS = [*sorted(SHARED_RECORDINGS.glob("*/")), OWN_RECORDINGS / "two_people_720p_vp8"]
+RECORDINGS = [FIXTURE_RECORDINGS / name for name in [*RECORDING_NAMES, "two_people_720p_vp8"]]
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_recording(recording: Path, dlib_models: tuple[Any, Any, Any], engines: 
 
 def test_small_face(dlib_models: tuple[Any, Any, Any], engines: dict[str, de.Descriptor]) -> None:
     """The ~55 px face of the two-person recording: its chip is upsampled ~3x by dlib."""
-    frames = frames_of(OWN_RECORDINGS / "two_people_720p_vp8")[:3]
+    frames = frames_of(FIXTURE_RECORDINGS / "two_people_720p_vp8")[:3]
     small = [(rgb, f) for rgb in frames for f in faces_in(rgb, dlib_models) if f[0][2] < 80]
     assert small, "the small face was not detected"
     for rgb, (box, points, shape) in small:

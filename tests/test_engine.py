@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -163,5 +162,13 @@ def test_unknown_engine_is_refused_by_name(tmp_path):
     assert result.stderr.strip() == "camingest sessions: landmark_engine is 'opencv'; allowed: numba, dlib"
 
 
-def test_shared_model_path_exists():
-    assert Path(model_path()).name == "shape_predictor_68_face_landmarks.dat"
+def test_the_model_both_engines_share_exists_and_is_dlibs_68_point_predictor():
+    """model_path() is the one model file of both engines: it must be there (the wheel's file,
+    nothing downloaded) and be a 68-point shape predictor that dlib itself loads."""
+    import dlib
+
+    path = model_path()
+    assert path.is_file(), f"{path} is not a file"
+    assert path.name == "shape_predictor_68_face_landmarks.dat"
+    shape = dlib.shape_predictor(str(path))(np.zeros((64, 64), np.uint8), dlib.rectangle(8, 8, 55, 55))
+    assert shape.num_parts == 68

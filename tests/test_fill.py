@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from tests.client import Client, run, wait_for_summary
+from tests.client import Client, live_frames, record, run, wait_for_event, wait_for_summary, wait_until
 from tests.conftest import load_recording
 from tests.test_batch import NO_SKIP, read_landmarks, record_live
 
@@ -44,16 +43,10 @@ def test_skipped_frames_are_filled_after_stop(server_factory, tmp_path, live_ref
 
     async def scenario() -> tuple[Client, str, dict]:
         async with Client(server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            for seq, chunk in enumerate(recording.chunks):  # all at once: live analysis falls behind
-                assert (await client.chunk(session, seq, chunk))["ok"]
-            await client.stop(session)
+            session = await record(server.url, recording, pace=0, client=client)  # live analysis falls behind
             url = f"{server.url}/api/sessions/{session['session_id']}"
             detail = await wait_complete(url, frames)
-            for _ in range(100):
-                if client.events.get("landmarks_filled"):
-                    break
-                await asyncio.sleep(0.05)
+            await wait_for_event(client, "landmarks_filled")
             return client, session["session_id"], detail
 
     client, session_id, detail = run(scenario())
@@ -81,19 +74,16 @@ def test_fill_resumes_after_a_crash(server_factory, tmp_path, live_reference):
     data = tmp_path / "data"
     server = server_factory(data=data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "0"})
 
-    async def record() -> str:
+    async def stopped_with_every_frame_skipped() -> str:
         async with Client(server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            for seq, chunk in enumerate(recording.chunks):
-                assert (await client.chunk(session, seq, chunk))["ok"]
-            await client.stop(session)
-            for _ in range(600):  # the last live results (all skipped) are out: the fill starts now
-                if sum(len(batch["frames"]) for batch in client.events.get("landmarks", [])) == frames:
-                    return session["session_id"]
-                await asyncio.sleep(0.005)
-        raise AssertionError(client.events)
+            session = await record(server.url, recording, pace=0, client=client)
+            # the last live results (all skipped) are out: the fill starts now (looked at every
+            # 5 ms: the kill must come before the fill ends)
+            await wait_until(lambda: len(live_frames(client)) == frames, f"live results (skipped) of {frames} frames",
+                             3, seen=lambda: len(live_frames(client)), interval=0.005)  # fmt: skip
+            return session["session_id"]
 
-    session_id = run(record())
+    session_id = run(stopped_with_every_frame_skipped())
     server.kill()  # milliseconds into a fill that takes several hundred
     assert "filled" not in server.log.read_text()
     server = server_factory(data=data)  # a restart finds the stopped session with skipped frames

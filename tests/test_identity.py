@@ -1,13 +1,12 @@
 """Identification against a gallery (issue 12): the gallery's CLI, routes and refusals; who is
 in the frame, live and in batch, with the people of the fixture recordings.
 
-Photos: obama.jpg (the shared fixture; the webcam fixtures were made from it) and "Far", the
+Photos: obama.jpg (tests/fixtures/images; the webcam fixtures were made from it) and "Far", the
 second person of the scene fixture (frame 150, from the MIT-licensed face_recognition example
 clip), who is the small face of two_people_720p_vp8."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import struct
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.client import Client, http_json, run, wait_for_summary, wait_until
+from tests.client import Client, http_json, record, run, wait_for_summary, wait_until
 from tests.conftest import IMAGES, load_recording
 from tests.media import decoded_frames
 from tests.test_batch import NO_SKIP, cli, read_landmarks
@@ -133,14 +132,7 @@ def names_per_frame(frames: list[dict]) -> list[list[str | None]]:
     return [[(face.get("identity") or {}).get("name") for face in f.get("faces") or []] for f in frames]
 
 
-async def record(url: str, recording, first: int = 0, last: int | None = None, session: dict | None = None):
-    """Send chunks [first, last) of ``recording`` (a new session unless given) at twice real time."""
-    async with Client(url) as client:
-        session = session or await client.start(recording.meta["mime"])
-        for seq, chunk in enumerate(recording.chunks[first:last], start=first):
-            assert (await client.chunk(session, seq, chunk))["ok"]
-            await asyncio.sleep(0.125)
-        return session
+TWICE_REAL_TIME = 0.125  # s between 250 ms blobs
 
 
 async def live_frames(url: str, session_id: str, count: int) -> list[dict]:
@@ -164,16 +156,16 @@ def test_live_identity_of_one_person_nobody_and_two_people(server_factory, tmp_p
     async def scenario() -> None:
         # someone who is not enrolled: no identity on any frame
         assert (await enrol(server.url, "Far", photos["far"]))[0] == 201
-        session = await record(server.url, WEBCAM)
+        session = await record(server.url, WEBCAM, TWICE_REAL_TIME, stop=False)
         summary = await stopped(session)
         frames = await live_frames(server.url, summary["id"], summary["frames"])
         assert summary["frames_with_faces"] >= 0.9 * summary["frames"]
         assert all(name is None for names in names_per_frame(frames) for name in names)
 
         # the gallery changes while a session records: the next frames carry the name
-        session = await record(server.url, WEBCAM, 0, 10)
+        session = await record(server.url, WEBCAM, TWICE_REAL_TIME, last=10, stop=False)
         assert (await enrol(server.url, "Obama", photos["obama"]))[0] == 201
-        await record(server.url, WEBCAM, 10, None, session)
+        await record(server.url, WEBCAM, TWICE_REAL_TIME, session=session, first=10, stop=False)
         summary = await stopped(session)
         frames = await live_frames(server.url, summary["id"], summary["frames"])
         names = names_per_frame(frames)
@@ -187,7 +179,7 @@ def test_live_identity_of_one_person_nobody_and_two_people(server_factory, tmp_p
         assert set(identity) == {"name", "distance"} and 0 <= identity["distance"] <= 0.6
 
         # one enrolled person: named on >= 90% of the frames with a face
-        session = await record(server.url, WEBCAM)
+        session = await record(server.url, WEBCAM, TWICE_REAL_TIME, stop=False)
         summary = await stopped(session)
         frames = await live_frames(server.url, summary["id"], summary["frames"])
         names = [n for n in names_per_frame(frames) if n]
@@ -195,7 +187,7 @@ def test_live_identity_of_one_person_nobody_and_two_people(server_factory, tmp_p
         assert all(n == ["Obama"] or n == [None] for n in names)
 
         # two people, both enrolled: each face its own name
-        session = await record(server.url, TWO_PEOPLE)
+        session = await record(server.url, TWO_PEOPLE, TWICE_REAL_TIME, stop=False)
         summary = await stopped(session)
         frames = await live_frames(server.url, summary["id"], summary["frames"])
         pairs = [f for f in frames if len(f.get("faces") or []) == 2]
@@ -258,7 +250,8 @@ def test_snapshots_are_identified(server_factory, photos):
             await session.send_stream(WEBCAM.chunks[:2])
             known = await session.snapshot(photos["obama"].read_bytes())
             stranger = await session.snapshot(photos["far"].read_bytes())
-            await session._wait(lambda: {known, stranger} <= set(session.snapshot_faces), 60, "snapshot faces")
+            await wait_until(lambda: {known, stranger} <= set(session.snapshot_faces), "both snapshots' faces", 60,
+                             seen=lambda: session.snapshot_faces)  # fmt: skip
             await session.stop()
         (face,) = session.snapshot_faces[known]
         assert face["identity"]["name"] == "Obama" and face["identity"]["distance"] < 0.3

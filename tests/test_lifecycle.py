@@ -4,16 +4,18 @@ hold the capacity others need (issue 9). Real servers on loopback, real fixtures
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
 import time
 
-from tests.client import Client, http_json, run, wait_for_summary
+from tests.client import Client, http_json, record, run, wait_for_summary
 from tests.conftest import ROOT, load_recording
 
-CHUNKS = load_recording("webcam_vp8_kf1s_250ms").chunks  # 24 blobs, 179 frames
-FRAMES = load_recording("webcam_vp8_kf1s_250ms").expected["video_frames"]
+RECORDING = load_recording("webcam_vp8_kf1s_250ms")
+CHUNKS = RECORDING.chunks  # 23 blobs, 179 frames
+FRAMES = RECORDING.expected["video_frames"]
 
 
 def cli(*args: str, data) -> subprocess.CompletedProcess[str]:
@@ -92,13 +94,7 @@ def test_sessions_left_recording_expire_after_a_restart(server_factory, tmp_path
     data = tmp_path / "data"
     server = server_factory(data=data)
 
-    async def record() -> str:
-        async with Client(server.url) as client:
-            session = await client.start()
-            await client.send_all(session, CHUNKS)
-            return session["session_id"]
-
-    session_id = run(record())
+    session_id = run(record(server.url, RECORDING, pace=0, stop=False))["session_id"]
     server.kill()  # and the client never comes back
     server = server_factory(data=data, env={"CAMINGEST_SESSION_IDLE_S": "1"})
     summary = run(ended(server.url, session_id, "idle"))
@@ -109,16 +105,18 @@ def test_sessions_left_recording_expire_after_a_restart(server_factory, tmp_path
 
 
 def test_kill_right_after_stop_is_finished_after_restart(server_factory, tmp_path):
-    """kill -9 0-20 ms after the stop ack: landmarks complete and the recording finalized."""
+    """kill -9 0-20 ms after the stop ack: landmarks complete and the recording finalized. The
+    delay is random (seeded: CAMINGEST_TEST_SEED=N repeats a run; the seed is printed)."""
     data = tmp_path / "data"
     server = server_factory(data=data)
+    seed = int(os.environ.get("CAMINGEST_TEST_SEED", time.time_ns() % 2**32))
+    delay = random.Random(seed).uniform(0, 0.02)
+    print(f"kill {delay * 1000:.1f} ms after the stop ack (CAMINGEST_TEST_SEED={seed})")
 
     async def record_and_stop() -> str:
         async with Client(server.url) as client:
-            session = await client.start()
-            await client.send_all(session, CHUNKS)
-            assert (await client.stop(session))["ok"]
-            time.sleep(random.uniform(0, 0.02))  # block the loop: nothing else of ours runs
+            session = await record(server.url, RECORDING, pace=0, client=client)
+            time.sleep(delay)  # block the test's loop: nothing else of ours runs before the kill
             server.kill()
             return session["session_id"]
 
@@ -138,13 +136,7 @@ def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path)
     data = tmp_path / "data"
     server = server_factory("--no-analysis", data=data)
 
-    async def record() -> str:
-        async with Client(server.url) as client:
-            session = await client.start()
-            await client.send_all(session, CHUNKS[:12])
-            return session["session_id"]
-
-    session_id = run(record())
+    session_id = run(record(server.url, RECORDING, pace=0, last=12, stop=False))["session_id"]
     refused = cli("close", session_id, data=data)  # not while a server owns the folder
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (  # the lock names its holder (issue 18)

@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import numpy as np
 import pytest
 
 from ingest.analysis.detect import detect_faces
-from tests.client import Client, http_json, run
+from tests.client import Client, http_json, record, run, wait_for_event, wait_for_frames, wait_for_summary
 from tests.conftest import load_recording
 from tests.media import decoded_frames, match_faces
 
 WEBCAMS = ["webcam_vp8_opus_250ms", "webcam_vp9_opus_250ms", "webcam_h264_250ms", "webcam_vp8_kf1s_250ms"]
-
-
-async def record(url: str, chunks: list[bytes], mime: str, pace: float = 0.05) -> tuple[dict, Client]:
-    client = Client(url)
-    await client.__aenter__()
-    session = await client.start(mime)
-    for seq, data in enumerate(chunks):
-        ack = await client.chunk(session, seq, data)
-        assert ack["ok"], ack
-        await asyncio.sleep(pace)
-    stopped = await client.stop(session)
-    assert stopped["ok"]
-    return session, client
-
-
-async def wait_for_frames(client: Client, count: int, timeout: float = 120) -> list[dict]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        frames = [f for event in client.events.get("landmarks", []) for f in event["frames"]]
-        if len(frames) >= count:
-            return frames
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"got {len(frames)} of {count} frames")
 
 
 def check_frames(frames: list[dict], count: int) -> None:
@@ -50,11 +28,9 @@ def test_every_frame_is_analysed_once(analysis_server, name):
     expected = recording.expected["video_frames"]
 
     async def scenario() -> None:
-        session, client = await record(analysis_server.url, recording.chunks, recording.meta["mime"])
-        try:
+        async with Client(analysis_server.url) as client:
+            session = await record(analysis_server.url, recording, client=client)
             frames = await wait_for_frames(client, expected)
-        finally:
-            await client.__aexit__()
         check_frames(frames, expected)
         analysed = [f for f in frames if "faces" in f]
         assert len(analysed) + sum(1 for f in frames if f.get("skipped")) == expected
@@ -90,11 +66,9 @@ def test_scene_with_several_faces(server_factory):
     expected = recording.expected["video_frames"]
 
     async def scenario() -> None:
-        _, client = await record(server.url, recording.chunks, recording.meta["mime"])
-        try:
+        async with Client(server.url) as client:
+            await record(server.url, recording, client=client)
             frames = await wait_for_frames(client, expected)
-        finally:
-            await client.__aexit__()
         check_frames(frames, expected)
         errors: list[float | None] = []
         for frame in decoded_frames(recording.chunks):
@@ -114,24 +88,19 @@ def test_falling_behind_skips_instead_of_lagging(server_factory):
     expected = recording.expected["video_frames"]
 
     async def scenario() -> None:
-        # three sessions sent as fast as acks come back: far more than one worker can landmark
-        results = await asyncio.gather(
-            *(record(server.url, recording.chunks, recording.meta["mime"], pace=0) for _ in range(3))
-        )
-        try:
-            for _, client in results:
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Client(server.url)) for _ in range(3)]
+            # three sessions sent as fast as acks come back: far more than one worker can landmark
+            await asyncio.gather(*(record(server.url, recording, pace=0, client=c) for c in clients))
+            total_skipped = 0
+            for client in clients:
                 frames = await wait_for_frames(client, expected)
                 check_frames(frames, expected)
                 skipped = sum(1 for f in frames if f.get("skipped"))
                 analysed = sum(1 for f in frames if "faces" in f)
                 assert skipped + analysed == expected
-            total_skipped = sum(
-                1 for _, c in results for e in c.events["landmarks"] for f in e["frames"] if f.get("skipped")
-            )
+                total_skipped += skipped
             assert total_skipped > 0
-        finally:
-            for _, client in results:
-                await client.__aexit__()
 
     run(scenario())
 
@@ -140,12 +109,12 @@ def test_event_loop_stays_responsive(analysis_server):
     recordings = [load_recording(n) for n in ("webcam_vp8_opus_250ms", "webcam_vp9_opus_250ms", "webcam_h264_250ms")]
 
     async def scenario() -> None:
-        results = await asyncio.gather(
-            *(record(analysis_server.url, r.chunks, r.meta["mime"], pace=0.25) for r in recordings)
-        )
-        for (_, client), recording in zip(results, recordings, strict=True):
-            await wait_for_frames(client, recording.expected["video_frames"])
-            await client.__aexit__()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Client(analysis_server.url)) for _ in recordings]
+            await asyncio.gather(*(record(analysis_server.url, r, pace=0.25, client=c)
+                                   for r, c in zip(recordings, clients, strict=True)))  # fmt: skip
+            for client, recording in zip(clients, recordings, strict=True):
+                await wait_for_frames(client, recording.expected["video_frames"])
         _, health = await http_json(analysis_server.url + "/api/health")
         assert health["loop_lag_ms"]["max"] < 100, health
 
@@ -170,11 +139,9 @@ def test_undecodable_video_fails_only_its_session(analysis_server):
             for seq, data in enumerate(pieces[:6]):
                 await client.chunk(bad, seq, data)
                 assert (await client.chunk(good, seq, recording.chunks[seq]))["ok"]
-            for _ in range(200):
-                if client.events.get("session_error"):
-                    break
-                await asyncio.sleep(0.05)
-            (error,) = client.events["session_error"]
+            errors = await wait_for_event(client, "session_error")
+            assert len(errors) == 1, errors
+            (error,) = errors
             assert error["session_id"] == bad["session_id"] and error["code"] == "invalid_media"
             ack = await client.chunk(bad, 6, pieces[6])
             assert ack["error"]["code"] == "invalid_media"
@@ -203,8 +170,15 @@ def test_audio_only_session(analysis_server, tmp_path):
             for seq, piece in enumerate(pieces):
                 assert (await client.chunk(session, seq, piece))["ok"]
             stopped = await client.stop(session)
-            await asyncio.sleep(0.5)
             assert stopped["session"]["state"] == "stopped" and stopped["session"]["frames"] == 0
+            # absence, proven by what must come after: the server says the session is done
+            # (finalized, nothing to fill), then answers a later request on this connection,
+            # and its events reach a connection in the order they were sent
+            base = f"{analysis_server.url}/api/sessions/{session['session_id']}"
+            summary = await wait_for_summary(base, lambda s: s["finalized"] and "fill" not in s, "audio-only session done")
+            assert summary["analysed_frames"] == summary["frames"] == 0
+            later = await client.chunk(session, len(pieces), b"late")
+            assert later["error"] == {"code": "session_closed", "message": f"session {session['session_id']} is stopped"}
             assert not client.events.get("session_error")
             assert not client.events.get("landmarks")
 

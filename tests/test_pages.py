@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.client import Client, run
+from tests.client import Client, record
 from tests.conftest import ARTIFACTS, CHROMIUM, IMAGES, chromium_args, ffprobe_frames, free_port, load_recording
-from tests.pages import fetch, get_json, state, wait_for_summary, wait_until
+from tests.pages import fetch, get_json, in_thread, state, wait_for_selector, wait_for_summary, wait_until
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
@@ -23,7 +22,7 @@ def test_record_snapshot_stop(server_factory, browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(server.url + "/")
-    page.wait_for_selector("[data-testid=connection][data-state=connected]")
+    wait_for_selector(page, "[data-testid=connection][data-state=connected]")
     page.get_by_test_id("record").click()
     wait_until(page, "() => window.camingest.ackedChunks >= 10 && window.camingest.landmarkFrames > 30")
     page.get_by_test_id("snapshot").click()
@@ -62,9 +61,9 @@ def test_record_snapshot_stop(server_factory, browser, tmp_path):
     # the sessions page lists it and plays it with the overlay
     page.goto(server.url + "/sessions")
     page.locator(f"[data-session-id='{session_id}']").click()
-    page.wait_for_function("() => window.camingestSessions.frames > 0")
+    wait_until(page, "() => window.camingestSessions.frames > 0")
     page.evaluate("() => document.getElementById('player').play()")
-    page.wait_for_function("() => document.getElementById('player').currentTime > 1.0", timeout=20_000)
+    wait_until(page, "() => document.getElementById('player').currentTime > 1.0", 20_000)
     page.screenshot(path=str(ARTIFACTS / "sessions.png"))
 
 
@@ -73,27 +72,19 @@ def test_sessions_page_deletes_a_session(server_factory, browser):
     recording = load_recording("webcam_vp8_kf1s_250ms")
 
     async def make() -> list[str]:
-        ids = []
         async with Client(server.url) as client:
-            for _ in range(2):
-                session = await client.start(recording.meta["mime"])
-                for seq, chunk in enumerate(recording.chunks):
-                    assert (await client.chunk(session, seq, chunk))["ok"]
-                await client.stop(session)
-                ids.append(session["session_id"])
-        return ids
+            return [(await record(server.url, recording, pace=0, client=client))["session_id"] for _ in range(2)]
 
-    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
-        keep, doomed = pool.submit(run, make()).result()
+    keep, doomed = in_thread(make())
     page = browser.new_page(viewport={"width": 390, "height": 844})  # phone-sized
     page.goto(server.url + "/sessions")
-    page.wait_for_selector(f"[data-session-id='{doomed}']")
+    wait_for_selector(page, f"[data-session-id='{doomed}']")
     assert page.evaluate("() => window.camingestSessions.listed") == [doomed, keep]  # newest first
     page.locator(f"[data-session-id='{doomed}']").click()
-    page.wait_for_function(f"() => window.camingestSessions.selected === '{doomed}'")
+    wait_until(page, f"() => window.camingestSessions.selected === '{doomed}'")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_test_id("delete").click()
-    page.wait_for_function(f"() => !document.querySelector(\"[data-session-id='{doomed}']\")")
+    wait_until(page, f"() => !document.querySelector(\"[data-session-id='{doomed}']\")")
     assert page.locator("#detail").is_hidden()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "sessions-phone.png"))
@@ -113,13 +104,13 @@ def test_outage_banner_resume_and_stop_during_the_outage(server_factory, browser
     server = server_factory(data=data, port=port)
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(server.url + "/")
-    page.wait_for_selector("[data-testid=connection][data-state=connected]")
+    wait_for_selector(page, "[data-testid=connection][data-state=connected]")
     page.get_by_test_id("record").click()
     wait_until(page, "() => window.camingest.ackedChunks >= 8")
     server.kill()  # mid-recording: the page keeps recording into its send queue
-    page.wait_for_selector("[data-testid=connection][data-state=reconnecting]")
+    wait_for_selector(page, "[data-testid=connection][data-state=reconnecting]")
     banner = page.get_by_test_id("banner")
-    banner.wait_for(state="visible")
+    wait_for_selector(page, "[data-testid=banner]")
     wait_until(page, "() => window.camingest.pendingChunks >= 4")
     text, pending = page.evaluate("() => [document.getElementById('banner-text').textContent, window.camingest.pendingChunks]")
     assert text.startswith(f"Connection to the server lost: {pending} chunks waiting to be sent.")
@@ -132,7 +123,7 @@ def test_outage_banner_resume_and_stop_during_the_outage(server_factory, browser
     wait_until(page, "() => window.camingest.state === 'waiting'")
     assert "Stop will finish when the server is back" in banner.inner_text()
     server = server_factory(data=data, port=port)
-    page.wait_for_selector("[data-testid=connection][data-state=connected]", timeout=30_000)
+    wait_for_selector(page, "[data-testid=connection][data-state=connected]", 30_000)
     wait_until(page, "() => window.camingest.state === 'stopped'")
     assert banner.is_hidden()
     s = state(page)
@@ -191,7 +182,7 @@ def test_pages_record_and_play_with_a_token_over_https(server_factory, face_came
             assert page.goto(server.url + "/sessions").status == 401  # no token, no page
             page.goto(f"{server.url}/?token={token}")
             assert page.url == server.url + "/"  # the token left the address bar for a cookie
-            page.wait_for_selector("[data-testid=connection][data-state=connected]")
+            wait_for_selector(page, "[data-testid=connection][data-state=connected]")
             page.get_by_test_id("record").click()
             wait_until(page, "() => window.camingest.ackedChunks >= 8 && window.camingest.landmarkFrames > 20")
             page.get_by_test_id("stop").click()
@@ -199,9 +190,9 @@ def test_pages_record_and_play_with_a_token_over_https(server_factory, face_came
             session_id = state(page)["sessionId"]
             page.goto(server.url + "/sessions")
             page.locator(f"[data-session-id='{session_id}']").click()
-            page.wait_for_function("() => window.camingestSessions.frames > 0")
+            wait_until(page, "() => window.camingestSessions.frames > 0")
             page.evaluate("() => document.getElementById('player').play()")
-            page.wait_for_function("() => document.getElementById('player').currentTime > 1.0", timeout=20_000)
+            wait_until(page, "() => document.getElementById('player').currentTime > 1.0", 20_000)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "sessions-https-token.png"))
         finally:
@@ -215,15 +206,7 @@ def test_sessions_page_on_a_phone(server_factory, browser, clip):
     server = server_factory("--no-analysis")
     recording = load_recording("webcam_vp8_kf1s_250ms")
 
-    async def record() -> str:
-        async with Client(server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            await client.send_all(session, recording.chunks)
-            await client.stop(session)
-            return session["session_id"]
-
-    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
-        recorded = pool.submit(run, record()).result()
+    recorded = in_thread(record(server.url, recording, pace=0))["session_id"]
     request = urllib.request.Request(f"{server.url}/api/sessions?filename=holiday.mp4", data=clip.read_bytes(), method="POST")
     with urllib.request.urlopen(request) as response:
         imported = json.loads(response.read())["id"]
@@ -232,26 +215,26 @@ def test_sessions_page_on_a_phone(server_factory, browser, clip):
     card = page.locator(f"[data-session-id='{imported}']")
     assert "holiday.mp4" in card.inner_text()
     page.locator(f"[data-session-id='{recorded}']").click()
-    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}' && window.camingestSessions.frames >= 0")
-    page.wait_for_function(f"() => location.search === '?id={recorded}'")
+    wait_until(page, f"() => window.camingestSessions.selected === '{recorded}' && window.camingestSessions.frames >= 0")
+    wait_until(page, f"() => location.search === '?id={recorded}'")
     detail = page.locator("#detail")
-    page.wait_for_function("() => { const r = document.getElementById('detail').getBoundingClientRect(); "
-                           "return r.top >= -1 && r.top < window.innerHeight / 2; }")  # fmt: skip
+    wait_until(page, "() => { const r = document.getElementById('detail').getBoundingClientRect(); "
+               "return r.top >= -1 && r.top < window.innerHeight / 2; }")  # fmt: skip
     assert page.get_by_test_id("session-id").inner_text() == recorded
     names = page.locator("#downloads a[download]").evaluate_all("links => links.map(a => a.download)")
     assert names == [f"{recorded}.webm", f"{recorded}-raw.webm", f"{recorded}-landmarks.json"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "sessions-phone.png"))
     page.locator(f"[data-session-id='{imported}']").click()
-    page.wait_for_function(f"() => location.search === '?id={imported}'")
+    wait_until(page, f"() => location.search === '?id={imported}'")
     page.go_back()
-    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}'")
+    wait_until(page, f"() => window.camingestSessions.selected === '{recorded}'")
     page.go_back()
-    page.wait_for_function("() => window.camingestSessions.selected === null")
+    wait_until(page, "() => window.camingestSessions.selected === null")
     assert detail.is_hidden()
     server.stop()  # the server goes away: a tap says so instead of nothing
     page.locator(f"[data-session-id='{recorded}']").click()
-    page.wait_for_function("() => document.getElementById('message').textContent.startsWith('The server cannot be reached')")
+    wait_until(page, "() => document.getElementById('message').textContent.startsWith('The server cannot be reached')")
 
 
 def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path):
@@ -261,17 +244,13 @@ def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path
     server = server_factory()
     recording = load_recording("webcam_vp8_kf1s_250ms")
 
-    async def record() -> tuple[str, str]:
+    async def make() -> tuple[str, str]:
         async with Client(server.url) as client:
-            done = await client.start(recording.meta["mime"])
-            await client.send_all(done, recording.chunks)
-            await client.stop(done)
-            open_session = await client.start(recording.meta["mime"])
-            await client.send_all(open_session, recording.chunks[:2])
+            done = await record(server.url, recording, pace=0, client=client)
+            open_session = await record(server.url, recording, pace=0, client=client, last=2, stop=False)
             return done["session_id"], open_session["session_id"]
 
-    with ThreadPoolExecutor(1) as pool:
-        recorded, still_recording = pool.submit(run, record()).result()
+    recorded, still_recording = in_thread(make())
     wait_for_summary(f"{server.url}/api/sessions/{recorded}", lambda s: "fill" not in s and s["finalized"])
 
     def post(session_id: str, body: bytes) -> tuple[int, dict]:
@@ -296,7 +275,7 @@ def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path
 
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     page.goto(f"{server.url}/sessions?id={recorded}")
-    page.wait_for_function(f"() => window.camingestSessions.selected === '{recorded}'")
+    wait_until(page, f"() => window.camingestSessions.selected === '{recorded}'")
     page.get_by_test_id("export-overlay").select_option("lips")
     page.get_by_test_id("export-format").select_option("webm")
     page.get_by_test_id("export").click()
@@ -335,7 +314,7 @@ def test_gallery_on_the_pages_names_faces(server_factory, browser, tmp_path):
 
     recorder = browser.new_page(viewport={"width": 1280, "height": 800})
     recorder.goto(server.url + "/")
-    recorder.wait_for_selector("[data-testid=connection][data-state=connected]")
+    wait_for_selector(recorder, "[data-testid=connection][data-state=connected]")
     recorder.get_by_test_id("record").click()
     wait_until(recorder, "() => window.camingest.analysedFrames > 45")
     ARTIFACTS.mkdir(exist_ok=True)

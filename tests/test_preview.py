@@ -8,7 +8,7 @@ import aiohttp
 import cv2
 import numpy as np
 
-from tests.client import Client, http_json, run
+from tests.client import Client, http_json, record, run, wait_for_summary
 from tests.conftest import load_recording
 
 
@@ -51,26 +51,19 @@ def test_replay_and_live_preview(analysis_server):
 
     async def scenario() -> None:
         async with Client(analysis_server.url) as client:
-            session = await client.start(recording.meta["mime"])
-            for seq in range(8):
-                assert (await client.chunk(session, seq, recording.chunks[seq]))["ok"]
+            session = await record(analysis_server.url, recording, pace=0, client=client, last=8, stop=False)
             base = f"{analysis_server.url}/api/sessions/{session['session_id']}"
             # live: follows the recording from its last keyframe while chunks keep coming
             live = asyncio.create_task(read_parts(base + "/preview.mjpg", 20))
-            for seq in range(8, len(recording.chunks)):
-                assert (await client.chunk(session, seq, recording.chunks[seq]))["ok"]
-                await asyncio.sleep(0.05)
+            await record(analysis_server.url, recording, client=client, session=session, first=8, stop=False)
             ctype, parts = await live
             assert ctype == "multipart/x-mixed-replace; boundary=frame"
             assert len(parts) == 20
             for data in parts:
                 check_jpeg(data)
             await client.stop(session)
-        for _ in range(1200):  # the overlay needs the live landmarks to be complete
-            _, detail = await http_json(base)
-            if detail["analysed_frames"] == recording.expected["video_frames"]:
-                break
-            await asyncio.sleep(0.1)
+        frames = recording.expected["video_frames"]  # the overlay needs the live landmarks to be complete
+        await wait_for_summary(base, lambda d: d["analysed_frames"] == frames, "every frame analysed")
         # replay of the stopped session, with and without the overlay: they differ at the face
         _, drawn = await read_parts(base + "/preview.mjpg?overlay=landmarks", 3)
         _, plain = await read_parts(base + "/preview.mjpg?overlay=none", 3)

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from ingest.client import CamingestClient, CamingestError
-from tests.client import http_get, run, wait_for_summary
+from tests.client import http_get, run, wait_for_summary, wait_until
 from tests.conftest import free_port, load_recording
 
 RECORDING = load_recording("webcam_vp8_kf1s_250ms")
@@ -27,7 +27,8 @@ def test_send_a_file_and_receive_its_landmarks(server_factory, tmp_path):
             snapshot_id = await session.snapshot(snapshot)
             summary = await session.stop()
             frames = await session.landmarks(summary["frames"])
-            await session._wait(lambda: snapshot_id in session.snapshot_faces, 60, "the snapshot's faces")
+            await wait_until(lambda: snapshot_id in session.snapshot_faces, "the snapshot's faces", 60,
+                             seen=lambda: session.snapshot_faces)  # fmt: skip
         assert pieces == -(-len(RECORDING.stream) // 100_000) == summary["chunks"]
         assert summary["frames"] == RECORDING.expected["video_frames"]
         assert [f["index"] for f in frames] == list(range(summary["frames"]))
@@ -53,7 +54,9 @@ def test_a_live_stream_survives_a_server_restart(server_factory, tmp_path):
         for seq, chunk in enumerate(RECORDING.chunks):
             if seq == 8:  # the server dies between two blobs of a recording and comes back
                 server.kill()
-                await asyncio.sleep(0)  # let the client notice on its own
+                # the client notices on its own (its connection drops) before the server is back,
+                # so the rest must go through its reconnect and resume
+                await wait_until(lambda: not client.connected.is_set(), "the client saw its connection drop", 30)
                 restarted.append(await asyncio.to_thread(server_factory, "--no-analysis", data=data, port=port))
             yield chunk
 

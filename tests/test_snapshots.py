@@ -16,7 +16,7 @@ from ingest.config import Settings
 from ingest.exceptions import InvalidMediaError, TooLargeError
 from ingest.media.image_headers import probe_image
 from ingest.recording.snapshots import validate_snapshot
-from tests.client import Client, http_get, http_json, run
+from tests.client import Client, http_get, http_json, run, wait_for_event, wait_for_frames
 from tests.conftest import IMAGES, load_recording
 
 
@@ -91,11 +91,9 @@ def test_snapshots_over_socketio(analysis_server):
             assert ack["error"]["code"] == "bad_request"
             ack = await client.call("snapshot", {**auth, "token": "wrong", "mime": "image/jpeg", "data": jpeg})
             assert ack["error"]["code"] == "unauthorized"
-            for _ in range(400):
-                if len(client.events.get("snapshot_landmarks", [])) == len(sent):
-                    break
-                await asyncio.sleep(0.05)
-            results = {e["snapshot_id"]: e for e in client.events["snapshot_landmarks"]}
+            events = await wait_for_event(client, "snapshot_landmarks", len(sent))
+            results = {e["snapshot_id"]: e for e in events}
+            assert len(events) == len(results)  # one result per snapshot
             assert set(results) == set(sent)
             for snapshot_id, event in results.items():
                 assert len(event["faces"]) == 1, snapshot_id
@@ -125,7 +123,6 @@ def test_big_snapshots_never_starve_a_live_session(server_factory):
     time: live analysis keeps >= 95% of its frames, and each snapshot gets its face in its own
     pixels (found on a downscaled copy, scaled back)."""
     from ingest.analysis.detect import detect_faces, inter_ocular
-    from tests.client import wait_until
 
     recording = load_recording("webcam_vp8_opus_250ms")
     photo = cv2.imread(str(IMAGES / "obama.jpg"))
@@ -151,19 +148,11 @@ def test_big_snapshots_never_starve_a_live_session(server_factory):
                         assert ack["ok"], ack
             assert (await client.stop(session))["ok"]
 
-            async def all_frames() -> bool:
-                return sum(len(e["frames"]) for e in client.events.get("landmarks", [])) >= frames
-
-            await wait_until(all_frames, "live landmarks for every frame")
-            live = [f for e in client.events["landmarks"] for f in e["frames"]]
+            live = await wait_for_frames(client, frames)
             analysed = sum(1 for f in live if not f.get("skipped"))
             assert analysed / frames >= 0.95, f"live analysis kept {analysed} of {frames} frames"
 
-            async def all_snapshots() -> bool:
-                return len(client.events.get("snapshot_landmarks", [])) >= 6
-
-            await wait_until(all_snapshots, "the six snapshots analysed")
-            for event in client.events["snapshot_landmarks"]:
+            for event in await wait_for_event(client, "snapshot_landmarks", 6, timeout=120):
                 assert "error" not in event
                 (face,) = event["faces"]
                 points = np.array(face["points"], dtype=float)

@@ -1,4 +1,4 @@
-"""The incremental WebM reader on real MediaRecorder output (../shared/fixtures)."""
+"""The incremental WebM reader on real MediaRecorder output (tests/fixtures/recordings)."""
 
 from __future__ import annotations
 

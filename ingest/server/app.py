@@ -189,7 +189,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         try:
             yield
         finally:
-            enrolment.close()
+            await asyncio.to_thread(enrolment.close)  # its pool's shutdown joins a process
             await ctx.close()
             await emitter.close()
             if cluster is not None:

@@ -82,13 +82,14 @@ class EnrolmentService:
             raise CapacityError("another enrolment is being analysed; try again in a moment")
         async with self._busy:
             if self._pool is None:  # started on first use: the server need not pay for it
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-            loop = asyncio.get_running_loop()
+                self._pool = await asyncio.to_thread(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
             settings = self.settings
-            enrolled, refusal = await loop.run_in_executor(
-                self._pool, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
+            # submitted from a thread: the pool spawns its process on the first submit
+            job = await asyncio.to_thread(
+                self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
                 settings.max_enrol_analysis_pixels, settings.descriptor_engine,
             )  # fmt: skip
+            enrolled, refusal = await asyncio.wrap_future(job)
         if refusal is not None:
             raise refusal
         if not confirm:
@@ -136,5 +137,6 @@ class EnrolmentService:
         return removed
 
     def close(self) -> None:
+        """Blocking (it wakes the pool's manager thread through a pipe): run it in a thread."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@ resource's routes (``*_routes.py``), added in one place."""
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from pathlib import Path
 
@@ -65,7 +66,9 @@ async def client_config(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    body = request.app[CONTEXT].metrics.exposition()
+    metrics = request.app[CONTEXT].metrics
+    await asyncio.to_thread(metrics.refresh_disk)  # a statvfs: not on the loop
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
