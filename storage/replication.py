@@ -151,7 +151,7 @@ class Replicator:
                 self.stats.failures += 1
                 self.stats.store_ok = False
                 self._backoff = min(BACKOFF_MAX_S, max(BACKOFF_FIRST_S, self._backoff * 2))
-                log.warning("object storage unavailable (%s); uploads retried in %.1f s", exc.message, self._backoff)
+                log.warning("uploads paused: %s; retried in %.1f s", exc.message, self._backoff)
                 due = self._backoff
             except Exception:  # a bug, or the index away: logged, retried; the thread never dies
                 log.exception("replication pass failed")

@@ -4,6 +4,7 @@ and 6): waiting for complete landmarks, and enrolment that would merge or split 
 from __future__ import annotations
 
 import json
+import re
 
 import aiohttp
 
@@ -78,7 +79,8 @@ def test_enrolment_warns_when_the_face_is_someone_else_or_the_name_is_taken(serv
 
     async def scenario() -> None:
         status, body = await _enrol(server.url, "Barack Obama", photo)
-        assert status == 201 and body == {"name": "Barack Obama", "images": 1}
+        assert status == 201 and body == {"id": body["id"], "name": "Barack Obama", "images": 1}
+        assert re.fullmatch(r"[0-9a-f]{12}", body["id"])  # the person's id (URLs carry ids, not names)
         status, body = await _enrol(server.url, "Snapshot Person", photo)
         assert status == 409, body
         error = body["error"]

@@ -146,7 +146,7 @@ def test_store_stopped_mid_recording_loses_nothing(postgres, s3, tmp_path):
         run(scenario())
     finally:
         server.stop()
-    assert "object storage unavailable" in server.log.read_text()
+    assert "uploads paused: object storage" in server.log.read_text()
 
 
 def test_kill_during_a_segment_upload_uploads_the_same_segment(postgres, s3, tmp_path):

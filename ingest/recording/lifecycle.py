@@ -28,6 +28,7 @@ from ingest.exceptions import CapacityError
 from ingest.metrics import Metrics
 from ingest.recording.analysis_sink import AnalysisSink
 from ingest.recording.session import SessionRegistry
+from storage.errors import StoreUnavailableError
 from storage.store import SessionStore
 
 log = logging.getLogger("camingest.sessions")
@@ -157,13 +158,13 @@ class SessionLifecycle:
                 self.finalizing.discard(session_id)
 
         async def remux() -> None:
-            if (await asyncio.to_thread(self.store.get_row, session_id))["bytes"] == 0:
-                return  # no stream to remux (a session of snapshots only: a try-on page's)
             for attempt in range(FINALIZE_ATTEMPTS):
                 try:
+                    if (await asyncio.to_thread(self.store.get_row, session_id))["bytes"] == 0:
+                        return  # no stream to remux (a session of snapshots only: a try-on page's)
                     await asyncio.to_thread(finalize_session, self.store, session_id)
                     return
-                except OSError as exc:  # the disk (full): try again while the server runs
+                except (OSError, StoreUnavailableError) as exc:  # the disk (full), the index away: again later
                     log.warning("finalize %s failed (%s); attempt %d of %d", session_id, exc, attempt + 1,
                                 FINALIZE_ATTEMPTS)  # fmt: skip
                     await asyncio.sleep(FINALIZE_RETRY_S)

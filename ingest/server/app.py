@@ -130,7 +130,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
     sio.attach(app)
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
-        store = settings.open_store()
+        store = await asyncio.to_thread(settings.open_store)  # boto3 reads its configuration files
         cluster = Cluster(settings, store, settings.redis) if settings.redis else None
         for note in await asyncio.to_thread(store.open, True, holder, cluster is not None):
             log.warning("recovery: %s", note)
