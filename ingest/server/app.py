@@ -275,7 +275,7 @@ def listen_socket(settings: Settings) -> socket.socket:
 async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     """Run until SIGINT/SIGTERM on ``sock`` (bound by ``listen_socket``; made here if not
     given); prints the URL once listening."""
-    ssl_context = tls_context(settings)
+    ssl_context = await asyncio.to_thread(tls_context, settings)  # reads the certificate files
     sock = sock or listen_socket(settings)
     port = sock.getsockname()[1]  # the bound port, for --port 0
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
