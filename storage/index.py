@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     token_hash    TEXT NOT NULL,              -- sha256 of the session token
     next_seq      INTEGER NOT NULL DEFAULT 0,
     bytes         INTEGER NOT NULL DEFAULT 0, -- acked bytes = size of stream.webm
-    frames        INTEGER NOT NULL DEFAULT 0, -- video blocks (frames) completed so far
+    frames        INTEGER NOT NULL DEFAULT 0, -- video frames completed so far (as a decoder shows them)
     first_ts_ms   REAL,                       -- first / last video block timestamp
     last_ts_ms    REAL,
     reader_state  TEXT,                       -- JSON of WebMReader.state() after next_seq-1
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     error         TEXT,                       -- why the session failed
     stopped_at    TEXT,
     ended_by      TEXT,                       -- client (stop) | idle | close
-    landmarks_error TEXT                      -- why filling its landmarks cannot complete
+    landmarks_error TEXT,                     -- why filling its landmarks cannot complete
+    video         TEXT                        -- JSON {"codec", "width", "height"}, or null: no video track
 );
 CREATE TABLE IF NOT EXISTS chunks (
     session_id    TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -118,6 +119,7 @@ class Index:
             "skipped_frames": "INTEGER NOT NULL DEFAULT 0",
             "ended_by": "TEXT",
             "landmarks_error": "TEXT",
+            "video": "TEXT",
         }
         for column, declaration in added.items():
             if column not in have:

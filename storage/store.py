@@ -104,6 +104,8 @@ def summary(row: sqlite3.Row | dict[str, Any], chunks: int, snapshots: int) -> d
         result["imported_from"] = str(meta["imported_from"])[:200]
     if row["landmarks_error"]:
         result["landmarks_error"] = row["landmarks_error"]
+    if row["video"] is not None:  # once its Tracks were read: {"codec", "width", "height"}, null: no video
+        result["video"] = json.loads(row["video"])
     return result
 
 
@@ -349,22 +351,30 @@ class SessionStore:
     def commit_chunk(self, record: ChunkRecord) -> concurrent.futures.Future[None]:
         """Commit a chunk whose bytes ``stream_writer`` has made durable: its row and the
         session's state after it, in the next group commit. The future resolves once committed
-        (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait."""
+        (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait. A refused
+        chunk (``record.error``) was never written: only the session's failure is committed."""
+        if record.error is not None:  # refused: not part of the stream, only the session's end
+            def fail(conn: sqlite3.Connection) -> None:
+                conn.execute(
+                    "UPDATE sessions SET state='failed', error=COALESCE(error, ?) WHERE id=?",
+                    (record.error, record.session_id),
+                )
+
+            return self.index.submit(fail)
         row = (
             record.session_id, record.seq, record.offset, record.size, record.sha256, record.received_at,
             record.t_ms, encode_runs(record.runs), record.frames_before, record.frames, record.keyframe,
         )  # fmt: skip
         reader_state = json.dumps(record.reader_state)
-        state = "failed" if record.error else None
 
         def commit(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             conn.execute(
                 "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
-                " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?",
+                " video=COALESCE(?, video) WHERE id=?",
                 (
                     record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
-                    record.first_ts_ms, record.last_ts_ms, reader_state, state, record.error, record.session_id,
+                    record.first_ts_ms, record.last_ts_ms, reader_state, record.video, record.session_id,
                 ),
             )  # fmt: skip
             if record.init is not None:

@@ -232,12 +232,7 @@ def test_live_decodes_what_ffmpeg_decodes(recipe: Recipe, cuts: tuple[list[float
     assert live_frames(data, cut_positions(data, cuts)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: the reader refuses a Cluster before the Tracks (ingest/webm.py), valid Matroska "
-    "that FFmpeg and import read",
-)
-@KNOWN_FAILING
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_LATER), cuts=CUTS)
 def test_tracks_after_clusters(recipe: Recipe, cuts: tuple[list[float], list[int]], tmp_path: Path) -> None:
     data = recipe.build()
@@ -267,12 +262,7 @@ def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, LocalStrea
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: ingest/recording/session.py stage_chunk and ingest/batch/jobs.py plan_jobs count video blocks, not "
-    "decoded frames (VP9 hidden frames, laced blocks)",
-)
-@KNOWN_FAILING
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_FIRST), cuts=CUTS)
 def test_session_and_jobs_count_decoded_frames(
     recipe: Recipe, cuts: tuple[list[float], list[int]], tmp_path: Path
@@ -286,12 +276,7 @@ def test_session_and_jobs_count_decoded_frames(
         assert (frames, sum(job.end - job.start for job in jobs)) == (expected, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: ingest/media/remux.py skips every packet whose dts is None (H.264 B-frames in Matroska, "
-    "laced frames), not only the end-of-stream marker",
-)
-@KNOWN_FAILING
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_FIRST))
 def test_finalize_keeps_every_frame(recipe: Recipe, tmp_path: Path) -> None:
     expected = ffmpeg_frames(recipe.build(), tmp_path)

@@ -12,8 +12,8 @@ from typing import Any
 
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
-from ingest.batch.jobs import Job, finalize_session, run_job, session_jobs
-from ingest.exceptions import SessionClosedError
+from ingest.batch.jobs import Job, finalize_session, run_job_or_error, session_jobs
+from ingest.exceptions import InvalidMediaError, SessionClosedError
 from storage.landmarks import LandmarkCounts
 from storage.store import SessionStore, utc_now
 
@@ -74,6 +74,8 @@ class Reprocessor:
                     if failure is None:
                         counts = rewrite.commit()
                 if failure is not None:  # never committed: the previous landmarks stay
+                    if isinstance(failure, InvalidMediaError):  # its stream: said in its summary, as a fill says it
+                        self.store.set_landmarks_error(session_id, f"landmarks cannot be completed: {failure}")
                     yield session_id, {"error": str(failure)}
                     continue
                 yield session_id, self._finish(session_id, counts)
@@ -85,7 +87,7 @@ class Reprocessor:
     def _results(self, jobs: list[Job]) -> Iterator[list[dict[str, Any]] | BaseException]:
         """Each job's frames, in job order (an exception in place of a job whose input could not
         be read, where the executor can tell). Local worker processes here."""
-        return self._pool.imap(run_job, jobs)
+        return self._pool.imap(run_job_or_error, jobs)
 
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers}
