@@ -222,13 +222,16 @@ class SessionStore:
         rows = self.index.read(lambda c: c.execute(_SUMMARY_SQL + " ORDER BY s.created_at DESC, s.id DESC").fetchall())
         return [summary(r, r["n_chunks"], r["n_snapshots"]) for r in rows]
 
-    def set_state(self, session_id: str, state: str, error: str | None = None) -> None:
+    def set_state(self, session_id: str, state: str, error: str | None = None, frames: int | None = None) -> None:
+        """``frames``: the session's frame count corrected (a video that stopped decoding: the
+        frames that did)."""
         assert state in STATES
         stopped_at = utc_now() if state != "recording" else None
         self.index.write(
             lambda c: c.execute(
-                "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?) WHERE id=?",
-                (state, error, stopped_at, session_id),
+                "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?),"
+                " frames=COALESCE(?, frames) WHERE id=?",
+                (state, error, stopped_at, frames, session_id),
             )
         )
 
@@ -270,7 +273,7 @@ class SessionStore:
         )
         return [row["id"] for row in rows if not self.is_finalized(row["id"])]
 
-    def set_landmarks_error(self, session_id: str, message: str) -> None:
+    def set_landmarks_error(self, session_id: str, message: str | None) -> None:
         """Filling this session's landmarks cannot complete (its stream does not decode): said in
         its summary, and not tried again at every restart."""
         self.index.write(

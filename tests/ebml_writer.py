@@ -523,6 +523,7 @@ MATROSKA_CODEC_IDS = {
     "vp8": "V_VP8",
     "vp9": "V_VP9",
     "av1": "V_AV1",
+    "libdav1d": "V_AV1",  # PyAV names the stream after its decoder
     "h264": "V_MPEG4/ISO/AVC",
     "opus": "A_OPUS",
     "vorbis": "A_VORBIS",

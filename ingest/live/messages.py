@@ -113,6 +113,7 @@ class Frames:
     seq: int
     frames: list[dict[str, Any]]
     failure: Failure | None = None
+    decoded: int | None = None  # with a failure: the frames the decoder had given (the session's count)
 
 
 @dataclass(frozen=True)
