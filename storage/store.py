@@ -373,8 +373,9 @@ class SessionStore:
         def commit(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
             conn.execute(
-                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
-                " video=COALESCE(?, video) WHERE id=?",
+                # a session whose video stopped decoding keeps the count that decoded (set_state)
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=CASE WHEN state='failed' THEN frames ELSE ? END,"
+                " first_ts_ms=?, last_ts_ms=?, reader_state=?, video=COALESCE(?, video) WHERE id=?",
                 (
                     record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
                     record.first_ts_ms, record.last_ts_ms, reader_state, record.video, record.session_id,

@@ -244,7 +244,7 @@ def test_vp8_keyframes_declaring_16000x16000():
     data = stream(src, frames)
     assert refusal(data) == message("VP8 keyframe", block_offsets(data)[0], 16000, 16000)
     # no limit (a stream read back from storage): the same headers count as they are
-    reader, counted = blocks(data, max_frame_pixels=None)
+    _, counted = blocks(data, max_frame_pixels=None)
     assert [b.frames for b in counted] == [1, 1, 1]
     # mid-stream: the second keyframe (frame 25) changes the resolution
     frames = list(src.frames)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ingest.analysis.identity import FixedGallery
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
-from ingest.exceptions import IngestError, InvalidMediaError
+from ingest.exceptions import IngestError, UndecodableError
 from ingest.media.bitstream import H264_MAX_REORDER
 from ingest.media.decode import UnitDecoder
 from ingest.media.remux import PieceReader, remux
@@ -140,9 +140,10 @@ def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
             faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
             out.append(frame_result(frame.index, frame.pts_ms, faces))
     if len(out) != job.end - job.start:
-        raise InvalidMediaError(
+        raise UndecodableError(
             f"the video does not decode as its frame headers say: frames {job.start}-{job.end - 1} "
-            f"gave {len(out)} of {job.end - job.start}"
+            f"gave {len(out)} of {job.end - job.start}",
+            min(decoder.index, job.start + len(out)),
         )
     return out
 

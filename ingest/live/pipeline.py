@@ -197,7 +197,7 @@ class LivePipeline:
     async def _deliver(self, pipe: SessionPipe, reply: Frames) -> None:
         session_id, seq, frames = pipe.session_id, reply.seq, reply.frames
         if reply.failure is not None:
-            await self._fail_decoding(pipe, reply.failure, reply.decoded)
+            await self._fail_decoding(pipe, reply.failure)
             return
         if frames:
             try:
@@ -221,13 +221,13 @@ class LivePipeline:
             return
         self._dispatch(pipe)
 
-    async def _fail_decoding(self, pipe: SessionPipe, failure: Failure, decoded: int | None) -> None:
+    async def _fail_decoding(self, pipe: SessionPipe, failure: Failure) -> None:
         message = failure.message if failure.kind == "invalid_media" else f"the video cannot be decoded: {failure.message}"
         error = InvalidMediaError(message)
         logging.getLogger("camingest.sessions").warning("session %s failed: %s", pipe.session_id, error.message)
         # failed (with the frames that decoded) before the pipe closes: a `stop` racing this
         # finds the session failed, so no fill starts on a stream that does not decode
-        await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message, decoded)
+        await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message, failure.frames)
         self._close_pipe(pipe)
         self.on_failed(pipe.session_id, error.message)
         await self._emit_error(pipe.session_id, error)

@@ -19,7 +19,7 @@ from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.batch.jobs import run_job
-from ingest.exceptions import IngestError
+from ingest.exceptions import IngestError, UndecodableError
 from ingest.live.messages import (
     AnalyseImage,
     AnalyseUnit,
@@ -103,7 +103,6 @@ def _handle(
 ) -> Reply | None:
     """The one reply to ``request`` (None for Drop): a failure is reported, the worker goes on
     serving its other sessions."""
-    analyser: SessionAnalyser | None = None
     try:
         if isinstance(request, AnalyseUnit):
             analyser = sessions.get(request.session_id)
@@ -129,7 +128,7 @@ def _handle(
         raise TypeError(f"unknown request {type(request).__name__}")
     except Exception as exc:  # report, keep serving the other sessions
         if isinstance(exc, IngestError) and exc.code in ("invalid_media", "unsupported"):  # the stream's own
-            failure = Failure("invalid_media", exc.message)
+            failure = Failure("invalid_media", exc.message, exc.frames if isinstance(exc, UndecodableError) else None)
         elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
             failure = Failure("invalid_media", str(exc))  # the image does not decode
         else:  # a bug: its text is for the log, not for the page
@@ -137,8 +136,7 @@ def _handle(
             failure = Failure("internal", "an internal error in the analysis worker (its log says which)")
         if isinstance(request, AnalyseUnit | Flush):
             sessions.pop(request.session_id, None)
-            decoded = analyser.decoder.index if analyser is not None else None  # frames it gave before
-            return Frames(request.session_id, request.seq, [], failure, decoded)
+            return Frames(request.session_id, request.seq, [], failure)
         if isinstance(request, RunJob):
             return JobFrames(request.job_id, [], failure)
         if isinstance(request, AnalyseImage):

@@ -16,7 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from ingest.exceptions import InvalidMediaError, UnsupportedError
+from ingest.exceptions import InvalidMediaError, UndecodableError, UnsupportedError
 from ingest.media.bitstream import VideoScanner
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,13 @@ class UnitDecoder:
             except av.FFmpegError as exc:
                 raise self._error(exc, None) from None
 
-    def _error(self, exc: av.FFmpegError, packet: av.Packet | None) -> InvalidMediaError:
+    def _error(self, exc: av.FFmpegError, packet: av.Packet | None) -> UndecodableError:
         """The user's words for a decoder's refusal; FFmpeg's own go to the log."""
         at = ""
         if packet is not None and packet.pts is not None and self._time_base is not None:
             at = f" at {float(packet.pts * self._time_base):.3f} s"
         log.warning("%s decoder failed after %d frames%s: %r", self.codec, self.index, at, exc)
-        return InvalidMediaError(f"the video does not decode: frame {self.index}{at} is damaged ({self.codec})")
+        return UndecodableError(f"the video does not decode: frame {self.index}{at} is damaged ({self.codec})", self.index)
 
     def _shown(self, data: bytes) -> int:
         if self._scanner is None:
