@@ -453,6 +453,38 @@ async def _landmarked(url: str, session_id: str, frames: int) -> bool:
     return summary["analysed_frames"] == frames and summary["skipped_frames"] == 0
 
 
+def test_uploads_apply_the_same_rule(run):
+    """POST /api/sessions is the import of a browser: the same refusals, the same frames."""
+    live = run.live("writer_tracks_after_clusters.mkv")["clusters"].landmarks
+
+    async def upload(name: str) -> tuple[int, dict[str, Any]]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{run.server.url}/api/sessions?filename={name}", data=run.files[name].read_bytes()
+        ) as response:
+            return response.status, await response.json()
+
+    async def scenario() -> None:
+        _, before = await http_json(f"{run.server.url}/api/sessions")
+        assert await upload("writer_unknown_codec.mkv") == (
+            415, {"error": {"code": "unsupported", "message": f"writer_unknown_codec.mkv: {UNKNOWN_CODEC}"}}
+        )
+        status, body = await upload("bomb.webm")
+        assert status == 422 and body["error"]["message"].startswith("bomb.webm: the video's VP8 keyframe at byte ")
+        _, after = await http_json(f"{run.server.url}/api/sessions")
+        assert len(after["sessions"]) == len(before["sessions"])  # a refused upload leaves no session
+        status, created = await upload("writer_tracks_after_clusters.mkv")
+        assert status == 201 and (created["frames"], created["video"]["codec"]) == (50, "vp8")
+        base = f"{run.server.url}/api/sessions/{created['id']}"
+        summary = await wait_for_summary(base, settled, "the upload is landmarked")
+        assert (summary["analysed_frames"], summary["skipped_frames"], summary["finalized"]) == (50, 0, True)
+        _, body = await http_json(base + "/landmarks")
+        assert faces_of(body["frames"]) == faces_of(live)
+
+    asyncio.run(scenario())
+
+
 # -- reprocess: last, over every live session of the valid files --------------------------------------------
 def test_reprocess_equals_live_frame_for_frame(run):
     sessions = [live for name in VALID_FILES if name in LIVE_FILES for live in run.live(name).values()]

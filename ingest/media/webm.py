@@ -388,6 +388,7 @@ class WebMReader:
         self.max_frame_pixels = max_frame_pixels
         self.max_bytes_before_tracks = max_bytes_before_tracks
         self._blocks_fed = 0
+        self._fresh_from = 0
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._stage = _START
@@ -448,6 +449,7 @@ class WebMReader:
         """Take the next blob; return the blocks it completed. Raises ``InvalidMediaError`` (or
         ``UnsupportedError``) on bytes that are not a WebM/Matroska stream camingest reads; the
         reader is then unusable, as the stream is."""
+        self._fresh_from = self._base + len(self._buf)  # bytes before it came with earlier blobs
         self._buf += data
         unit = Unit()
         self._blocks_fed = 0
@@ -621,7 +623,8 @@ class WebMReader:
                         keyframe = False
                 if track < 0:
                     raise InvalidMediaError(f"BlockGroup at byte {absolute} without a Block")
-            self._blocks_fed += 1
+            if absolute + len(whole) > self._fresh_from:  # not one read again after a restore
+                self._blocks_fed += 1
             if self.max_blocks_per_feed is not None and self._blocks_fed > self.max_blocks_per_feed:
                 raise InvalidMediaError(
                     f"a chunk completes more than {self.max_blocks_per_feed} blocks "
