@@ -39,7 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.analysis.tracker import TrackerSettings
-from ingest.batch.jobs import plan_jobs
+from ingest.batch.jobs import plan_jobs, run_job
 from ingest.media.decode import UnitDecoder
 from ingest.media.remux import PieceReader, remux
 from ingest.media.webm import WebMReader, build_unit, normalized
@@ -294,6 +294,24 @@ def test_session_and_jobs_count_decoded_frames(
         assert Path(stream.path).read_bytes() == data
         jobs = plan_jobs(stream, TrackerSettings(), None)
         assert (frames, sum(job.end - job.start for job in jobs)) == (expected, expected)
+
+
+@PROPERTY
+@given(recipe=recipes(ORDERS_TRACKS_FIRST), size=st.sampled_from([5, 10, 15]))
+def test_jobs_give_the_frames_of_one_decode(recipe: Recipe, size: int, tmp_path: Path) -> None:
+    """Batch jobs of ``size`` frames, each decoding from the keyframe before it: every frame's
+    index and time are those of one decoder over the whole stream (H.264 reorders frames past a
+    job's last block: its jobs decode further)."""
+    data = recipe.build()
+    reader, decoder = WebMReader(), UnitDecoder()
+    unit = reader.feed(data)
+    whole = [(d.index, round(d.pts_ms, 3)) for d in [*decoder.decode(build_unit(bytes(reader.init), unit.clusters)),
+                                                     *decoder.flush()]]  # fmt: skip
+    _, stream = stage(data, [], tmp_path)
+    settings = TrackerSettings(detect_every=5, sweep_every=size)
+    jobs = plan_jobs(stream, settings, None, max_frames=size)
+    got = [(f["index"], f["pts_ms"]) for job in jobs for f in run_job(job)]
+    assert got == whole
 
 
 @PROPERTY

@@ -5,10 +5,11 @@ decoder shows (counted from each block's frame headers by the reader: a hidden V
 none, a laced block several). Each job names only the compressed blocks from the keyframe
 before its range to the block of its last frame (H.264: 16 blocks further, as a decoder may
 output a frame that late after reordering), where they lie in the stored stream; the worker
-reads them, decodes them with a fresh decoder and tracks the range with a fresh tracker. No decoded frame crosses a process boundary, and because a range starts on a
-frame where the live tracker also runs a full detection, the batch result equals the live one
-wherever live analysed the frame. The same jobs serve the live fill (ingest/live/backfill.py),
-the local pool (local.py) and Dask (cluster.py).
+reads them, decodes them with a fresh decoder and tracks the range with a fresh tracker. No
+decoded frame crosses a process boundary, and because a range starts on a frame where the live
+tracker also runs a full detection, the batch result equals the live one wherever live analysed
+the frame. The same jobs serve the live fill (ingest/live/backfill.py), the local pool
+(local.py) and Dask (cluster.py).
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def plan_jobs(
         span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key : last + 1])
         jobs.append(Job(source, init, span, before[key], start, end, settings, gallery))
     return jobs
+
+
 Runs = list[tuple[int, bytes]]  # (cluster timecode, the bytes of its blocks), in stream order
 
 
