@@ -1,6 +1,8 @@
 """``camingest`` command line (PROTOCOL.md): serve, sessions, reprocess, export, import, close.
 
-Bad arguments or an unknown session: one line on stderr, exit status 2 (argparse's) or 1.
+Bad usage: argparse's usage line and exit status 2. Anything else that goes wrong (an unknown
+session, a data folder that is not one): one line on stderr, exit status 1. Progress bars are
+drawn only on a terminal; log lines other than warnings only by ``serve`` (an operator's log).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ingest import version
 from ingest.config import Settings
@@ -23,6 +26,29 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None, help="data folder (default ./data or $CAMINGEST_DATA_DIR)")
 
 
+def _worker_count(raw: str) -> int:
+    """``--workers``: 1 or more processes, or 0 for one per core (argparse says which flag)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of processes; give 1 or more (0 = one per core)")
+    return value
+
+
+def _add_workers(parser: argparse.ArgumentParser, what: str = "worker processes") -> None:
+    parser.add_argument("--workers", type=_worker_count, default=None, metavar="N", help=f"{what} (default: one per core)")
+
+
+def _bar(**options: Any) -> Any:
+    """A tqdm progress bar on stderr when it is a terminal; nothing is drawn into pipes and files
+    (its ``write`` still prints)."""
+    from tqdm import tqdm
+
+    return tqdm(disable=None, dynamic_ncols=True, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camingest", description="Record a browser camera and extract its frames.")
     parser.add_argument("--version", action="version", version=f"camingest {version()}")
@@ -31,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
-    serve.add_argument("--workers", type=int, default=None, help="analysis worker processes (default: one per core)")
+    _add_workers(serve, "analysis worker processes")
     serve.add_argument("--no-analysis", action="store_true", help="store and serve only; no decoding or landmarks")
     serve.add_argument("--token", default=None, help="access token every client must present (or $CAMINGEST_TOKEN)")
     serve.add_argument("--tls-cert", default=None, metavar="FILE", help="serve https/wss with this certificate (PEM)")
@@ -45,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     reprocess = commands.add_parser("reprocess", help="landmark every frame of stored sessions on all cores")
     reprocess.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    reprocess.set_defaults(usage_error=reprocess.error)
     reprocess.add_argument("--all", action="store_true", help="every stopped or failed session")
-    reprocess.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_workers(reprocess)
     reprocess.add_argument("--cluster", default=None, metavar="ADDRESS",
                            help="run the jobs on the Dask cluster whose scheduler is ADDRESS (tcp://host:8786; "
                                 "or $CAMINGEST_CLUSTER)")  # fmt: skip
@@ -59,17 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(export)
     close = commands.add_parser("close", help="end a session left recording: finalize it and landmark every frame")
     close.add_argument("session_id", metavar="SESSION_ID")
-    close.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_workers(close)
     _add_data(close)
     importer = commands.add_parser("import", help="store a video file (WebM, MP4, MOV) as a session and landmark it")
     importer.add_argument("file", type=Path, metavar="FILE")
-    importer.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    _add_workers(importer)
     _add_data(importer)
     gallery = commands.add_parser("gallery", help="the people faces are identified as: add, list, remove")
     actions = gallery.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="enrol a person from face photos (one face per photo)")
     add.add_argument("name", metavar="NAME")
     add.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    add.add_argument("--confirm", action="store_true",
+                     help="enrol even if the face looks like someone already enrolled, or the name is another face's")  # fmt: skip
     _add_data(add)
     listing = actions.add_parser("list", help="the people in the gallery")
     _add_data(listing)
@@ -81,10 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
     from ingest.analysis.stills import enrol_photos
-    from ingest.server.enrolment import as_ingest_error, check_photo_count
+    from ingest.server.enrolment import as_ingest_error, check_look_alikes, check_photo_count
     from storage.gallery import Gallery, GalleryError, check_name
 
     gallery = Gallery(settings.data_dir)
+    if args.action != "add" and not (SessionStore.found(settings.data_dir) or gallery.exists()):
+        raise IngestError(_no_data(settings))
     try:
         if args.action == "list":
             people = gallery.people()
@@ -113,6 +144,8 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
         )
         if refusal is not None:
             raise refusal
+        if not args.confirm:
+            check_look_alikes(gallery, name, enrolled, settings.identity_threshold, "run it again with --confirm")
         count = gallery.add(name, enrolled)
         print(f"enrolled {name}: {count} photo{'s' if count != 1 else ''}")
         return 0
@@ -135,37 +168,41 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _open_store(settings: Settings, exclusive: bool = False) -> SessionStore:
+def _no_data(settings: Settings) -> str:
+    where = settings.data_dir.resolve()
+    return f"no camingest data folder at {where}; give the folder camingest serve uses with --data DIR"
+
+
+def _open_store(settings: Settings, exclusive: bool = False, command: str = "") -> SessionStore:
     """The data folder's store; ``exclusive`` takes the server's lock (and repairs what a crash
     left, as a starting server does), so nothing changes under a running server."""
     if not SessionStore.found(settings.data_dir):
-        raise IngestError(f"no camingest data in {settings.data_dir}")
+        raise IngestError(_no_data(settings))
     store = SessionStore(settings.data_dir)
     try:
-        store.open(recover=exclusive)
+        store.open(recover=exclusive, holder=f"camingest {command}, pid {os.getpid()}")
     except StoreBusyError:
+        held_by = store.lock_holder()
         raise IngestError(
-            f"a camingest server is running on {settings.data_dir}; it ends sessions whose client is gone "
-            f"after session_idle_s ({settings.session_idle_s:g} s) itself, or stop it first"
+            f"a camingest server{f' ({held_by})' if held_by else ''} is running on {settings.data_dir}; it ends "
+            f"sessions whose client is gone after session_idle_s ({settings.session_idle_s:g} s) itself, or stop it first"
         ) from None
     return store
 
 
 def cmd_close(settings: Settings, session_id: str) -> int:
     """End a session left recording (offline): as the server's idle expiry would."""
-    from tqdm import tqdm
-
     from ingest.analysis.tracker import TrackerSettings
     from ingest.batch.local import Reprocessor
 
-    store = _open_store(settings, exclusive=True)
+    store = _open_store(settings, exclusive=True, command="close")
     try:
         row = store.get_row(session_id)
         if not store.end_session(session_id, "close"):
             raise IngestError(f"session {session_id} is not recording (it is {row['state']})")
         with Reprocessor(store, TrackerSettings.from_settings(settings), settings.worker_count) as reprocessor:
             jobs = reprocessor.jobs(session_id)
-            with tqdm(total=sum(j.end - j.start for j in jobs), unit="frame", desc=session_id) as bar:
+            with _bar(total=sum(j.end - j.start for j in jobs), unit="frame", desc=session_id) as bar:
                 result = reprocessor.run(session_id, jobs, bar.update)  # also finalizes
     finally:
         store.close()
@@ -174,7 +211,7 @@ def cmd_close(settings: Settings, session_id: str) -> int:
 
 
 def cmd_sessions(settings: Settings) -> int:
-    store = _open_store(settings)
+    store = _open_store(settings, command="sessions")
     try:
         rows = store.list_summaries()
     finally:
@@ -190,19 +227,20 @@ def cmd_sessions(settings: Settings) -> int:
 
 
 def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool) -> int:
-    from tqdm import tqdm
-
+    """Re-landmark sessions. One that cannot be (it failed while recording, its stream does not
+    read) is skipped and named; the others are done; the exit status is 1 if any was skipped."""
     from ingest.analysis.tracker import TrackerSettings
     from ingest.batch.local import Reprocessor
 
-    if bool(session_ids) == all_sessions:
-        raise IngestError("name SESSION_IDs or --all, not both or neither")
-    store = _open_store(settings)
+    store = _open_store(settings, command="reprocess")
+    failed: list[str] = []
     try:
         if all_sessions:
             session_ids = [s["id"] for s in store.list_summaries() if s["state"] != "recording"]
-        for session_id in session_ids:
-            store.get_row(session_id)  # unknown ids fail before any work starts
+            if not session_ids:
+                print(f"no stopped or failed sessions in {settings.data_dir}")
+                return 0
+        rows = {session_id: store.get_row(session_id) for session_id in session_ids}  # unknown ids: before any work
         reprocessor: Reprocessor
         tracker = TrackerSettings.from_settings(settings)
         if settings.cluster:
@@ -211,24 +249,34 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
             reprocessor = ClusterReprocessor(store, tracker, settings.cluster)
         else:
             reprocessor = Reprocessor(store, tracker, settings.worker_count)
-        failed = 0
         with reprocessor:
             plan = []
-            for session_id in session_ids:
-                try:
-                    plan.append((session_id, reprocessor.jobs(session_id)))
-                except OSError as exc:  # this session only: the others go on
-                    failed += 1
-                    reason = exc.strerror or type(exc).__name__
-                    print(f"{session_id}: failed, its landmarks are kept: its stored stream cannot be read ({reason})",
-                          file=sys.stderr)  # fmt: skip
+            # planning reads every stream once (where each frame lies): its own bar, in bytes
+            with _bar(total=sum(row["bytes"] for row in rows.values()), unit="B", unit_scale=True,
+                      desc="reading the streams") as reading:  # fmt: skip
+                for session_id, row in rows.items():
+                    before = reading.n
+                    problem = None
+                    if row["state"] == "failed" and not row["frames"]:
+                        problem = f"it failed while recording ({row['error'] or 'no reason recorded'}) and has no frames"
+                    else:
+                        try:
+                            plan.append((session_id, reprocessor.jobs(session_id, reading.update)))
+                        except IngestError as exc:  # this session only: the others go on
+                            problem = exc.message
+                        except OSError as exc:
+                            problem = f"its stored stream cannot be read ({exc.strerror or type(exc).__name__})"
+                    if problem is not None:
+                        failed.append(session_id)
+                        reading.write(f"{session_id}: skipped: {problem}", file=sys.stderr)
+                    reading.update(row["bytes"] - (reading.n - before))
             total = sum(job.end - job.start for _, jobs in plan for job in jobs)
             where = f" on {settings.cluster} ({reprocessor.workers} threads)" if settings.cluster else ""
-            with tqdm(total=total, unit="frame", desc=f"reprocess{where}", dynamic_ncols=True) as bar:
+            with _bar(total=total, unit="frame", desc=f"reprocess{where}") as bar:
                 for session_id, result in reprocessor.run_many(plan, bar.update):
                     if "error" in result:
-                        failed += 1
-                        bar.write(f"{session_id}: failed, its landmarks are kept: {result['error']}")
+                        failed.append(session_id)
+                        bar.write(f"{session_id}: failed, its landmarks are kept: {result['error']}", file=sys.stderr)
                     else:
                         bar.write(f"{session_id}: {result['frames']} frames, faces in {result['frames_with_faces']}")
     except KeyboardInterrupt:
@@ -237,14 +285,14 @@ def cmd_reprocess(settings: Settings, session_ids: list[str], all_sessions: bool
     finally:
         store.close()
     if failed:
-        print(f"camingest reprocess: {failed} of {len(session_ids)} sessions failed", file=sys.stderr)
+        done = len(session_ids) - len(failed)
+        print(f"camingest reprocess: {len(failed)} of {len(session_ids)} sessions failed ({', '.join(failed)}); "
+              f"{done} reprocessed", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
 
 def cmd_import(settings: Settings, source: Path) -> int:
-    from tqdm import tqdm
-
     from ingest.recording.importer import import_video
 
     if not source.is_file():
@@ -252,7 +300,7 @@ def cmd_import(settings: Settings, source: Path) -> int:
     store = SessionStore(settings.data_dir)
     store.open(recover=False)
     try:
-        with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:
+        with _bar(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:
             session_id = import_video(store, source, settings.max_import_bytes, bar.update,
                                       limits=settings.reader_limits())  # fmt: skip
     finally:
@@ -262,20 +310,21 @@ def cmd_import(settings: Settings, source: Path) -> int:
 
 
 def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> int:
-    from tqdm import tqdm
-
     from ingest.media.overlay import check_overlay
     from ingest.media.render import output_format, render
 
     fmt, overlay = output_format(out), check_overlay(overlay)
-    store = _open_store(settings)
+    store = _open_store(settings, command="export")
     try:
         row = store.get_row(session_id)
+        if not row["frames"]:
+            why = f"it failed while recording: {row['error']}" if row["state"] == "failed" and row["error"] else "it has no video frames"
+            raise IngestError(f"session {session_id} cannot be exported: {why}")
         source = store.stream_source(session_id)
         faces = store.landmark_tail(session_id).refresh().faces if overlay != "none" else {}
         tmp = out.with_name(out.name + ".tmp")
         try:
-            with tqdm(total=row["frames"] or None, unit="frame", desc=f"export {out.name}", dynamic_ncols=True) as bar:
+            with _bar(total=row["frames"], unit="frame", desc=f"export {out.name}") as bar:
                 written = render(source.path, tmp, fmt, overlay, faces, bar.update)
             os.replace(tmp, out)
         finally:
@@ -288,36 +337,56 @@ def cmd_export(settings: Settings, session_id: str, out: Path, overlay: str) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "reprocess" and bool(args.session_ids) == args.all:
+        args.usage_error("name SESSION_IDs or --all, not both or neither")  # exit 2, as argparse
+    # serve keeps an operator's log on stderr; the other commands say only what goes wrong
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        settings = _settings(args)
-        local_analysis = not (args.command == "reprocess" and settings.cluster)  # a cluster's workers load their own
-        if args.command in ("serve", "reprocess", "import", "close") and settings.analysis and local_analysis:
-            from ingest.analysis.engine.predictor import prepare_engine
-
-            prepare_engine(settings.landmark_engine)
-        if args.command == "serve":
-            from ingest.server.app import serve
-
-            asyncio.run(serve(settings))
-            return 0
-        if args.command == "sessions":
-            return cmd_sessions(settings)
-        if args.command == "reprocess":
-            return cmd_reprocess(settings, args.session_ids, args.all)
-        if args.command == "close":
-            return cmd_close(settings, args.session_id)
-        if args.command == "import":
-            return cmd_import(settings, args.file)
-        if args.command == "export":
-            return cmd_export(settings, args.session_id, args.out, args.overlay)
-        if args.command == "gallery":
-            return cmd_gallery(settings, args)
+        status = _run(args)
+        sys.stdout.flush()  # here, where a closed pipe can be told from other errors
+        return status
+    except BrokenPipeError:
+        # the reader went away (`camingest sessions | head`): as other tools, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except (IngestError, RuntimeError, OSError, ValueError) as exc:
         print(f"camingest {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    sock = None
+    if args.command == "serve":  # the port first: in use, nothing else is started or created
+        from ingest.server.app import listen_socket, tls_context
+
+        tls_context(settings)
+        sock = listen_socket(settings)
+    local_analysis = not (args.command == "reprocess" and settings.cluster)  # a cluster's workers load their own
+    if args.command in ("serve", "reprocess", "import", "close") and settings.analysis and local_analysis:
+        from ingest.analysis.engine.predictor import prepare_engine
+
+        prepare_engine(settings.landmark_engine)
+    if args.command == "serve":
+        from ingest.server.app import serve
+
+        asyncio.run(serve(settings, sock))
+        return 0
+    if args.command == "sessions":
+        return cmd_sessions(settings)
+    if args.command == "reprocess":
+        return cmd_reprocess(settings, args.session_ids, args.all)
+    if args.command == "close":
+        return cmd_close(settings, args.session_id)
+    if args.command == "import":
+        return cmd_import(settings, args.file)
+    if args.command == "export":
+        return cmd_export(settings, args.session_id, args.out, args.overlay)
+    if args.command == "gallery":
+        return cmd_gallery(settings, args)
     return 2
 
 

@@ -4,8 +4,13 @@ stream as chunks, resume after a lost connection or a server restart, receive la
     async with CamingestClient("http://127.0.0.1:8080", token=None) as client:
         session = await client.start("video/webm;codecs=vp8")
         await session.send_file("clip.webm")           # or: await session.send_stream(async_iterable)
-        summary = await session.stop()
+        summary = await session.stop(wait="analysed")  # returns once every frame has landmarks
         frames = await session.landmarks(summary["frames"])   # every frame's landmarks, by index
+
+Live analysis skips frames rather than fall behind (a file sent faster than real time has many
+skipped); the server fills them after ``stop``. ``stop(wait="analysed")`` waits for that: it
+returns the summary once ``analysed_frames == frames`` and ``skipped_frames == 0``, with
+``session.frames`` holding the final landmarks (the filled ones in place of the skipped).
 
 Each chunk is sent with its seq and kept until the server's ack says it is stored
 (PROTOCOL.md); ``gap`` resends from the server's ``next_seq``; a lost connection (or an ack that
@@ -17,12 +22,15 @@ code and message. Needs ``python-socketio[asyncio_client]`` (aiohttp is already 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import socketio
 
 from ingest.media.image_headers import image_type
@@ -33,6 +41,20 @@ FILE_PIECE_BYTES = 256 * 1024
 # Refusals worth retrying as they are (after a pause): the server is busy, its disk full.
 RETRYABLE = frozenset({"busy", "storage_full", "timeout", "internal"})
 SERVER_EVENTS = ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error")
+WAITS = ("analysed",)  # what ``Session.stop(wait=...)`` can wait for
+# while waiting for complete landmarks, the summary is read again after an event or this long
+# (events can be missed across a reconnect: the summary is the truth)
+SUMMARY_POLL_S = 1.0
+
+
+def _complete(summary: dict[str, Any]) -> bool:
+    """Every frame of a stopped session has landmarks: none missing, skipped or being filled."""
+    return (
+        summary.get("state") == "stopped"
+        and summary["analysed_frames"] == summary["frames"]
+        and summary["skipped_frames"] == 0
+        and "fill" not in summary
+    )
 
 
 class CamingestError(Exception):
@@ -191,11 +213,63 @@ class Session:
             payload["t_ms"] = t_ms
         return (await self._call_retrying("snapshot", payload))["snapshot_id"]
 
-    async def stop(self) -> dict[str, Any]:
-        """End the session; returns its summary."""
+    async def stop(self, wait: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+        """End the session; returns its summary. ``wait="analysed"``: return only once every
+        frame has landmarks (live analysis done and the frames it skipped filled by the server),
+        with the summary as it is then and ``frames`` holding the final landmarks; raises
+        :class:`CamingestError` if they cannot be completed, ``TimeoutError`` after ``timeout`` s."""
+        if wait is not None and wait not in WAITS:
+            raise ValueError(f"wait={wait!r}; allowed: None (the stop only) or {', '.join(map(repr, WAITS))}")
         ack = await self._call_retrying("stop", self.ids)
         self.stopped = True
-        return ack["session"]
+        if wait is None:
+            return ack["session"]
+        return await self.analysed(timeout)
+
+    async def analysed(self, timeout: float = 600.0) -> dict[str, Any]:
+        """Wait until the stopped session's landmarks are complete (``analysed_frames ==
+        frames``, nothing skipped or being filled); returns its summary then and puts the
+        stored landmarks into ``frames``. Hears ``landmarks`` and ``landmarks_filled`` and reads
+        the summary after each (and every ``SUMMARY_POLL_S``)."""
+        headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
+        base = f"{self.client.url.rstrip('/')}/api/sessions/{self.session_id}"
+        summary: dict[str, Any] = {}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            try:
+                async with asyncio.timeout(timeout):
+                    while True:
+                        self._changed.clear()
+                        summary = await self._get(http, base)
+                        if summary.get("state") == "failed":
+                            raise CamingestError("invalid_media", summary.get("error") or "the session failed")
+                        if summary.get("landmarks_error"):
+                            raise CamingestError("invalid_media", summary["landmarks_error"])
+                        if _complete(summary):
+                            break
+                        with contextlib.suppress(TimeoutError):  # the poll's pause
+                            await asyncio.wait_for(self._changed.wait(), SUMMARY_POLL_S)
+                    body = await self._get(http, base + "/landmarks")
+            except TimeoutError:
+                done = f"{summary.get('analysed_frames', 0) - summary.get('skipped_frames', 0)} of {summary.get('frames')}"
+                raise TimeoutError(
+                    f"the landmarks of {self.session_id} were not complete within {timeout:g} s ({done} frames "
+                    "analysed); is the server running with --no-analysis?"
+                ) from None
+        for frame in body["frames"]:
+            self.frames[frame["index"]] = frame
+        return summary
+
+    async def _get(self, http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+        async with http.get(url) as response:
+            data = await response.read()
+            if response.status != 200:
+                try:
+                    error = json.loads(data)["error"]
+                except (ValueError, KeyError, TypeError):
+                    error = {"code": "internal", "message": f"HTTP {response.status} from {url}"}
+                raise CamingestError(error["code"], error["message"])
+            result: dict[str, Any] = json.loads(data)
+            return result
 
     async def landmarks(self, frames: int, timeout: float = 120.0) -> list[dict[str, Any]]:
         """Wait until live landmarks for frames 0..frames-1 arrived; returns them in index order

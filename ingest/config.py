@@ -36,6 +36,14 @@ class Settings:
     # nothing else in hand (live frames first). Beyond: the snapshot is stored, its analysis
     # answered with `busy`.
     max_snapshot_queue: int = 16
+    # The lipstick try-on tutorial's pages (`image` data URLs, ingest/server/classic_images.py):
+    # images one connection's session stores (each with its faces); past it the images are still
+    # recoloured and answered, not stored (said once, as session_error `busy`). 1,800 = 5 min at
+    # the page's 6 frames/s, ~55 MB of its JPEGs.
+    max_classic_images: int = 1800
+    # HOG upsampling for those images (a full detection on every frame, ~16 ms at 640x480 with 0):
+    # 0 finds faces from ~80 px (a person in front of a webcam), 1 from ~40 px at ~3x the cost.
+    classic_image_upsample: int = 0
     # Bytes of incomplete elements (a frame split across blobs) the readers of all open sessions
     # may hold together; each holds at most max_element_bytes. A chunk that could pass it: busy.
     max_held_bytes: int = 512 * 1024 * 1024
@@ -104,6 +112,13 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
+    # Thumbnails (GET /api/sessions/{id}/thumbnail.jpg) decoded at once, each in a thread (a
+    # frame of the first ~15 s: up to ~0.5 s); more wait for a slot. Made once, then stored.
+    max_thumbnails: int = 2
+    # Sessions in one page of GET /api/sessions (the sessions page loads one at a time, then more
+    # with `next_cursor`); ?limit= asks for fewer or more, up to max_sessions_page.
+    sessions_page: int = 100
+    max_sessions_page: int = 500
     # Photos one enrolment request (POST /api/gallery, `camingest gallery add`) may carry.
     max_photos_per_request: int = 10
     # Enrolment photos are analysed at most this large (width x height), decoded reduced and
@@ -144,6 +159,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is not a TCP port; allowed: 0-65535 (0 picks a free one)")
+        if self.workers < 0:
+            raise ValueError(f"workers is {self.workers}; allowed: 1 or more processes, or 0 for one per core")
         if self.landmark_engine not in ("numba", "dlib"):
             raise ValueError(f"landmark_engine is {self.landmark_engine!r}; allowed: numba, dlib")
         if min(self.detect_every, self.anchor_every, self.sweep_every) < 1:
@@ -160,6 +177,10 @@ class Settings:
             raise ValueError(f"max_frame_pixels is {self.max_frame_pixels}; allowed: 1 or more")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
+        if self.classic_image_upsample not in (0, 1, 2):
+            raise ValueError(f"classic_image_upsample is {self.classic_image_upsample}; allowed: 0, 1, 2")
+        if self.max_classic_images < 0:
+            raise ValueError(f"max_classic_images is {self.max_classic_images}; allowed: 0 (store none) or more")
 
     def reader_limits(self) -> dict[str, int]:
         """The WebM reader's limits for streams coming in (live chunks, imports, uploads)."""

@@ -9,6 +9,7 @@ catch ``ValueError``.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 # the base and the store's own errors are defined below ingest, so that storage raises members
 # of this same family without importing ingest (re-exported here)
@@ -70,6 +71,24 @@ class GapError(IngestError):
 class ConflictError(IngestError):
     code = "conflict"
     http_status = 409
+
+
+class LookAlikeError(ConflictError):
+    """An enrolment that would merge or split people: the face matches someone else, or the name
+    belongs to a face this one does not match. Nothing was enrolled; the client may confirm.
+    ``matches``: the other people within the threshold; ``same_name``: the distance to the
+    person of that name, when their photos do not match."""
+
+    def __init__(self, message: str, matches: list[dict[str, object]], same_name: dict[str, object] | None) -> None:
+        super().__init__(message)
+        self.matches = matches
+        self.same_name = same_name
+
+    def to_dict(self) -> dict[str, Any]:
+        result = {**super().to_dict(), "matches": self.matches}
+        if self.same_name is not None:
+            result["same_name"] = self.same_name
+        return result
 
 
 class TooLargeError(IngestError, ValueError):

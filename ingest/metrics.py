@@ -36,6 +36,20 @@ class Metrics:
             buckets=LAG_BUCKETS, registry=r,
         )  # fmt: skip
         self.worker_restarts = Counter("camingest_worker_restarts", "Analysis workers that died and were replaced", registry=r)
+        # the lipstick try-on pages (`image` data URLs, ingest/server/classic_images.py)
+        self.classic_frames = Counter("camingest_classic_frames", "Try-on images answered with response_back", registry=r)
+        self.classic_frames_dropped = Counter(
+            "camingest_classic_frames_dropped",
+            "Try-on images replaced by a newer one of the same connection before a worker took them (latest wins)",
+            registry=r,
+        )  # fmt: skip
+        self.classic_refused = Counter(
+            "camingest_classic_images_refused", "Try-on images refused (session_error), by code", ["code"], registry=r
+        )
+        self.classic_response = Histogram(
+            "camingest_classic_response_seconds", "From a try-on image's receipt to its response_back",
+            buckets=ACK_BUCKETS, registry=r,
+        )  # fmt: skip
         self.sessions_ended = Counter(
             "camingest_sessions_ended", "Sessions ended, by what ended them", ["ended_by"], registry=r
         )

@@ -8,6 +8,8 @@ HTTP status that carries it, so no layer above keeps a table of its own.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class IngestError(Exception):
     """Base class; ``code`` is the PROTOCOL.md error code sent to clients, ``http_status`` the
@@ -20,7 +22,8 @@ class IngestError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
+        """The error as clients get it: ``code`` and ``message`` (subclasses may add fields)."""
         return {"code": self.code, "message": self.message}
 
 

@@ -6,6 +6,7 @@
     DATA/sessions/<id>/recording.webm       the seekable remux, after stop
     DATA/sessions/<id>/snapshots/           <snapshot_id>.<ext> and <snapshot_id>.landmarks.json
     DATA/sessions/<id>/exports/             <overlay>.<format>
+    DATA/sessions/<id>/thumbnail-<frame>.jpg  the sessions page's picture of it (a frame with a face)
     DATA/uploads/                           uploads being received (never acknowledged)
     DATA/tmp/                               imports being remuxed (never acknowledged)
 
@@ -66,6 +67,12 @@ class SessionFiles:
     @property
     def exports(self) -> Path:
         return self.root / "exports"
+
+    def thumbnail(self, frame: int) -> Path:
+        return self.root / f"thumbnail-{int(frame)}.jpg"
+
+    def thumbnails(self) -> list[Path]:
+        return sorted(self.root.glob("thumbnail-*.jpg"))
 
     def snapshot(self, snapshot_id: str, mime: str) -> Path:
         return self.snapshots / f"{snapshot_id}.{IMAGE_EXTENSIONS[mime]}"

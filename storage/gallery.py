@@ -93,6 +93,10 @@ class Gallery:
         self.db_path = self.root / "gallery.sqlite3"
         self.generation_path = self.root / "generation"
 
+    def exists(self) -> bool:
+        """Whether anyone was ever enrolled here (the gallery's file exists)."""
+        return self.db_path.exists()
+
     def _connect(self) -> sqlite3.Connection:
         self.images.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.db_path, timeout=10)
@@ -142,6 +146,21 @@ class Gallery:
                 "GROUP BY p.name ORDER BY p.name COLLATE NOCASE"
             ).fetchall()
         return [{"name": name, "images": count, "created_at": created} for name, count, created in rows]
+
+    def photo(self, name: str) -> tuple[bytes, str, tuple[int, int, int, int]]:
+        """The person's first enrolment photo as uploaded, its extension and the face's box."""
+        name = check_name(name)
+        row = None
+        if self.db_path.exists():
+            with closing(self._connect()) as db:
+                row = db.execute(
+                    "SELECT file, box FROM images WHERE name = ? ORDER BY created_at, id LIMIT 1", (name,)
+                ).fetchone()
+        if row is None:
+            raise GalleryError(f"the gallery holds no person named {name!r}", unknown=True)
+        file, box = row
+        x, y, w, h = (int(v) for v in box.split(","))
+        return (self.images / file).read_bytes(), Path(file).suffix, (x, y, w, h)
 
     def remove(self, name: str) -> int:
         """Forget ``name``: rows and photos; returns how many photos were deleted."""

@@ -44,7 +44,15 @@ CREATE TABLE IF NOT EXISTS sessions (
     stopped_at    TEXT,
     ended_by      TEXT,                       -- client (stop) | idle | close
     landmarks_error TEXT,                     -- why filling its landmarks cannot complete
+    digest        TEXT,                       -- JSON: who appears, the thumbnail's frame (storage/landmarks.py)
+    digest_key    TEXT,                       -- the landmarks file (size:mtime) the digest was made from
     video         TEXT                        -- JSON {"codec", "width", "height"}, or null: no video track
+);
+CREATE TABLE IF NOT EXISTS session_people (  -- who appears in a session (from its digest), for filters
+    session_id    TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    frames        INTEGER NOT NULL,
+    PRIMARY KEY (session_id, name)
 );
 CREATE TABLE IF NOT EXISTS chunks (
     session_id    TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -119,11 +127,16 @@ class Index:
             "skipped_frames": "INTEGER NOT NULL DEFAULT 0",
             "ended_by": "TEXT",
             "landmarks_error": "TEXT",
+            "digest": "TEXT",
+            "digest_key": "TEXT",
             "video": "TEXT",
         }
         for column, declaration in added.items():
             if column not in have:
                 conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} {declaration}")
+        # the sessions page lists newest first, and filters by person
+        conn.execute("CREATE INDEX IF NOT EXISTS sessions_by_time ON sessions (created_at DESC, id DESC)")
+        conn.execute("CREATE INDEX IF NOT EXISTS session_people_by_name ON session_people (name)")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -197,3 +197,38 @@ class LandmarkRewrite:
         self._out.close()
         os.replace(self.tmp, self.path)
         return self.counts
+
+
+THUMBNAIL_WITHIN = 450  # the thumbnail's frame is looked for in the first frames (~15 s): cheap to decode
+
+
+def digest(path: Path) -> dict[str, Any]:
+    """What the sessions page shows of a session without loading its landmarks: who appears
+    (``people``: name, frames, first and last pts, most frames first; "unknown" for faces the
+    gallery does not hold) and the frame for its thumbnail (``thumbnail_frame``: the largest
+    face within the first ``THUMBNAIL_WITHIN`` frames, else the first face, else None)."""
+    people: dict[str, dict[str, Any]] = {}
+    best: tuple[int, int] | None = None  # (area, index) within THUMBNAIL_WITHIN
+    first_face: int | None = None
+    for index, line in _lines(path):
+        if _WITH_FACE not in line:
+            continue
+        frame = json.loads(line)
+        if first_face is None:
+            first_face = index
+        for face in frame["faces"]:
+            _, _, w, h = face["box"]
+            if index < THUMBNAIL_WITHIN and (best is None or w * h > best[0]):
+                best = (w * h, index)
+            if "identity" not in face:
+                continue
+            name = face["identity"]["name"] if face["identity"] else "unknown"
+            entry = people.setdefault(name, {"name": name, "frames": 0, "first_ms": frame["pts_ms"]})
+            if entry.get("last_index") != index:  # two faces of one name in a frame: one frame
+                entry["frames"] += 1
+            entry["last_index"] = index
+            entry["last_ms"] = frame["pts_ms"]
+    listed = sorted(people.values(), key=lambda p: (-p["frames"], p["name"]))
+    for entry in listed:
+        del entry["last_index"]
+    return {"people": listed, "thumbnail_frame": best[1] if best is not None else first_face}

@@ -13,6 +13,7 @@ always agree. Everything here is blocking; the server calls it from threads.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import datetime as _dt
@@ -20,11 +21,13 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,7 +45,15 @@ from storage.files import (
     write_new_file,
 )
 from storage.index import Index
-from storage.landmarks import LandmarkCounts, LandmarkRewrite, LandmarkTail, append_frames, count_frames, scan
+from storage.landmarks import (
+    LandmarkCounts,
+    LandmarkRewrite,
+    LandmarkTail,
+    append_frames,
+    count_frames,
+    digest,
+    scan,
+)
 from storage.records import ChunkRecord, decode_runs, encode_runs
 
 STATES = ("recording", "stopped", "failed")
@@ -51,7 +62,8 @@ LOCK_FILE = "server.lock"
 UPLOADS_DIR = "uploads"
 SCRATCH_DIR = "tmp"
 
-__all__ = ["STATES", "SessionStore", "utc_now", "validate_session_id"]
+__all__ = ["STATES", "SessionFilter", "SessionStore", "utc_now", "validate_session_id"]
+META_KEY_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 
 
 def new_session_id() -> str:
@@ -117,6 +129,34 @@ FROM sessions s
 """
 
 
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which sessions a listing holds (all given conditions at once): a state, created at or
+    after ``since`` and before ``until`` (ISO 8601 UTC, as ``created_at``), a person who
+    appears (a gallery name, or "unknown"), a ``meta`` key with a value (as text)."""
+
+    state: str | None = None
+    since: str | None = None
+    until: str | None = None
+    person: str | None = None
+    meta: tuple[str, str] | None = None
+
+
+def encode_cursor(created_at: str, session_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, session_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str] | None:
+    """The (created_at, id) a page ends at, or None if ``cursor`` is not one of ours."""
+    try:
+        created_at, session_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(created_at, str) and isinstance(session_id, str) and len(created_at) < 40):
+        return None
+    return created_at, session_id
+
+
 class SessionStore:
     def __init__(self, data_dir: Path, max_pending_writes: int = 1024) -> None:
         self.data_dir = Path(data_dir)
@@ -130,21 +170,34 @@ class SessionStore:
         return (Path(data_dir) / INDEX_FILE).exists()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def open(self, recover: bool = True) -> list[str]:
+    def open(self, recover: bool = True, holder: str | None = None) -> list[str]:
         """Open the index. With ``recover`` (the server: it takes the data folder's lock first,
         as repairs must not race a running server) also repair what a crash may have left;
-        returns one line per repair."""
+        returns one line per repair. ``holder`` (who takes the lock: command, pid, address) is
+        written into the lock file, so that whoever is refused can be told who holds it."""
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         if recover:
             self._lock_fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                held_by = self.lock_holder()
                 os.close(self._lock_fd)
                 self._lock_fd = None
-                raise StoreBusyError(f"another camingest server is using {self.data_dir}") from None
+                who = f" ({held_by})" if held_by else ""
+                raise StoreBusyError(f"another camingest process{who} is using {self.data_dir}") from None
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, (holder or f"pid {os.getpid()}").encode()[:400] + b"\n", 0)
         self.index.open()
         return self.recover() if recover else []
+
+    def lock_holder(self) -> str | None:
+        """What the process holding the data folder's lock wrote there (command, pid, address)."""
+        try:
+            text = (self.data_dir / LOCK_FILE).read_bytes()[:400].decode("utf-8", "replace").strip()
+        except OSError:
+            return None
+        return "".join(c for c in text if c.isprintable()) or None
 
     def close(self) -> None:
         self.index.close()
@@ -221,6 +274,112 @@ class SessionStore:
     def list_summaries(self) -> list[dict[str, Any]]:
         rows = self.index.read(lambda c: c.execute(_SUMMARY_SQL + " ORDER BY s.created_at DESC, s.id DESC").fetchall())
         return [summary(r, r["n_chunks"], r["n_snapshots"]) for r in rows]
+
+    def list_page(
+        self, where: SessionFilter = SessionFilter(), cursor: tuple[str, str] | None = None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+        """One page of summaries, newest first, after ``cursor`` (the (created_at, id) the
+        previous page ended at); returns them and the cursor of the next page (None: the last).
+        Each summary also says who appears (``people``, from the session's digest)."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        if where.state is not None:
+            conditions.append("s.state = ?")
+            args.append(where.state)
+        if where.since is not None:
+            conditions.append("s.created_at >= ?")
+            args.append(where.since)
+        if where.until is not None:
+            conditions.append("s.created_at < ?")
+            args.append(where.until)
+        if where.person is not None:
+            self.refresh_digests()  # who appears in sessions whose landmarks changed since
+            conditions.append("EXISTS (SELECT 1 FROM session_people p WHERE p.session_id = s.id AND p.name = ?)")
+            args.append(where.person)
+        if where.meta is not None:
+            key, value = where.meta
+            if not META_KEY_RE.match(key):
+                raise ValueError(f"meta key {key[:80]!r}: letters, digits, _ and - only (1-64)")
+            conditions.append("CAST(json_extract(s.meta, ?) AS TEXT) = ?")
+            args += [f"$.{key}", value]
+        if cursor is not None:
+            conditions.append("(s.created_at, s.id) < (?, ?)")
+            args += list(cursor)
+        sql = _SUMMARY_SQL + (" WHERE " + " AND ".join(conditions) if conditions else "")
+        sql += " ORDER BY s.created_at DESC, s.id DESC LIMIT ?"
+        rows = self.index.read(lambda c: c.execute(sql, (*args, limit + 1)).fetchall())
+        page = [dict(r) for r in rows[:limit]]
+        out = []
+        for row in page:
+            result = summary(row, row["n_chunks"], row["n_snapshots"])
+            result["people"] = [p["name"] for p in self._digest(row)["people"]]
+            out.append(result)
+        more = len(rows) > limit
+        return out, (page[-1]["created_at"], page[-1]["id"]) if more and page else None
+
+    # -- what the sessions page shows: who appears, a thumbnail ------------------------------------
+    def _digest_key(self, session_id: str) -> str:
+        try:
+            st = self.files(session_id).landmarks.stat()
+        except FileNotFoundError:
+            return "none"
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def _digest(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The session's digest (storage/landmarks.py ``digest``), made again when its landmarks
+        file changed since (kept in the index, with who appears in ``session_people``)."""
+        key = self._digest_key(row["id"])
+        if row.get("digest") and row.get("digest_key") == key:
+            cached: dict[str, Any] = json.loads(row["digest"])
+            return cached
+        made = digest(self.files(row["id"]).landmarks)
+        people = [(row["id"], p["name"], p["frames"]) for p in made["people"]]
+
+        def save(c: sqlite3.Connection) -> None:
+            if not c.execute("UPDATE sessions SET digest=?, digest_key=? WHERE id=?", (json.dumps(made), key, row["id"])).rowcount:
+                return  # deleted meanwhile
+            c.execute("DELETE FROM session_people WHERE session_id=?", (row["id"],))
+            c.executemany("INSERT INTO session_people VALUES (?, ?, ?)", people)
+
+        self.index.write(save)
+        return made
+
+    def digest(self, session_id: str) -> dict[str, Any]:
+        """Who appears in the session and the frame of its thumbnail (kept up to date)."""
+        validate_session_id(session_id)
+        row = self.index.read(
+            lambda c: c.execute("SELECT id, digest, digest_key FROM sessions WHERE id=?", (session_id,)).fetchone()
+        )
+        if row is None:
+            raise UnknownSessionError(f"unknown session {session_id!r}")
+        return self._digest(dict(row))
+
+    def refresh_digests(self) -> int:
+        """Make again the digests of sessions whose landmarks changed (one stat each); returns
+        how many were."""
+        rows = self.index.read(lambda c: c.execute("SELECT id, digest, digest_key FROM sessions").fetchall())
+        stale = [dict(r) for r in rows if r["digest_key"] != self._digest_key(r["id"])]
+        for row in stale:
+            self._digest(row)
+        return len(stale)
+
+    def thumbnail(self, session_id: str, frame: int) -> bytes | None:
+        """The stored thumbnail showing ``frame``, or None (not made yet)."""
+        try:
+            return self.files(session_id).thumbnail(frame).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save_thumbnail(self, session_id: str, frame: int, data: bytes) -> None:
+        """Keep ``data`` (a JPEG) as the session's thumbnail of ``frame``; older ones go."""
+        files = self.files(session_id)
+        target = files.thumbnail(frame)
+        if not files.root.is_dir():
+            raise UnknownSessionError(f"unknown session {session_id!r}")  # deleted meanwhile
+        replace_atomically(target, data)
+        for old in files.thumbnails():
+            if old != target:
+                old.unlink(missing_ok=True)
 
     def set_state(self, session_id: str, state: str, error: str | None = None, frames: int | None = None) -> None:
         """``frames``: the session's frame count corrected (a video that stopped decoding: the
@@ -431,8 +590,12 @@ class SessionStore:
         return f, os.fstat(f.fileno()).st_size
 
     # -- snapshots ------------------------------------------------------------------------------
-    def add_snapshot(self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None) -> str:
-        """Store a (validated) snapshot durably; returns its id."""
+    def add_snapshot(
+        self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None,
+        faces: list[dict[str, Any]] | None = None,
+    ) -> str:  # fmt: skip
+        """Store a (validated) snapshot durably; returns its id. With ``faces`` (already found)
+        its landmarks are written too, before the snapshot is listed."""
         files = self.files(session_id)
         files.snapshots.mkdir(exist_ok=True)
         number = self.index.read(
@@ -440,6 +603,8 @@ class SessionStore:
         )
         snapshot_id = f"{number:06d}-{secrets.token_hex(3)}"
         write_new_file(files.snapshot(snapshot_id, mime), data)
+        if faces is not None:
+            self.write_snapshot_landmarks(session_id, snapshot_id, faces)
         self.index.write(
             lambda c: c.execute(
                 "INSERT INTO snapshots VALUES (?,?,?,?,?,?,?,?)",

@@ -12,7 +12,8 @@ from playwright.sync_api import Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 PAGE_STATE = """() => JSON.stringify({camingest: window.camingest, sessions: window.camingestSessions,
-  result: window.result, sent: window.sent, landmarkFrames: window.landmarkFrames, facesSeen: window.facesSeen},
+  result: window.result, sent: window.sent, landmarkFrames: window.landmarkFrames, facesSeen: window.facesSeen,
+  answers: window.answers, errors: window.errors},
   (key, value) => key === "snapshots" || key === "frames" ? undefined : value)"""
 
 

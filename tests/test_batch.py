@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import io
 import json
+import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import av
@@ -86,13 +92,26 @@ def test_interrupted_reprocess_keeps_previous_landmarks(server_factory, tmp_path
     server.stop()
     landmarks = data / "sessions" / session_id / "landmarks.jsonl"
     before = landmarks.read_bytes()
+    # on a terminal, as a person runs it: the bar is drawn only there (issue 18)
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "reprocess", session_id, "--workers", "1",
-                             "--data", str(data)], cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+                             "--data", str(data)], cwd=ROOT, stderr=follower, stdout=subprocess.PIPE)  # fmt: skip
+    os.close(follower)
     seen = b""
-    while b"frame" not in seen:  # the progress bar is up: jobs are running
-        seen += proc.stderr.read1(100)  # type: ignore[union-attr]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        while b"frame/s" not in seen:  # the frames bar is up: jobs are running
+            piece = os.read(leader, 100)
+            assert piece, f"reprocess ended before its bar: {seen!r}"
+            seen += piece
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        err = seen
+        with contextlib.suppress(OSError):  # EIO once the terminal's other side is closed and read
+            while piece := os.read(leader, 4096):
+                err += piece
+    finally:
+        os.close(leader)
     assert proc.returncode == 130
     assert b"previous landmarks are kept" in err
     assert landmarks.read_bytes() == before

@@ -398,8 +398,8 @@ def test_a_video_that_does_not_decode_fails_the_same_way_everywhere(run):
     assert imported.returncode == 1
     (session,) = imported.sessions
     assert (session["state"], session["error"], session["frames"]) == ("failed", UNDECODABLE, 3)
-    assert f"{session['id']}: failed, its landmarks are kept: {UNDECODABLE}" in imported.stdout.splitlines()
-    assert imported.stderr[-1] == "camingest reprocess: 1 of 1 sessions failed"
+    assert f"{session['id']}: failed, its landmarks are kept: {UNDECODABLE}" in imported.stderr
+    assert imported.stderr[-1] == f"camingest reprocess: 1 of 1 sessions failed ({session['id']}); 0 reprocessed"
 
 
 def worker_rss(server: ServerProcess) -> int:

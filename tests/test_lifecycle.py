@@ -147,9 +147,9 @@ def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path)
     session_id = run(record())
     refused = cli("close", session_id, data=data)  # not while a server owns the folder
     assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1] == (
-        f"camingest close: a camingest server is running on {data}; it ends sessions whose client is gone "
-        "after session_idle_s (120 s) itself, or stop it first"
+    assert refused.stderr.strip().splitlines()[-1] == (  # the lock names its holder (issue 18)
+        f"camingest close: a camingest server (camingest serve, pid {server.proc.pid}, {server.url}/) is running on "
+        f"{data}; it ends sessions whose client is gone after session_idle_s (120 s) itself, or stop it first"
     )
     server.stop()
     closed = cli("close", session_id, "--workers", "2", data=data)

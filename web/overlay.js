@@ -100,3 +100,64 @@ export function frameAt(frames, tMs) {
   }
   return best;
 }
+
+/**
+ * A session's timeline on a canvas, one column per slice of frames (by index, 0..total): the
+ * upper band is the faces present, coloured by who (`colours` by name; grey for a face without a
+ * name, dark for none); the lower band is red-hatched where frames have no landmarks (skipped
+ * live and not filled yet, or not analysed). Returns what it drew: {missing, withFaces, columns}.
+ */
+export function drawTimeline(ctx, frames, total, colours = {}) {
+  const { width, height } = ctx.canvas;
+  const n = Math.max(total, frames.length, 1);
+  const byIndex = new Array(n);
+  for (const f of frames) byIndex[f.index] = f;
+  ctx.clearRect(0, 0, width, height);
+  const band = Math.round(height * 0.7), gap = Math.max(1, Math.round(height * 0.06));
+  let missing = 0, withFaces = 0;
+  for (let i = 0; i < n; i++) {
+    const f = byIndex[i];
+    if (!f || f.skipped) missing += 1;
+    else if (f.faces?.length) withFaces += 1;
+  }
+  for (let x = 0; x < width; x++) {
+    const from = Math.floor((x * n) / width), to = Math.max(from + 1, Math.floor(((x + 1) * n) / width));
+    const counts = new Map();
+    let faces = 0, none = 0, lost = 0;
+    for (let i = from; i < to && i < n; i++) {
+      const f = byIndex[i];
+      if (!f || f.skipped) { lost += 1; continue; }
+      if (!f.faces?.length) { none += 1; continue; }
+      faces += 1;
+      for (const face of f.faces) {
+        const name = face.identity?.name;
+        if (name && colours[name]) counts.set(name, (counts.get(name) ?? 0) + 1);
+      }
+    }
+    let colour = "#3a3f4b";
+    if (faces && faces >= none) {
+      const who = [...counts.entries()].sort((a, b) => b[1] - a[1])[0];
+      colour = who ? colours[who[0]] : "#9aa3b2";
+    }
+    ctx.fillStyle = colour;
+    ctx.fillRect(x, 0, 1, band);
+    if (lost) {
+      ctx.fillStyle = (x % 4) < 2 ? "#ff5d6c" : "#5c2330";
+      ctx.fillRect(x, band + gap, 1, height - band - gap);
+    }
+  }
+  return { missing, withFaces, columns: width };
+}
+
+/** The frame under a click at `fraction` (0..1) of the timeline's width, or null. */
+export function timelineAt(frames, total, fraction) {
+  if (!frames.length) return null;
+  const n = Math.max(total, frames.length, 1);
+  const index = Math.min(n - 1, Math.max(0, Math.floor(fraction * n)));
+  let best = frames[0];
+  for (const f of frames) {
+    if (f.index > index) break;
+    best = f;
+  }
+  return best;
+}

@@ -17,9 +17,10 @@ const ui = {
   record: $("record"), stop: $("stop"), snapshot: $("snapshot"), mode: $("mode"), codec: $("codec"),
   keyframe: $("keyframe"), audio: $("audio"), autosnap: $("autosnap"), preview: $("preview"),
   overlay: $("overlay"), placeholder: $("placeholder"), message: $("message"), conn: $("conn"), gallery: $("gallery"),
-  banner: $("banner"), bannerText: $("banner-text"), cancelStop: $("cancel-stop"),
+  banner: $("banner"), bannerText: $("banner-text"), cancelStop: $("cancel-stop"), overlayStatus: $("overlay-status"),
 };
 const STALE_MS = 1000; // landmarks older than this are not drawn over the live picture
+const LATE_MS = 1000; // landmarks this far behind the picture are said to be late, on the picture
 const STOP_WAIT_S = 300; // Stop during an outage waits this long for the server
 
 let connection = "offline"; // connected | reconnecting | offline (PROTOCOL.md page hooks)
@@ -31,16 +32,18 @@ let lastLandmarkAt = 0;
 const state = (window.camingest = {
   sessionId: null, ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0,
   chunksRecorded: 0, analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], state: "idle", error: null,
+  lagMs: null, overlay: { state: "idle", text: "" },
 });
 
 let stream = null, recording = null, autoTimer = null;
 let frames = []; // landmark frames of this recording, in index order
 const recent = []; // arrival times of analysed frames, for the fps figure
 
-function say(text, kind = "info") {
+function say(text, kind = "info", link = null) {
   ui.message.hidden = !text;
   ui.message.textContent = text || "";
   ui.message.dataset.kind = kind;
+  if (link) ui.message.append(Object.assign(document.createElement("a"), link));
 }
 
 function fmtBytes(n) {
@@ -78,12 +81,41 @@ function render() {
   $("s-acked").textContent = state.ackedChunks;
   $("s-pending").textContent = state.pendingChunks;
   $("s-bytes").textContent = fmtBytes(state.bytesSent);
-  $("s-frames").textContent = `${state.analysedFrames}${state.skippedFrames ? ` (+${state.skippedFrames} skipped)` : ""}`;
+  const skipped = state.skippedFrames ? Object.assign(document.createElement("span"), { className: "nowrap",
+    textContent: `(+${state.skippedFrames} skipped)` }) : "";
+  $("s-frames").replaceChildren(`${state.analysedFrames} `, skipped);
   const now = performance.now();
   while (recent.length && recent[0] < now - 2000) recent.shift();
   $("s-fps").textContent = recording ? `${(recent.length / 2).toFixed(1)} fps` : "—";
   const last = frames[frames.length - 1];
-  $("s-lag").textContent = recording && last ? `${Math.max(0, now - recording.startedAt - last.pts_ms).toFixed(0)} ms` : "—";
+  // how far the newest landmarks trail the picture: now, in the recording's time, minus their frame's
+  state.lagMs = recording && last ? Math.max(0, Math.round(now - recording.startedAt - last.pts_ms)) : null;
+  $("s-lag").textContent = state.lagMs == null ? "—" : `${state.lagMs} ms`;
+  renderOverlayStatus(now);
+}
+
+/** What the overlay is worth, said on the picture itself: analysis starting, how far behind, stalled. */
+function renderOverlayStatus(now = performance.now()) {
+  let status = { state: "idle", text: "" };
+  if (recording && state.state === "recording") {
+    if (!state.analysedFrames && !state.skippedFrames) {
+      const sent = state.ackedChunks;
+      status = { state: "warming", text: sent ? `Starting analysis: no landmarks yet (${sent} chunk${sent === 1 ? "" : "s"} stored)`
+        : "Starting analysis: waiting for the first chunk" };
+    } else if (now - lastLandmarkAt > STALE_MS) {
+      status = { state: "stale", text: connection === "connected" ? "Landmarks paused: analysis is catching up" : "Landmarks paused: no connection" };
+    } else {
+      const s = (state.lagMs / 1000).toFixed(1);
+      const late = state.lagMs > LATE_MS;
+      const recentSkips = state.skippedFrames && frames.slice(-15).some((f) => f.skipped);
+      status = { state: late ? "late" : "ok",
+        text: `Landmarks ${s} s behind the picture${late ? ": points trail a moving face" : ""}${recentSkips ? " · skipping frames to keep up" : ""}` };
+    }
+  }
+  state.overlay = status;
+  ui.overlayStatus.hidden = status.state === "idle";
+  ui.overlayStatus.dataset.state = status.state;
+  ui.overlayStatus.textContent = status.text;
 }
 
 // -- environment checks ---------------------------------------------------------------------
@@ -139,7 +171,8 @@ function onFilled({ detail: msg }) {
   if (!state.skippedFrames) return;
   state.filledFrames = state.skippedFrames;
   say(`All ${msg.analysed_frames} frames now have landmarks (${state.skippedFrames} skipped live were filled; ` +
-    `faces in ${msg.frames_with_faces}).`, "ok");
+    `faces in ${msg.frames_with_faces}). `, "ok", { href: `/sessions?id=${encodeURIComponent(msg.session_id)}`,
+    textContent: "See it on the Sessions page" });
 }
 // landmarks_filled comes after stop, when the recording object is done: listen on the client
 client.addEventListener("landmarks_filled", (e) => { if (e.detail.session_id === state.sessionId) onFilled(e); });
@@ -223,8 +256,8 @@ async function stop() {
   try {
     const summary = await recording.stop({ waitForServerMs: STOP_WAIT_S * 1000, signal: cancel.signal });
     state.state = "stopped";
-    say(`Saved: ${summary.chunks} chunks, ${summary.frames} frames, ${(summary.duration_ms / 1000).toFixed(1)} s. ` +
-      `See it on the Sessions page.`, "ok");
+    say(`Saved: ${summary.chunks} chunks, ${summary.frames} frames, ${(summary.duration_ms / 1000).toFixed(1)} s. `, "ok",
+      { href: `/sessions?id=${encodeURIComponent(summary.id)}`, textContent: "See it on the Sessions page" });
   } catch (err) {
     state.state = "error";
     say(`Stopping failed: ${err.message}. The acknowledged chunks are stored; the server ends the session ` +

@@ -1,5 +1,7 @@
-// The sessions browser: list, play with the landmark overlay in sync, snapshots, downloads, delete.
-import { appearances, drawFaces, frameAt } from "./overlay.js";
+// The sessions browser: pages of cards (a thumbnail, who appears) with filters, play with the
+// landmark overlay in sync and a timeline to click on, snapshots, downloads, export, delete, the
+// gallery (photos, enrolment with look-alike warnings).
+import { appearances, drawFaces, drawTimeline, frameAt, timelineAt } from "./overlay.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("upload-button"),
@@ -8,9 +10,13 @@ const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("uploa
   sessionId: $("session-id"), copyId: $("copy-id"), exportForm: $("export"), exportOverlay: $("export-overlay"),
   exportFormat: $("export-format"), exportButton: $("export-button"), exportProgress: $("export-progress"),
   exportStatus: $("export-status"), appearances: $("appearances"), enrolForm: $("enrol"), enrolName: $("enrol-name"),
-  enrolFile: $("enrol-file"), enrolStatus: $("enrol-status"), people: $("people") };
-let selected = null, frames = [];
-window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" } };
+  enrolFile: $("enrol-file"), enrolStatus: $("enrol-status"), people: $("people"), more: $("more"),
+  filters: $("filters"), fState: $("f-state"), fPerson: $("f-person"), fSince: $("f-since"), fUntil: $("f-until"),
+  fMeta: $("f-meta"), toast: $("toast"), timeline: $("timeline"), legend: $("timeline-legend"), frame: $("frame"),
+  timelineWrap: $("timeline-wrap"), failedReason: $("failed-reason"), playhead: $("playhead") };
+let selected = null, frames = [], allFrames = [];
+window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" },
+  nextCursor: null, query: "" };
 let refresh = null;
 
 const UNREACHABLE = "The server cannot be reached. Is camingest running? Try again in a moment.";
@@ -24,7 +30,7 @@ const api = async (url, init) => {
     throw Object.assign(new Error(UNREACHABLE), { unreachable: true });
   }
   const body = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(body.error?.message ?? `HTTP ${r.status}`);
+  if (!r.ok) throw Object.assign(new Error(body.error?.message ?? `HTTP ${r.status}`), { status: r.status, error: body.error });
   return body;
 };
 const when = (iso) => new Date(iso).toLocaleString();
@@ -36,42 +42,112 @@ function say(text, kind = "info") {
   ui.message.dataset.kind = kind;
 }
 
+/** A notice where the person is looking, whatever is scrolled where (it does not move the page). */
+let toastTimer = null;
+function toast(text, kind = "ok") {
+  clearTimeout(toastTimer);
+  ui.toast.textContent = text;
+  ui.toast.dataset.kind = kind;
+  ui.toast.hidden = false;
+  toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 8000);
+}
+
 // landmarks the server is still filling (skipped live, or an uploaded video)
 const fillText = (fill) => !fill ? "" : fill.state === "queued" ? " · landmarks queued"
   : ` · landmarks ${Math.floor((100 * fill.frames_done) / Math.max(1, fill.frames_total))}%`;
 
-async function loadList() {
-  const { sessions } = await api("/api/sessions");
-  window.camingestSessions.listed = sessions.map((s) => s.id);
+/** The filters as GET /api/sessions' query (dates are the person's days: local midnight in UTC). */
+function filterQuery() {
+  const q = new URLSearchParams();
+  if (ui.fState.value) q.set("state", ui.fState.value);
+  if (ui.fPerson.value) q.set("person", ui.fPerson.value);
+  if (ui.fSince.value) q.set("since", new Date(`${ui.fSince.value}T00:00:00`).toISOString());
+  if (ui.fUntil.value) {
+    const end = new Date(`${ui.fUntil.value}T00:00:00`);
+    end.setDate(end.getDate() + 1); // the day is included
+    q.set("until", end.toISOString());
+  }
+  if (ui.fMeta.value.trim()) q.set("meta", ui.fMeta.value.trim());
+  return q;
+}
+
+const PAGE = 30; // cards per page: thousands of sessions are never loaded at once
+let listed = []; // the summaries of the pages loaded so far
+
+/** Load the first page again (or, with `more`, the next one) and draw the cards. */
+async function loadList({ more = false } = {}) {
+  const q = filterQuery();
+  q.set("limit", String(more ? PAGE : Math.max(PAGE, listed.length)));
+  if (more && window.camingestSessions.nextCursor) q.set("cursor", window.camingestSessions.nextCursor);
+  const { sessions, next_cursor: next } = await api(`/api/sessions?${q}`);
+  listed = more ? [...listed, ...sessions] : sessions;
+  Object.assign(window.camingestSessions, { listed: listed.map((s) => s.id), nextCursor: next ?? null, query: filterQuery().toString() });
+  ui.more.hidden = !next;
   // while landmarks are being filled, follow them; reload the open session once they are done
   clearTimeout(refresh);
-  if (sessions.some((s) => s.fill)) refresh = setTimeout(loadList, 1000);
-  const current = sessions.find((s) => s.id === selected?.id);
+  if (listed.some((s) => s.fill)) refresh = setTimeout(loadList, 1000);
+  const current = listed.find((s) => s.id === selected?.id);
   if (current && selected.fill && !current.fill) open(current.id);
-  if (!sessions.length) {
-    ui.list.innerHTML = '<div class="empty">No sessions yet. <a href="/">Record one.</a></div>';
+  if (!listed.length) {
+    ui.list.innerHTML = filterQuery().toString() ? '<div class="empty">No session matches these filters.</div>'
+      : '<div class="empty">No sessions yet. <a href="/">Record one.</a></div>';
     return;
   }
-  ui.list.replaceChildren(...sessions.map((s) => {
-    const card = document.createElement("button");
-    card.className = "card";
-    card.dataset.sessionId = s.id;
-    card.setAttribute("aria-selected", String(s.id === selected?.id));
-    card.innerHTML = `<div class="when"></div><div class="facts"></div>`;
-    card.querySelector(".when").textContent = when(s.created_at);
-    const state = document.createElement("span");
-    state.className = "state";
-    state.dataset.state = s.state;
-    state.textContent = s.state;
-    card.querySelector(".when").append(" ", state);
-    const faces = s.frames_with_faces == null ? "" : ` · faces in ${s.frames_with_faces}`;
-    const source = s.imported_from ? `${s.imported_from} · ` : "";
-    card.querySelector(".facts").textContent =
-      `${source}${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots${fillText(s.fill)}`;
-    card.addEventListener("click", () => choose(s.id));
-    return card;
-  }));
+  ui.list.replaceChildren(...listed.map(card));
 }
+
+/** One session's card: its picture (a frame with a face), when, state, id or label, who, facts. */
+function card(s) {
+  const el = document.createElement("button");
+  el.className = "card";
+  el.dataset.sessionId = s.id;
+  el.dataset.state = s.state;
+  el.setAttribute("aria-selected", String(s.id === selected?.id));
+  const picture = document.createElement("div");
+  picture.className = "thumb";
+  if (s.frames > 0) {
+    const img = Object.assign(new Image(), { src: `/api/sessions/${s.id}/thumbnail.jpg`, alt: "", loading: "lazy", decoding: "async" });
+    img.onerror = () => img.replaceWith(Object.assign(document.createElement("span"), { textContent: "no picture" }));
+    picture.append(img);
+  } else {
+    picture.append(Object.assign(document.createElement("span"), { textContent: s.state === "failed" ? "failed" : "no frames yet" }));
+  }
+  const text = document.createElement("div");
+  text.className = "text";
+  const head = document.createElement("div");
+  head.className = "when";
+  head.textContent = when(s.created_at);
+  const state = Object.assign(document.createElement("span"), { className: "state", textContent: s.state });
+  state.dataset.state = s.state;
+  head.append(" ", state);
+  const label = s.meta?.label ?? s.imported_from;
+  const id = Object.assign(document.createElement("div"), { className: "id" });
+  id.append(Object.assign(document.createElement("code"), { textContent: s.id }));
+  if (label) id.append(" · ", String(label));
+  text.append(head, id);
+  if (s.people?.length) {
+    text.append(Object.assign(document.createElement("div"), { className: "who", textContent: s.people.join(", ") }));
+  }
+  const faces = s.frames_with_faces == null ? "" : ` · faces in ${s.frames_with_faces}`;
+  text.append(Object.assign(document.createElement("div"), { className: "facts",
+    textContent: `${(s.duration_ms / 1000).toFixed(1)} s · ${s.frames} frames${faces} · ${mb(s.bytes)} · ${s.snapshots} snapshots${fillText(s.fill)}` }));
+  if (s.state === "failed") {
+    const why = Object.assign(document.createElement("div"), { className: "why",
+      textContent: `Failed: ${s.error ?? "no reason was recorded"}` });
+    why.dataset.testid = "failed-why";
+    text.append(why);
+  }
+  el.append(picture, text);
+  el.addEventListener("click", () => choose(s.id));
+  return el;
+}
+
+ui.more.addEventListener("click", () => loadList({ more: true }).catch((err) => toast(err.message, "error")));
+ui.filters.addEventListener("submit", (e) => {
+  e.preventDefault();
+  loadList().catch((err) => { ui.list.replaceChildren(Object.assign(document.createElement("div"), { className: "empty", textContent: err.message })); });
+});
+ui.filters.addEventListener("reset", () => setTimeout(() => ui.filters.requestSubmit(), 0));
 
 /** A person picked a session: open it, put it in the address (back/forward work), show it. */
 async function choose(id) {
@@ -98,10 +174,17 @@ async function open(id) {
   ui.detail.hidden = false;
   say("");
   const base = `/api/sessions/${id}`;
-  ui.player.src = `${base}/recording.webm`;
+  const failed = selected.state === "failed" && !selected.frames;
+  ui.failedReason.hidden = !failed;
+  ui.failedReason.textContent = failed ? `This session failed while recording: ${selected.error ?? "no reason was recorded"}. ` +
+    "It has no frames: there is nothing to play or export." : "";
+  ui.frame.hidden = ui.timelineWrap.hidden = ui.exportForm.hidden = failed;
+  if (failed) ui.player.removeAttribute("src"); else ui.player.src = `${base}/recording.webm`;
   const data = await api(`${base}/landmarks`);
+  allFrames = data.frames;
   frames = data.frames.filter((f) => f.faces);
   window.camingestSessions.frames = data.frames.length;
+  showTimeline();
   const withFaces = frames.filter((f) => f.faces.length).length;
   const skipped = data.frames.length - frames.length;
   ui.facts.textContent = `${selected.frames} frames · ${data.frames.length - skipped} analysed · faces in ${withFaces}`
@@ -146,16 +229,23 @@ function paint() {
   // MediaRecorder timestamps start at 0, so the player's time is the frames' pts_ms
   const i = frameAt(frames, ui.player.currentTime * 1000);
   if (i >= 0) drawFaces(ctx, frames[i].faces, ui.mode.value);
+  // where the player is, on the timeline (by frame, as the timeline is drawn)
+  const at = frameAt(allFrames, ui.player.currentTime * 1000);
+  const n = Math.max(selected?.frames ?? 0, allFrames.length, 1);
+  ui.playhead.style.left = `${(100 * Math.max(0, at >= 0 ? allFrames[at].index : 0)) / n}%`;
 }
 const tick = () => { paint(); requestAnimationFrame(tick); };
 
 ui.del.addEventListener("click", async () => {
   if (!selected || !confirm(`Delete the session of ${when(selected.created_at)}? Its files are removed for good.`)) return;
+  const gone = selected;
   try {
-    await api(`/api/sessions/${selected.id}`, { method: "DELETE" });
+    await api(`/api/sessions/${gone.id}`, { method: "DELETE" });
   } catch (err) {
     return say(err.message, "error");
   }
+  toast(`Deleted the session of ${when(gone.created_at)} (${gone.id}) and its files.`);
+  window.camingestSessions.deleted = gone.id;
   selected = null;
   history.replaceState(null, "", location.pathname);
   ui.detail.hidden = true;
@@ -172,58 +262,139 @@ function showAppearances(frames) {
     textContent: `${p.name}: ${secs(p.first_ms)}–${secs(p.last_ms)}, ${p.frames} frame${p.frames === 1 ? "" : "s"}` })));
 }
 
+// The timeline under the player: faces present, who, frames without landmarks; a click seeks.
+const COLOURS = ["#3ddc97", "#59a5ff", "#ffb454", "#d88cff", "#ff7aa8", "#7be0e0"];
+function showTimeline() {
+  const people = appearances(allFrames).map((p) => p.name).filter((n) => n !== "unknown");
+  const colours = Object.fromEntries(people.map((name, i) => [name, COLOURS[i % COLOURS.length]]));
+  const width = Math.max(200, Math.round(ui.timeline.getBoundingClientRect().width || 600));
+  ui.timeline.width = width * (window.devicePixelRatio || 1);
+  ui.timeline.height = 36 * (window.devicePixelRatio || 1);
+  const summary = drawTimeline(ui.timeline.getContext("2d"), allFrames, selected.frames, colours);
+  window.camingestSessions.timeline = summary;
+  const key = (colour, text) => {
+    const item = Object.assign(document.createElement("span"), { className: "key" });
+    const swatch = Object.assign(document.createElement("i"), {});
+    swatch.style.background = colour;
+    item.append(swatch, text);
+    return item;
+  };
+  ui.legend.replaceChildren(
+    ...people.map((name) => key(colours[name], name)),
+    key("#9aa3b2", people.length ? "a face nobody enrolled" : "a face"),
+    key("#3a3f4b", "no face"),
+    ...(summary.missing ? [key("repeating-linear-gradient(45deg,#ff5d6c 0 3px,transparent 3px 6px)",
+      `${summary.missing} frame${summary.missing === 1 ? "" : "s"} without landmarks (not analysed yet, or skipped live and not filled yet)`)] : []),
+  );
+}
+ui.timeline.addEventListener("click", (e) => {
+  if (!selected || !allFrames.length) return;
+  const r = ui.timeline.getBoundingClientRect();
+  const frame = timelineAt(allFrames, selected.frames, (e.clientX - r.left) / r.width);
+  if (frame) {
+    ui.player.currentTime = frame.pts_ms / 1000;
+    window.camingestSessions.seekedTo = frame.index;
+  }
+});
+window.addEventListener("resize", () => selected && allFrames.length && showTimeline());
+
 // The gallery: enrol from a photo or a snapshot, list, remove.
 async function loadPeople() {
   try {
     const { people } = await api("/api/gallery");
     window.camingestSessions.people = people.map((p) => p.name);
+    const chosen = ui.fPerson.value;
+    ui.fPerson.replaceChildren(new Option("anyone", ""), ...people.map((p) => new Option(p.name, p.name)), new Option("someone unknown", "unknown"));
+    ui.fPerson.value = chosen;
     ui.people.replaceChildren(...people.map((p) => {
       const item = document.createElement("li");
+      const photo = Object.assign(new Image(), { src: `/api/gallery/${encodeURIComponent(p.name)}/photo`, alt: `photo of ${p.name}`,
+        className: "face", loading: "lazy" });
       const remove = Object.assign(document.createElement("button"), { type: "button", className: "danger", textContent: "Remove" });
       remove.dataset.testid = "remove-person";
       remove.addEventListener("click", async () => {
         if (!confirm(`Remove ${p.name} from the gallery? Their photos and descriptors are deleted.`)) return;
         try {
           await api(`/api/gallery/${encodeURIComponent(p.name)}`, { method: "DELETE" });
-        } catch (err) { return say(err.message, "error"); }
+        } catch (err) { return toast(err.message, "error"); }
+        toast(`Removed ${p.name} and their photos from the gallery.`);
         await loadPeople();
       });
-      item.append(`${p.name} (${p.images} photo${p.images === 1 ? "" : "s"}) `, remove);
+      const label = Object.assign(document.createElement("span"), { className: "name", textContent: `${p.name} (${p.images} photo${p.images === 1 ? "" : "s"})` });
+      item.append(photo, label, remove);
       return item;
     }));
     if (!people.length) ui.people.innerHTML = '<li class="empty">Nobody yet: faces are not named.</li>';
   } catch (err) { ui.people.replaceChildren(Object.assign(document.createElement("li"), { textContent: err.message })); }
 }
-async function enrol(name, file, fileName) {
+/**
+ * Enrol `file` as `name`, saying how it went in `status` (where the person acted). A face that
+ * looks like someone enrolled, or a name taken by another face, is answered 409 with the match:
+ * the person then chooses (enrol anyway, or add it to the one it looks like). Resolves to true
+ * once enrolled.
+ */
+async function enrol(name, file, fileName, status = ui.enrolStatus, confirmed = false) {
   const form = new FormData();
   form.append("name", name);
   form.append("file", file, fileName);
-  ui.enrolStatus.dataset.kind = "info";
-  ui.enrolStatus.textContent = `Enrolling ${name}…`;
+  if (confirmed) form.append("confirm", "1");
+  status.dataset.kind = "info";
+  status.textContent = `Enrolling ${name}…`;
   let body;
   try { body = await api("/api/gallery", { method: "POST", body: form }); } catch (err) {
-    ui.enrolStatus.dataset.kind = "error";
-    return void (ui.enrolStatus.textContent = err.unreachable ? err.message : `Not enrolled: ${err.message}`);
+    status.dataset.kind = "error";
+    if (err.status === 409 && err.error?.code === "conflict") {
+      status.dataset.kind = "warn";
+      status.textContent = `Not enrolled yet: ${err.message.replace(/, or send confirm=1 to .*$/, "")}. `;
+      const anyway = Object.assign(document.createElement("button"), { type: "button",
+        textContent: err.error.same_name ? `Add to ${name} anyway` : `Enrol as ${name} anyway` });
+      anyway.dataset.testid = "enrol-anyway";
+      anyway.addEventListener("click", () => enrol(name, file, fileName, status, true));
+      status.append(anyway);
+      const match = err.error.matches?.[0];
+      if (match) {
+        const other = Object.assign(document.createElement("button"), { type: "button", textContent: `Add to ${match.name}` });
+        other.dataset.testid = "enrol-as-match";
+        other.addEventListener("click", () => enrol(match.name, file, fileName, status));
+        status.append(" ", other);
+      }
+      status.scrollIntoView({ block: "nearest" }); // the answer where the person acted, in view
+      return false;
+    }
+    status.textContent = err.unreachable ? err.message : `Not enrolled: ${err.message}`;
+    status.scrollIntoView({ block: "nearest" });
+    return false;
   }
-  ui.enrolStatus.dataset.kind = "info";
-  ui.enrolStatus.textContent = `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`;
+  status.dataset.kind = "ok";
+  status.textContent = `Enrolled ${body.name} (${body.images} photo${body.images === 1 ? "" : "s"}). New frames and reprocessed sessions name them.`;
+  status.scrollIntoView({ block: "nearest" });
   await loadPeople();
+  return true;
 }
+/** Enrol a snapshot's face from its own caption: the name asked there, the answer shown there. */
 function enrolButton(url, mime) {
-  const button = Object.assign(document.createElement("button"), { type: "button", textContent: "Enrol…", title: "Add this face to the gallery" });
+  const box = document.createElement("form");
+  box.className = "enrol-here";
+  const name = Object.assign(document.createElement("input"), { type: "text", placeholder: "Whose face is this?", maxLength: 100, required: true });
+  name.dataset.testid = "snapshot-enrol-name";
+  const button = Object.assign(document.createElement("button"), { type: "submit", textContent: "Enrol", title: "Add this face to the gallery" });
   button.dataset.testid = "enrol-snapshot";
-  button.addEventListener("click", async () => {
-    const name = prompt("Whose face is this?")?.trim();
-    if (!name) return;
+  const status = Object.assign(document.createElement("div"), { className: "facts", role: "status" });
+  status.dataset.testid = "snapshot-enrol-status";
+  box.append(name, button, status);
+  box.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const who = name.value.trim();
+    if (!who) return;
     const blob = await (await fetch(url)).blob();
-    await enrol(name, blob, `snapshot.${mime.split("/")[1] ?? "jpg"}`);
+    await enrol(who, blob, `snapshot.${mime.split("/")[1] ?? "jpg"}`, status);
   });
-  return button;
+  return box;
 }
 ui.enrolForm.addEventListener("submit", (e) => {
   e.preventDefault();
   const file = ui.enrolFile.files[0];
-  if (file) enrol(ui.enrolName.value.trim(), file, file.name).then(() => ui.enrolForm.reset());
+  if (file) enrol(ui.enrolName.value.trim(), file, file.name).then((done) => done && ui.enrolForm.reset());
 });
 loadPeople();
 
@@ -238,8 +409,11 @@ function showExport(job) {
   if (!job) return void (ui.exportStatus.textContent = "");
   ui.exportStatus.dataset.kind = job.state === "failed" ? "error" : "info";
   if (job.state === "running") {
-    ui.exportProgress.value = job.frames_total ? job.frames_done / job.frames_total : 0;
-    ui.exportStatus.textContent = `Encoding ${job.frames_done} of ${job.frames_total} frames…`;
+    // the bar and its text from the same two numbers (a stream can decode more frames than counted)
+    const total = Math.max(job.frames_total, job.frames_done, 1);
+    ui.exportProgress.max = total;
+    ui.exportProgress.value = job.frames_done;
+    ui.exportStatus.textContent = `Encoding ${job.frames_done} of ${total} frames (${Math.floor((100 * job.frames_done) / total)}%)…`;
   } else if (job.state === "failed") {
     ui.exportStatus.textContent = `Export failed: ${job.error}`;
   } else {

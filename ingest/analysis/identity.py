@@ -49,6 +49,17 @@ def nearest(matrix: GalleryMatrix, descriptor: np.ndarray, threshold: float) -> 
     return {"name": matrix.names[best], "distance": round(float(distances[best]), 4)}
 
 
+def distances_by_name(matrix: GalleryMatrix, descriptor: np.ndarray) -> dict[str, float]:
+    """Each gallery person's nearest photo's distance to ``descriptor`` (for enrolment checks)."""
+    if not matrix.names:
+        return {}
+    distances = np.sqrt(((matrix.descriptors - descriptor) ** 2).sum(axis=1))
+    best: dict[str, float] = {}
+    for name, distance in zip(matrix.names, distances.tolist(), strict=True):
+        best[name] = min(best.get(name, distance), distance)
+    return {name: round(distance, 4) for name, distance in best.items()}
+
+
 class GallerySource(Protocol):
     """Where a tracker reads the gallery: ``current()`` -> (a token that changes with it, matrix)."""
 

@@ -30,7 +30,7 @@ from ingest import version
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
 from ingest.batch.jobs import Job, landmark_runs, read_runs
-from ingest.batch.local import Reprocessor
+from ingest.batch.local import JobProgress, Reprocessor
 from ingest.exceptions import IngestError
 from storage.store import SessionStore
 
@@ -126,7 +126,8 @@ class ClusterReprocessor(Reprocessor):
     def describe(self) -> dict[str, Any]:
         return {"cluster": self.address, "workers": self.workers}
 
-    def _results(self, jobs: list[Job]) -> Iterator[list[dict[str, Any]] | BaseException]:
+    def _results(self, jobs: list[Job], partial: JobProgress) -> Iterator[list[dict[str, Any]] | BaseException]:
+        """As the local pool's; Dask reports a job when it is done (``partial`` is not called)."""
         from distributed import CancelledError
 
         client = self.client

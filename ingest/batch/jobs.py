@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ingest.analysis.identity import FixedGallery
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
-from ingest.exceptions import IngestError, UndecodableError
+from ingest.exceptions import UndecodableError
 from ingest.media.bitstream import H264_MAX_REORDER
 from ingest.media.decode import UnitDecoder
 from ingest.media.remux import PieceReader, remux
@@ -35,6 +35,8 @@ from storage.store import SessionStore
 
 READ_PIECE = 1024 * 1024
 MAX_JOB_FRAMES_DEFAULT = 300
+REPORT_EVERY = 10  # frames between progress reports of a job (a bar moves per ~0.1 s of a worker)
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,15 @@ def stored_reader() -> WebMReader:
     return WebMReader(max_bytes_before_tracks=None)
 
 
-def scan_video_blocks(source: LocalStream) -> tuple[bytes, list[VideoBlock], str]:
+def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock], str]:
     """Init segment, the video blocks of a stored stream (locations only, not the bytes) and
-    the video codec ("" without video)."""
+    the video codec ("" without video); ``progress`` hears the bytes read."""
     reader = stored_reader()
     blocks: list[VideoBlock] = []
     with source.open() as f:
-        while piece := f.read(READ_PIECE):
+        while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
+            if progress is not None:
+                progress(len(piece))
             unit = reader.feed(piece)
             video = reader.video_track
             for run in unit.clusters:
@@ -84,11 +88,12 @@ def scan_video_blocks(source: LocalStream) -> tuple[bytes, list[VideoBlock], str
 
 def plan_jobs(
     source: LocalStream, settings: TrackerSettings, gallery: GalleryMatrix | None,
-    max_frames: int = MAX_JOB_FRAMES_DEFAULT,
+    max_frames: int = MAX_JOB_FRAMES_DEFAULT, progress: Progress | None = None,
 ) -> list[Job]:  # fmt: skip
     """The jobs of a stored stream; ``gallery``: who its faces are identified against (the
-    gallery when planned: it travels with the jobs, so every worker uses the same)."""
-    init, blocks, codec = scan_video_blocks(source)
+    gallery when planned: it travels with the jobs, so every worker uses the same);
+    ``progress`` hears the bytes of the stream read."""
+    init, blocks, codec = scan_video_blocks(source, progress)
     before = list(itertools.accumulate((b.frames for b in blocks), initial=0))  # frames before each block
     total = before[-1]
     # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
@@ -131,9 +136,10 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     return landmark_runs(job, read_runs(job))
 
 
-def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
+def landmark_runs(job: Job, runs: Runs, progress: Progress | None = None) -> list[dict[str, Any]]:
     """Decode ``runs`` (the job's blocks, from the keyframe before its range) with a fresh
-    decoder and track frames [start, end) with a fresh tracker; no file is read here."""
+    decoder and track frames [start, end) with a fresh tracker; no file is read here.
+    ``progress`` hears the frames landmarked, every ``REPORT_EVERY``."""
     decoder = UnitDecoder(first_index=job.first_index)
     tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
     out = []
@@ -142,6 +148,8 @@ def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
         if job.start <= frame.index < job.end:
             faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
             out.append(frame_result(frame.index, frame.pts_ms, faces))
+            if progress is not None and len(out) % REPORT_EVERY == 0:
+                progress(REPORT_EVERY)
     if len(out) != job.end - job.start:
         raise UndecodableError(
             f"the video does not decode as its frame headers say: frames {job.start}-{job.end - 1} "
@@ -151,19 +159,13 @@ def landmark_runs(job: Job, runs: Runs) -> list[dict[str, Any]]:
     return out
 
 
-def run_job_or_error(job: Job) -> list[dict[str, Any]] | IngestError:
-    """``run_job``, a stream's own failure returned rather than raised (a pool's ``imap``
-    would end every session's results at the first one)."""
-    try:
-        return run_job(job)
-    except IngestError as exc:
-        return exc
-
-
-def session_jobs(store: SessionStore, session_id: str, settings: TrackerSettings) -> list[Job]:
-    """The jobs of a stored session, identified against the gallery as it is now."""
+def session_jobs(
+    store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None
+) -> list[Job]:
+    """The jobs of a stored session, identified against the gallery as it is now; ``progress``
+    hears the bytes of its stream read while planning."""
     gallery = Gallery(Path(settings.gallery_data_dir)).matrix() if settings.gallery_data_dir else None
-    return plan_jobs(store.stream_source(session_id), settings, gallery)
+    return plan_jobs(store.stream_source(session_id), settings, gallery, progress=progress)
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:
@@ -171,9 +173,9 @@ def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | 
     stream as the reader rebuilds it: whatever its layout, FFmpeg reads that one."""
     source = store.stream_source(session_id)
 
-    def pieces() -> Iterator[bytes]:
+    def pieces() -> Iterator[bytes]:  # the acknowledged bytes only
         with source.open() as f:
-            while piece := f.read(READ_PIECE):
+            while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
                 yield piece
 
     with store.recording_target(session_id) as target:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ingest.analysis.tracker import TrackerSettings
-from ingest.live.messages import AnalyseImage, Exit, Reply, Request, RunJob, answered
+from ingest.live.messages import AnalyseImage, Exit, RecolourImage, Reply, Request, RunJob, answered
 from ingest.live.worker import worker_main
 
 # snapshots get full detection at upsample 1: one image, accuracy first
@@ -45,12 +45,13 @@ class WorkerHandle:
         self.index = index
         self.sessions = 0  # live sessions assigned (sticky)
         self.outstanding = 0  # messages sent whose reply has not come back (event-loop thread only)
-        # snapshots and fill jobs sent, not answered, by key: failed with CRASHED if the worker dies
-        self.awaiting: dict[tuple[str, int], AnalyseImage | RunJob] = {}
+        # snapshots, try-on images and fill jobs sent, not answered, by key: failed with CRASHED
+        # if the worker dies
+        self.awaiting: dict[tuple[str, int], AnalyseImage | RecolourImage | RunJob] = {}
         self.closing = False
         self._exit_sent = False
         self._on_exit = on_exit
-        # bounded by construction: at most one unit per session plus pending snapshots
+        # bounded by construction: at most one unit per session plus one snapshot or try-on image
         self._outbox: queue.Queue[Request] = queue.Queue()
         self._loop = loop
         self._on_message = on_message
@@ -65,7 +66,7 @@ class WorkerHandle:
     def send(self, request: Request) -> None:
         if answered(request):
             self.outstanding += 1
-            if isinstance(request, AnalyseImage | RunJob):
+            if isinstance(request, AnalyseImage | RecolourImage | RunJob):
                 self.awaiting[request.key] = request
         self._outbox.put_nowait(request)
 

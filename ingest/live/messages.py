@@ -10,6 +10,7 @@ be recognised.
     Flush (end of a live session)             Frames (the decoder's last frames)
     Drop (forget a session)                   -
     AnalyseImage (a snapshot)                 ImageFaces
+    RecolourImage (a try-on page's image)     Recoloured (its faces, the recoloured JPEG)
     RunJob (a frame range of a stored stream) JobFrames
     Exit                                      -
 """
@@ -87,6 +88,24 @@ class AnalyseImage:
 
 
 @dataclass(frozen=True)
+class RecolourImage:
+    """An image of the lipstick try-on page (its header checked by the server): found faces,
+    lips recoloured, encoded as a JPEG data URL, in one round trip."""
+
+    request_id: int
+    data: bytes
+    upsample: int
+    max_pixels: int  # detection runs on a copy at most this large (points scaled back)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("recolour", self.request_id)
+
+    def failed(self, failure: Failure) -> Recoloured:
+        return Recoloured(self.request_id, [], "", failure)
+
+
+@dataclass(frozen=True)
 class RunJob:
     job_id: int
     job: Job
@@ -104,7 +123,7 @@ class Exit:
     pass
 
 
-Request = AnalyseUnit | Flush | Drop | AnalyseImage | RunJob | Exit
+Request = AnalyseUnit | Flush | Drop | AnalyseImage | RecolourImage | RunJob | Exit
 
 
 # -- replies -------------------------------------------------------------------------------------
@@ -128,6 +147,18 @@ class ImageFaces:
 
 
 @dataclass(frozen=True)
+class Recoloured:
+    request_id: int
+    faces: list[dict[str, Any]]
+    data_url: str  # "data:image/jpeg;base64,...": what the page sets as its <img> src
+    failure: Failure | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return ("recolour", self.request_id)
+
+
+@dataclass(frozen=True)
 class JobFrames:
     job_id: int
     frames: list[dict[str, Any]]
@@ -138,9 +169,9 @@ class JobFrames:
         return ("job", self.job_id)
 
 
-Reply = Frames | ImageFaces | JobFrames
+Reply = Frames | ImageFaces | Recoloured | JobFrames
 
 
 def answered(request: Request) -> bool:
     """Whether the worker sends exactly one reply to ``request``."""
-    return isinstance(request, AnalyseUnit | Flush | AnalyseImage | RunJob)
+    return isinstance(request, AnalyseUnit | Flush | AnalyseImage | RecolourImage | RunJob)

@@ -31,8 +31,20 @@ from ingest.config import Settings
 from ingest.exceptions import IngestError, InvalidMediaError
 from ingest.live.backfill import Filler
 from ingest.live.handle import WorkerHandle
-from ingest.live.messages import CRASHED, AnalyseUnit, Drop, Failure, Flush, Frames, ImageFaces, JobFrames, Reply
+from ingest.live.messages import (
+    CRASHED,
+    AnalyseUnit,
+    Drop,
+    Failure,
+    Flush,
+    Frames,
+    ImageFaces,
+    JobFrames,
+    Recoloured,
+    Reply,
+)  # fmt: skip
 from ingest.live.snapshot_lane import SnapshotLane
+from ingest.live.tryon_lane import TryOnLane
 from ingest.media.webm import build_unit
 from ingest.metrics import Metrics
 from storage.landmarks import LandmarkCounts
@@ -85,6 +97,8 @@ class LivePipeline:
         self._failing: set[str] = set()  # sessions whose video stopped decoding, until the index says so
         self._opening: dict[str, asyncio.Lock] = {}
         self.snapshots = SnapshotLane(self.workers, settings.max_snapshot_queue, settings.max_snapshot_analysis_pixels)
+        self.tryon = TryOnLane(self.workers, settings.classic_image_upsample, settings.max_snapshot_analysis_pixels,
+                               metrics.classic_frames_dropped.inc)  # fmt: skip
         self._tasks = BackgroundTasks(log)
         self.filler = Filler(store, self.tracker_settings, self.workers, self._filled)
         self.filler.start()
@@ -194,6 +208,7 @@ class LivePipeline:
     def _on_message(self, worker: WorkerHandle, reply: Reply) -> None:
         worker.outstanding -= 1
         self.snapshots.dispatch()  # snapshots first: they were waiting for an idle worker already
+        self.tryon.dispatch()  # then the try-on pages' images (real time), then fills (background)
         self.filler.poke()
         if isinstance(reply, Frames):
             if (pipe := self.pipes.get(reply.session_id)) is not None:
@@ -204,6 +219,9 @@ class LivePipeline:
         elif isinstance(reply, ImageFaces):
             worker.awaiting.pop(reply.key, None)
             self.snapshots.on_reply(reply)
+        elif isinstance(reply, Recoloured):
+            worker.awaiting.pop(reply.key, None)
+            self.tryon.on_reply(reply)
 
     async def _deliver(self, pipe: SessionPipe, reply: Frames) -> None:
         session_id, seq, frames = pipe.session_id, reply.seq, reply.frames
@@ -318,3 +336,4 @@ class LivePipeline:
             worker.request_exit()
         await asyncio.to_thread(self._join_workers)
         self.snapshots.close()
+        self.tryon.close()

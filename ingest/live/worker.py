@@ -18,6 +18,7 @@ from ingest.analysis.identity import live_gallery
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
+from ingest.analysis.tryon import recolour_lips
 from ingest.batch.jobs import run_job
 from ingest.exceptions import IngestError, UndecodableError
 from ingest.live.messages import (
@@ -30,6 +31,8 @@ from ingest.live.messages import (
     Frames,
     ImageFaces,
     JobFrames,
+    Recoloured,
+    RecolourImage,
     Reply,
     Request,
     RunJob,
@@ -125,11 +128,14 @@ def _handle(
                                       gallery, tracker_settings.identity_threshold,
                                       tracker_settings.descriptor_engine)  # fmt: skip
             return ImageFaces(request.request_id, faces)
+        if isinstance(request, RecolourImage):
+            faces, data_url = recolour_lips(request.data, request.upsample, tracker_settings.engine, request.max_pixels)
+            return Recoloured(request.request_id, faces, data_url)
         raise TypeError(f"unknown request {type(request).__name__}")
     except Exception as exc:  # report, keep serving the other sessions
         if isinstance(exc, IngestError) and exc.code in ("invalid_media", "unsupported"):  # the stream's own
             failure = Failure("invalid_media", exc.message, exc.frames if isinstance(exc, UndecodableError) else None)
-        elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage):
+        elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage | RecolourImage):
             failure = Failure("invalid_media", str(exc))  # the image does not decode
         else:  # a bug: its text is for the log, not for the page
             log.exception("worker failed on %s", type(request).__name__)
@@ -139,6 +145,6 @@ def _handle(
             return Frames(request.session_id, request.seq, [], failure)
         if isinstance(request, RunJob):
             return JobFrames(request.job_id, [], failure)
-        if isinstance(request, AnalyseImage):
-            return ImageFaces(request.request_id, [], failure)
+        if isinstance(request, AnalyseImage | RecolourImage):
+            return request.failed(failure)
         raise

@@ -74,6 +74,6 @@ def render(
                     progress(1)
                 for packet in target.encode(None):
                     dst.mux(packet)
-    except av.FFmpegError as exc:
-        raise InvalidMediaError(f"export failed: {exc}") from exc
+    except av.FFmpegError as exc:  # FFmpeg's reason, not its errno or the server's path
+        raise InvalidMediaError(f"export failed: the stored stream does not decode ({exc.strerror or 'FFmpeg error'})") from exc
     return written

@@ -132,6 +132,8 @@ class SessionLifecycle:
         """Remux a stopped session into its seekable recording, off the event loop."""
 
         async def run() -> None:
+            if (await asyncio.to_thread(self.store.get_row, session_id))["bytes"] == 0:
+                return  # no stream to remux (a session of snapshots only: a try-on page's)
             for attempt in range(FINALIZE_ATTEMPTS):
                 try:
                     await asyncio.to_thread(finalize_session, self.store, session_id)

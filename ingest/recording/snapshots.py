@@ -24,18 +24,18 @@ Analyse = Callable[[str], Awaitable[list[dict[str, Any]]]]
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 
-def validate_snapshot(data: bytes, mime: object, settings: Settings) -> tuple[str, int, int]:
-    """(mime, width, height) of an acceptable snapshot, or the contract error."""
+def validate_snapshot(data: bytes, mime: object, settings: Settings, what: str = "snapshot") -> tuple[str, int, int]:
+    """(mime, width, height) of an acceptable snapshot (or try-on ``image``), or the contract error."""
     if mime not in EXTENSIONS:
         raise BadRequestError(f"mime must be one of {', '.join(EXTENSIONS)}")
     if len(data) > settings.max_snapshot_bytes:
-        raise TooLargeError(f"snapshot of {len(data)} bytes exceeds max_snapshot_bytes={settings.max_snapshot_bytes}")
+        raise TooLargeError(f"{what} of {len(data)} bytes exceeds max_snapshot_bytes={settings.max_snapshot_bytes}")
     info = probe_image(data)
     if info.mime != mime:
         raise InvalidMediaError(f"declared {mime} but the bytes are {info.mime}")
     if info.pixels > settings.max_snapshot_pixels:
         raise TooLargeError(
-            f"snapshot declares {info.width}x{info.height} = {info.pixels} pixels, "
+            f"{what} declares {info.width}x{info.height} = {info.pixels} pixels, "
             f"more than max_snapshot_pixels={settings.max_snapshot_pixels}"
         )
     return info.mime, info.width, info.height
@@ -55,6 +55,14 @@ class SnapshotService:
         if self.analyse is not None:
             self._tasks.spawn(self._analyse(session_id, snapshot_id), f"analyse snapshot {snapshot_id}")
         return snapshot_id
+
+    async def store_analysed(
+        self, session_id: str, mime: str, width: int, height: int, data: bytes, t_ms: float | None,
+        faces: list[dict[str, Any]],
+    ) -> str:  # fmt: skip
+        """Store a validated image whose faces are already known (a try-on page's image, found by
+        the worker that recoloured it), listed with its landmarks; its id."""
+        return await asyncio.to_thread(self.store.add_snapshot, session_id, mime, width, height, data, t_ms, faces)
 
     async def _analyse(self, session_id: str, snapshot_id: str) -> None:
         assert self.analyse is not None

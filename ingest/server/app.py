@@ -8,9 +8,11 @@ finish in-flight commits, stop the workers, close the index.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -41,7 +43,9 @@ log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
 
 
-def add_gauges(ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Callable[[], int]) -> None:
+def add_gauges(
+    ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Callable[[], int], images_waiting: Callable[[], int]
+) -> None:
     """Gauges read when /metrics is scraped: nothing is counted on the hot paths for them."""
     metrics, settings = ctx.metrics, ctx.settings
     metrics.gauge("camingest_sessions_recording", "Sessions recording in this process", lambda: len(ctx.registry))
@@ -52,13 +56,17 @@ def add_gauges(ctx: ServerContext, workers: Sequence[Any], snapshots_waiting: Ca
     metrics.gauge("camingest_held_bytes", "Incomplete frames held back by the sessions' readers",
                   lambda: ctx.registry.held_total)  # fmt: skip
     metrics.gauge("camingest_snapshot_queue", "Snapshots waiting for analysis", snapshots_waiting)
+    metrics.gauge("camingest_classic_frames_waiting", "Try-on images waiting for a worker (one per connection at most)",
+                  images_waiting)  # fmt: skip
     metrics.gauge("camingest_workers_busy", "Analysis workers with work in hand",
                   lambda: sum(1 for w in workers if w.outstanding))  # fmt: skip
     metrics.gauge("camingest_workers", "Analysis worker processes", lambda: len(workers))
     metrics.disk_gauge(settings.data_dir)
 
 
-def build_app(settings: Settings) -> web.Application:
+def build_app(settings: Settings, holder: str | None = None) -> web.Application:
+    """The application; ``holder`` (who serves, where) is written into the data folder's lock,
+    so that a second server or command refused by it can say which process holds it."""
     app = web.Application(
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
     )
@@ -70,19 +78,22 @@ def build_app(settings: Settings) -> web.Application:
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
         store = SessionStore(settings.data_dir, settings.max_pending_writes)
-        for note in await asyncio.to_thread(store.open):
+        for note in await asyncio.to_thread(store.open, True, holder):
             log.warning("recovery: %s", note)
         metrics = Metrics()
         registry = SessionRegistry(store, settings)
         pipeline: AnalysisSink
         workers: Sequence[Any] = []
         snapshots_waiting: Callable[[], int] = lambda: 0  # noqa: E731
+        images_waiting: Callable[[], int] = lambda: 0  # noqa: E731
         analyse = None
+        tryon = None
         if settings.analysis:
             from ingest.live.pipeline import LivePipeline  # imports PyAV and starts worker processes
 
             live = LivePipeline(settings, store, metrics, emit, registry.mark_failed)
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
+            tryon, images_waiting = live.tryon, live.tryon.waiting
         else:
             pipeline = NoAnalysis()
         ctx = ServerContext(
@@ -100,8 +111,10 @@ def build_app(settings: Settings) -> web.Application:
             lifecycle=SessionLifecycle(settings, store, registry, pipeline, metrics),
             metrics=metrics,
             exports=ExportJobs(store),
+            tryon=tryon,
+            thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
         )
-        add_gauges(ctx, workers, snapshots_waiting)
+        add_gauges(ctx, workers, snapshots_waiting, images_waiting)
         app[CONTEXT] = ctx
         namespace = IngestNamespace(ctx)
         sio.register_namespace(namespace)
@@ -143,33 +156,81 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         raise ValueError("give both --tls-cert and --tls-key, or neither")
     if settings.tls_cert is None or settings.tls_key is None:
         return None
+    for flag, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if not os.path.isfile(path):  # name the file: the SSL error would not say which
+            raise ValueError(f"{flag} {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{flag} {path}: this user may not read it")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot use the certificate {settings.tls_cert} with the key {settings.tls_key}: {exc}") from None
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ValueError(
+            f"cannot use the certificate {settings.tls_cert} with the key {settings.tls_key}: {reason} "
+            "(both must be PEM files, the key the certificate's own)"
+        ) from None
     return context
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; prints the URL once listening."""
-    app = build_app(settings)
+def _listen_problem(exc: OSError, settings: Settings) -> str:
+    """Why a listening socket could not be had, in the user's terms, and what to do."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {settings.port} is in use (another camingest serve, or another program); "
+            "choose another with --port (--port 0 picks a free one)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"port {settings.port} needs privileges this user lacks (ports below 1024); choose another with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{settings.host} is not an address of this machine; choose one with --host (default 127.0.0.1)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name {settings.host} does not resolve; give an address with --host (default 127.0.0.1)"
+    return exc.strerror or str(exc)
+
+
+def listen_socket(settings: Settings) -> socket.socket:
+    """The server's listening socket, bound before anything else starts (workers, the data
+    folder, its lock): a port in use is said at once, and nothing was created for it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise IngestError(f"cannot listen on {settings.host}:{settings.port}: {_listen_problem(exc, settings)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does: restarts need no wait
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise IngestError(f"cannot listen on {settings.host}:{settings.port}: {_listen_problem(exc, settings)}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
+    """Run until SIGINT/SIGTERM on ``sock`` (bound by ``listen_socket``; made here if not
+    given); prints the URL once listening."""
+    ssl_context = tls_context(settings)
+    sock = sock or listen_socket(settings)
+    port = sock.getsockname()[1]  # the bound port, for --port 0
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    scheme = "https" if ssl_context is not None else "http"
+    url = f"{scheme}://{host}:{port}/"
+    app = build_app(settings, holder=f"camingest serve, pid {os.getpid()}, {url}")
     # aiohttp's own wait for open handlers: short, because close_connections has already let the
     # events in hand finish (up to shutdown_grace_s) and closed every connection
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-    ssl_context = tls_context(settings)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context)
     try:
-        await site.start()
-    except OSError as exc:  # a bad --host, a port in use or reserved: say which, not errno
-        await runner.cleanup()
-        raise IngestError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-    sockets = getattr(site._server, "sockets", None) or []  # the bound socket, for --port 0
-    port = sockets[0].getsockname()[1] if sockets else settings.port
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    scheme = "https" if ssl_context is not None else "http"
-    print(f"camingest serving {scheme}://{host}:{port}/ (data: {settings.data_dir})", flush=True)
+        await runner.setup()
+    except BaseException:
+        sock.close()
+        raise
+    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    await site.start()
+    print(f"camingest serving {url} (data: {settings.data_dir})", flush=True)
     if settings.token is None and settings.host not in LOOPBACK_NAMES:
         print(
             f"camingest: warning: serving on {settings.host} without an access token: anyone who can reach it can "

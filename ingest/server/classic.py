@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ingest.exceptions import IngestError, UnsupportedError
+from ingest.exceptions import BadRequestError, IngestError, UnsupportedError
 from ingest.media.image_headers import image_type
 from ingest.server.payloads import Ack, require_bytes, require_dict
 
@@ -96,7 +96,14 @@ class ClassicClients:
         ns = self.namespace
         async with self._lock(sid):
             classic = await ns.get_session(sid)
-            if "session" not in classic or not isinstance(data, dict) or not isinstance(data.get("data"), bytes):
+            if not isinstance(data, dict):  # (a string is the try-on dialect: classic_images.py)
+                log.warning("classic client %s: an image of type %s: ignored", sid, type(data).__name__)
+                error = BadRequestError(
+                    f'image must be a data URL string ("data:image/jpeg;base64,...") or {{data, timeMillis}} after a '
+                    f"video blob, got {type(data).__name__}"
+                )
+                return await self.namespace.emit("session_error", {"session_id": None, **error.to_dict()}, to=sid)
+            if "session" not in classic or not isinstance(data.get("data"), bytes):
                 log.warning("classic client %s: an image before any video, or without data: ignored", sid)
                 return
             payload = {**classic["session"], "mime": image_type(data["data"]) or "image/jpeg", "data": data["data"]}

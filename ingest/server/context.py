@@ -21,6 +21,7 @@ from ingest.recording.analysis_sink import AnalysisSink
 from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
+from ingest.server.classic_images import ImageLane
 from ingest.server.export_jobs import ExportJobs
 from storage.store import SessionStore
 
@@ -73,6 +74,10 @@ class ServerContext:
     lifecycle: SessionLifecycle
     metrics: Metrics
     exports: ExportJobs
+    # thumbnails being decoded (max_thumbnails); others wait
+    thumbnail_slots: asyncio.Semaphore
+    # the try-on pages' images to the analysis workers (ingest/live/tryon_lane.py); None: --no-analysis
+    tryon: ImageLane | None = None
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

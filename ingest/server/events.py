@@ -1,5 +1,6 @@
 """The Socket.IO side of PROTOCOL.md: events ``start``, ``chunk``, ``snapshot``, ``stop`` (and the
-classic tutorial clients' ``video`` and ``image``, classic.py).
+classic tutorial clients': ``video`` and ``image`` of the Node tutorial, classic.py; ``image``
+data URLs and ``catch-frame`` of the lipstick try-on tutorial, classic_images.py).
 
 Every handler returns its ack: ``{"ok": True, ...}`` or ``{"ok": False, "error": {"code",
 "message"}}`` with a contract code. Payloads are validated here (payloads.py), before anything
@@ -32,6 +33,7 @@ from ingest.exceptions import (
 from ingest.recording.session import LiveSession
 from ingest.server.access import socketio_allowed
 from ingest.server.classic import ClassicClients
+from ingest.server.classic_images import ClassicImages
 from ingest.server.context import ServerContext
 from ingest.server.payloads import (
     INTERNAL_ACK,
@@ -59,6 +61,8 @@ class IngestNamespace(socketio.AsyncNamespace):
         self.context = context
         self.closing = False
         self.classic = ClassicClients(self, context.settings.max_chunk_bytes, self._end_classic_session)
+        self.images = ClassicImages(self, context.settings, context.tryon, context.snapshots, context.metrics,
+                                    self._end_classic_session)  # fmt: skip
         self._handling = 0  # events being handled (their acks not yet returned)
         self._drained = asyncio.Event()
 
@@ -104,12 +108,23 @@ class IngestNamespace(socketio.AsyncNamespace):
     async def on_snapshot(self, sid: str, data: object = None) -> Ack:
         return await self.answer(self.snapshot, sid, data)
 
-    # -- the classic tutorial clients (classic.py): `video` and `image`, no acks -----------------
+    # -- the classic tutorial clients: `video` and `image` (classic.py), `image` data URLs and
+    # `catch-frame` (classic_images.py); no acks -------------------------------------------------
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        # python-socketio finds a handler by name, `on_` + the event: `catch-frame` has a dash
+        return await super().trigger_event("catch_frame" if event == "catch-frame" else event, *args)
+
     async def on_video(self, sid: str, data: object = None) -> None:
         await self.classic.video(sid, data)
 
     async def on_image(self, sid: str, data: object = None) -> None:
-        await self.classic.image(sid, data)
+        if isinstance(data, str):
+            await self.images.image(sid, data)
+        else:
+            await self.classic.image(sid, data)
+
+    async def on_catch_frame(self, sid: str, data: object = None) -> None:
+        await self.images.catch_frame(sid, data)
 
     async def _end_classic_session(self, session_id: str) -> None:
         await self.context.lifecycle.end(session_id, "client")
@@ -120,6 +135,7 @@ class IngestNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         await self.classic.disconnected(sid)  # a classic client's session ends with its connection
+        await self.images.disconnected(sid)
         self.context.lifecycle.disconnected(sid)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -155,12 +171,22 @@ class IngestNamespace(socketio.AsyncNamespace):
         limit = self.context.settings.max_meta_bytes
         if len(json.dumps(meta)) > limit:
             raise TooLargeError(f"meta exceeds {limit} bytes of JSON (max_meta_bytes)")
+        session, token = await self._open(sid, mime, meta)
+        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
+
+    async def _open(self, sid: str, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
         self.context.lifecycle.check_room(sid)
         session, token = await self.context.registry.create(mime, meta)
         self.context.lifecycle.hold(sid, session.id)
         log.info("session %s started (%s)", session.id, mime)
         await self.enter_room(sid, session.id)
-        return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
+        return session, token
+
+    async def open_session(self, sid: str, mime: str, meta: dict[str, Any]) -> str:
+        """A session held by this connection for a classic dialect (no token: the connection is
+        its only client); its id."""
+        session, _ = await self._open(sid, mime, meta)
+        return session.id
 
     async def chunk(self, sid: str, payload: dict[str, Any]) -> Ack:
         seq = payload.get("seq")

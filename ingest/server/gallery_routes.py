@@ -9,6 +9,7 @@ from ingest.exceptions import BadRequestError, TooLargeError
 from ingest.server.enrolment import EnrolmentService
 
 ENROLMENT = web.AppKey("enrolment", EnrolmentService)
+CONFIRMED = ("1", "true", "yes")
 
 
 async def list_people(request: web.Request) -> web.StreamResponse:
@@ -17,13 +18,16 @@ async def list_people(request: web.Request) -> web.StreamResponse:
 
 async def enrol(request: web.Request) -> web.StreamResponse:
     """multipart/form-data: ``name`` and one or more ``file`` photos (each at most
-    ``max_snapshot_bytes``, read as they arrive: a larger one is refused before it is held)."""
+    ``max_snapshot_bytes``, read as they arrive: a larger one is refused before it is held).
+    A face that matches someone else, or a name whose photos do not match it, is answered 409
+    ``conflict`` with ``matches`` unless ``confirm=1`` (a form field or the query)."""
     service = request.app[ENROLMENT]
     limit = service.settings.max_snapshot_bytes
     max_photos = service.settings.max_photos_per_request
     if not request.content_type.startswith("multipart/"):
         raise BadRequestError("send a multipart form with a 'name' field and one or more 'file' photos")
     name = ""
+    confirm = request.query.get("confirm", "") in CONFIRMED
     photos: list[tuple[bytes, str]] = []
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
@@ -31,6 +35,8 @@ async def enrol(request: web.Request) -> web.StreamResponse:
             raise BadRequestError("nested multipart forms are not accepted")
         if part.name == "name":
             name = (await part.read(decode=True))[:1000].decode("utf-8", "replace")
+        elif part.name == "confirm":  # yes, enrol even if the face looks like someone else's
+            confirm = (await part.read(decode=True))[:10].decode("ascii", "replace").strip().lower() in CONFIRMED
         elif part.name == "file":
             if len(photos) == max_photos:
                 raise BadRequestError(f"at most {max_photos} photos per request (max_photos_per_request)")
@@ -43,7 +49,7 @@ async def enrol(request: web.Request) -> web.StreamResponse:
             photos.append((bytes(data), source))
         else:
             await part.release()
-    result = await service.add(name, photos)
+    result = await service.add(name, photos, confirm)
     return web.json_response(result, status=201)
 
 
@@ -53,7 +59,14 @@ async def remove(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True, "name": name, "images_removed": removed})
 
 
+async def photo(request: web.Request) -> web.StreamResponse:
+    """The person's first enrolment photo (the sessions page's People list shows it)."""
+    data, mime = await request.app[ENROLMENT].photo(request.match_info["name"])
+    return web.Response(body=data, content_type=mime, headers={"Cache-Control": "no-cache"})
+
+
 def add_gallery_routes(app: web.Application) -> None:
     app.router.add_get("/api/gallery", list_people)
     app.router.add_post("/api/gallery", enrol)
     app.router.add_delete("/api/gallery/{name}", remove)
+    app.router.add_get("/api/gallery/{name}/photo", photo)

@@ -34,6 +34,11 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(web_root() / "sessions.html")
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for /favicon.ico on every page: the pages' icon, not a 404."""
+    return web.FileResponse(web_root() / "favicon.svg", headers={"Cache-Control": "max-age=86400"})
+
+
 async def health(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     monitor = ctx.loop_monitor
@@ -56,6 +61,7 @@ def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
     app.router.add_get("/", index_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions_page)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
     app.router.add_get("/socket.io/socket.io.js", socketio_client)
     app.router.add_get("/socket.io/socket.io.min.js", socketio_client)

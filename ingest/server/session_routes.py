@@ -8,6 +8,7 @@ browsers can seek in recordings.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from typing import Any
@@ -16,11 +17,12 @@ from aiohttp import web
 
 from ingest.exceptions import BadRequestError, CapacityError, ConflictError, NotFoundError, UnknownChunkError
 from ingest.media.overlay import check_overlay
+from ingest.media.thumbnail import frame_jpeg
 from ingest.media.webm import build_unit
 from ingest.server.context import CONTEXT, ServerContext
 from ingest.server.preview import CONTENT_TYPE, Preview
 from ingest.server.responses import send_range
-from storage.store import validate_session_id
+from storage.store import STATES, SessionFilter, SessionStore, decode_cursor, encode_cursor, validate_session_id
 
 sessions_log = logging.getLogger("camingest.sessions")
 
@@ -40,10 +42,91 @@ def _seq(request: web.Request) -> int:
     return int(raw)
 
 
+def _instant(raw: str, name: str, end_of_day: bool) -> str:
+    """An ISO 8601 date or time from the query as the index writes ``created_at`` (UTC, ms, Z);
+    a bare date means its midnight (UTC), or the next one for ``until`` (the day is included)."""
+    try:
+        if len(raw) == 10:
+            when = dt.datetime.combine(dt.date.fromisoformat(raw), dt.time(), dt.UTC)
+            if end_of_day:
+                when += dt.timedelta(days=1)
+        else:
+            when = dt.datetime.fromisoformat(raw)
+            when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except ValueError:
+        raise BadRequestError(f"{name}={raw[:40]!r} is not a date (2026-12-01) or a time (2026-12-01T14:30:00Z)") from None
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def session_filter(request: web.Request) -> tuple[SessionFilter, tuple[str, str] | None, int]:
+    """``GET /api/sessions``' query: ``state``, ``since`` / ``until`` (created; dates or times),
+    ``person`` (a name who appears, or "unknown"), ``meta=key=value``, ``cursor`` (a page's
+    ``next_cursor``), ``limit``. Each bad value is named with what is allowed."""
+    query, settings = request.query, context(request).settings
+    state = query.get("state") or None
+    if state is not None and state not in STATES:
+        raise BadRequestError(f"state={state[:40]!r} is not one of {', '.join(STATES)}")
+    meta = None
+    if query.get("meta"):
+        key, sep, value = query["meta"].partition("=")
+        if not sep or not key:
+            raise BadRequestError(f"meta={query['meta'][:60]!r}: give it as key=value (e.g. meta=app=my-app)")
+        meta = (key, value)
+    cursor = None
+    if query.get("cursor"):
+        cursor = decode_cursor(query["cursor"])
+        if cursor is None:
+            raise BadRequestError("cursor is not one this server gave (use next_cursor of the previous page)")
+    raw_limit = query.get("limit", str(settings.sessions_page))
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= settings.max_sessions_page:
+        raise BadRequestError(f"limit={raw_limit[:20]!r}: allowed 1-{settings.max_sessions_page} (max_sessions_page)")
+    where = SessionFilter(
+        state=state,
+        since=_instant(query["since"], "since", False) if query.get("since") else None,
+        until=_instant(query["until"], "until", True) if query.get("until") else None,
+        person=query.get("person") or None,
+        meta=meta,
+    )
+    return where, cursor, int(raw_limit)
+
+
 async def list_sessions(request: web.Request) -> web.StreamResponse:
+    """``{"sessions": [...], "next_cursor"}``: one page, newest first (``next_cursor`` is null
+    on the last); filters in the query (``session_filter``)."""
     ctx = context(request)
-    sessions = await asyncio.to_thread(ctx.store.list_summaries)
-    return web.json_response({"sessions": [ctx.with_fill(s) for s in sessions]})
+    where, cursor, limit = session_filter(request)
+    try:
+        sessions, last = await asyncio.to_thread(ctx.store.list_page, where, cursor, limit)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    return web.json_response({
+        "sessions": [ctx.with_fill(s) for s in sessions],
+        "next_cursor": encode_cursor(*last) if last is not None else None,
+    })  # fmt: skip
+
+
+def session_thumbnail(store: SessionStore, session_id: str) -> bytes:
+    """The session's thumbnail (a frame with a face: the digest's), made once and stored
+    (blocking: decodes)."""
+    row = store.get_row(session_id)
+    if not row["frames"]:
+        why = f": it failed while recording ({row['error']})" if row["state"] == "failed" and row["error"] else ""
+        raise NotFoundError(f"session {session_id} has no frames to show{why}")
+    frame = store.digest(session_id)["thumbnail_frame"] or 0
+    cached = store.thumbnail(session_id, frame)
+    if cached is not None:
+        return cached
+    data = frame_jpeg(store.stream_source(session_id).path, frame)
+    store.save_thumbnail(session_id, frame, data)
+    return data
+
+
+async def thumbnail(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    session_id = session_id_of(request)
+    async with ctx.thumbnail_slots:
+        data = await asyncio.to_thread(session_thumbnail, ctx.store, session_id)
+    return web.Response(body=data, content_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
 
 async def get_session(request: web.Request) -> web.StreamResponse:
@@ -174,5 +257,6 @@ def add_session_routes(app: web.Application) -> None:
     app.router.add_get(base + "/chunks/{seq}", chunk_raw)
     app.router.add_get(base + "/landmarks", landmarks)
     app.router.add_get(base + "/preview.mjpg", preview_mjpg)
+    app.router.add_get(base + "/thumbnail.jpg", thumbnail)
     app.router.add_get(base + "/snapshots/{snapshot_id}", snapshot_image)
     app.router.add_get(base + "/snapshots/{snapshot_id}/landmarks", snapshot_landmarks)

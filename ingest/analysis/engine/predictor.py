@@ -20,6 +20,7 @@ from ingest.exceptions import BadRequestError
 
 log = logging.getLogger(__name__)
 ENGINES = ("numba", "dlib")
+COMPILED_S = 2.0  # a kernel ready after this long was compiled, not loaded from numba's cache
 
 
 def model_path() -> Path:
@@ -98,8 +99,10 @@ def prepare_engine(name: str) -> None:
 
         started = time.perf_counter()
         shape_kernel.compile_kernels()
-        log.info("numba landmark kernel ready in %.1f s (cache: %s)", time.perf_counter() - started,
-                 shape_kernel.numba.config.CACHE_DIR)  # fmt: skip
+        took = time.perf_counter() - started
+        # worth a line only when it was compiled (once per installation), not loaded from the cache
+        log.log(logging.INFO if took >= COMPILED_S else logging.DEBUG, "numba landmark kernel ready in %.1f s (cache: %s)",
+                took, shape_kernel.numba.config.CACHE_DIR)  # fmt: skip
 
 
 @cache
