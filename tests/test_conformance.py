@@ -129,6 +129,15 @@ def undecodable() -> bytes:
 
 
 @functools.cache
+def unseekable() -> bytes:
+    """Tracks after the Clusters and no SeekHead pointing at them: valid Matroska that FFmpeg
+    cannot open (it finds no Tracks), the live reader can (it waits for them)."""
+    source = w.read_packets(CORPUS / "vp8_opus.webm")
+    clusters = w.split_clusters(w.simple_blocks(source.frames), [10])
+    return w.write([source.track], clusters, w.Layout("matroska", ("info", "clusters", "tracks")))
+
+
+@functools.cache
 def bomb() -> bytes:
     """Three VP8 keyframes of a real encoder (160x120) whose headers declare 16000x16000 (the
     issue's chunk drove a worker to 7.4 GB)."""
@@ -256,7 +265,7 @@ class CorpusRun:
         # a short live queue: chunks sent back to back make live analysis skip, the fill completes
         self.server = ServerProcess(root / "data", "--workers", "1", env={"CAMINGEST_LIVE_QUEUE_UNITS": "2"}).start()
         self._imports = concurrent.futures.ThreadPoolExecutor(1)
-        extra = {"undecodable.webm": undecodable(), "bomb.webm": bomb()}
+        extra = {"undecodable.webm": undecodable(), "bomb.webm": bomb(), "unseekable.mkv": unseekable()}
         for name, data in extra.items():
             (root / name).write_bytes(data)
         files = {name: CORPUS / name for name in EXPECTED} | {name: root / name for name in extra}
@@ -342,6 +351,28 @@ def test_import_gives_the_same_frames(run, name, tmp_path):
     if frames:
         recording = SessionStore(imported.data).files(session["id"]).recording
         assert ffprobe(recording)["frames"] == frames
+
+
+def test_tracks_after_clusters_without_a_seekhead(run, tmp_path):
+    """FFmpeg cannot read this file; camingest takes it, and what it serves FFmpeg reads."""
+    data = unseekable()
+    assert ffprobe_bytes(data, tmp_path, "as-is.mkv") == 0  # FFmpeg alone: no video stream found
+    for cut, live in run.live("unseekable.mkv").items():
+        summary = live.summary
+        assert (summary["state"], summary["frames"], summary["analysed_frames"], summary["finalized"]) == (
+            "stopped", 50, 50, True
+        ), cut
+        assert live.raw == data and [f["index"] for f in live.landmarks] == list(range(50)), cut
+        assert ffprobe_bytes(live.recording, tmp_path, f"{cut}.mkv") == 50, cut  # remuxed from the units
+    imported = run.imported("unseekable.mkv")
+    assert imported.returncode == 0, imported.stderr
+    (session,) = imported.sessions
+    assert session["frames"] == 50 and imported.raw[session["id"]] == data
+    assert faces_of(imported.landmarks[session["id"]]) == faces_of(run.live("unseekable.mkv")["clusters"].landmarks)
+    out = tmp_path / "export.mp4"
+    done = cli("export", session["id"], "--out", str(out), "--overlay", "none", "--data", str(imported.data))
+    assert done.returncode == 0, stderr_lines(done.stderr)
+    assert ffprobe(out)["frames"] == 50
 
 
 def test_audio_only_is_a_session_without_video(run):
@@ -487,7 +518,8 @@ def test_uploads_apply_the_same_rule(run):
 
 # -- reprocess: last, over every live session of the valid files --------------------------------------------
 def test_reprocess_equals_live_frame_for_frame(run):
-    sessions = [live for name in VALID_FILES if name in LIVE_FILES for live in run.live(name).values()]
+    names = [name for name in VALID_FILES if name in LIVE_FILES] + ["unseekable.mkv"]
+    sessions = [live for name in names for live in run.live(name).values()]
     filled = [live for live in sessions if live.events.get("landmarks_filled")]
     print(f"{len(filled)} of {len(sessions)} live sessions had frames skipped live and filled after stop")
     assert filled, "some sessions were filled: their frames too must be the live ones"

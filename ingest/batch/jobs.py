@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,8 @@ from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.exceptions import UndecodableError
 from ingest.media.bitstream import H264_MAX_REORDER
 from ingest.media.decode import UnitDecoder
-from ingest.media.remux import PieceReader, remux
-from ingest.media.webm import WebMReader, build_unit, normalized
+from ingest.media.remux import remux, stored_stream
+from ingest.media.webm import WebMReader, build_unit
 from storage.files import LocalStream
 from storage.gallery import Gallery, GalleryMatrix
 from storage.landmarks import frame_result
@@ -172,11 +172,5 @@ def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | 
     """Remux a stopped session's raw stream into its seekable recording (atomically), from the
     stream as the reader rebuilds it: whatever its layout, FFmpeg reads that one."""
     source = store.stream_source(session_id)
-
-    def pieces() -> Iterator[bytes]:  # the acknowledged bytes only
-        with source.open() as f:
-            while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
-                yield piece
-
-    with store.recording_target(session_id) as target:
-        return remux(PieceReader(normalized(pieces(), stored_reader())), target, label=session_id)
+    with store.recording_target(session_id) as target, stored_stream(source.path, source.length) as stream:
+        return remux(stream, target, label=session_id)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import av
 
 from ingest.exceptions import InvalidMediaError
+from ingest.media.webm import WebMReader, normalized
 
 log = logging.getLogger(__name__)
 WEBM_CODECS = frozenset({"vp8", "vp9", "av1", "libdav1d", "opus", "vorbis", "libvpx", "libvpx-vp9", "libopus"})
@@ -38,6 +39,12 @@ class PieceReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)  # a generator holding a file open
+        if close is not None:
+            close()
+        super().close()
+
     def readinto(self, buffer: Any) -> int:
         while not self._buf:
             piece = next(self._pieces, None)
@@ -49,6 +56,18 @@ class PieceReader(io.RawIOBase):
         out[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+def stored_stream(path: str, length: int | None = None, piece: int = 1024 * 1024) -> PieceReader:
+    """A stored raw stream (its first ``length`` bytes) as FFmpeg reads it whatever its layout:
+    rebuilt from the reader's units (Tracks first, no stale SeekHead). Close it when done."""
+
+    def pieces() -> Iterator[bytes]:
+        with open(path, "rb") as f:
+            while data := f.read(piece if length is None else min(piece, max(0, length - f.tell()))):
+                yield data
+
+    return PieceReader(normalized(pieces(), WebMReader(max_bytes_before_tracks=None)), Path(path).name)
 
 
 def _copy_stream(dst: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
