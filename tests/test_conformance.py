@@ -15,6 +15,11 @@ live sessions are reprocessed with ``camingest reprocess`` at the end. For valid
   every index present is the check), and recording.webm decodes to the same count;
 * live == import == reprocess, frame for frame (index, pts_ms, faces), in every cutting.
 
+Besides the corpus, made here from its packets: a valid file FFmpeg cannot open (Tracks after
+the Clusters, no SeekHead), a VP8 stream whose fourth frame does not decode, and the frame-size
+bomb of issue #25 (three keyframes declaring 16000x16000). Uploads (POST /api/sessions) are
+checked against the same rule.
+
 Refusals say exactly what is wrong, in the user's words, the same way everywhere: the raw
 stream is the acknowledged chunks (a refused chunk is not stored), and an import leaves no
 session behind, or a failed one saying why.
