@@ -335,7 +335,8 @@ def cmd_import(settings: Settings, source: Path) -> int:
     store.open(recover=False)
     try:
         with _bar(total=source.stat().st_size, unit="B", unit_scale=True, desc=f"import {source.name}") as bar:
-            session_id = import_video(store, source, settings.max_import_bytes, bar.update)
+            session_id = import_video(store, source, settings.max_import_bytes, bar.update,
+                                      limits=settings.reader_limits())  # fmt: skip
     finally:
         store.close()
     print(f"imported {source} as session {session_id}")

@@ -54,6 +54,16 @@ class Settings:
     max_open_sessions: int = 500
     # Largest single WebM element (a video frame) held back between blobs; bounds reader memory.
     max_element_bytes: int = 32 * 1024 * 1024
+    # Largest frame (width x height) a video may declare: its track header, every keyframe's own
+    # header, every H.264 sequence parameter set and AV1 sequence header (resolution changes
+    # included) are read before any decoder sees the frame; beyond: invalid_media. 4096x2304
+    # holds UHD (3840x2160) and DCI 4K (4096x2160), either way up; a decoder of that size costs
+    # at most ~0.5 GB (README, "What camingest accepts").
+    max_frame_pixels: int = 4096 * 2304
+    # Bytes of Clusters a stream may send before its Tracks (valid Matroska that FFmpeg finds
+    # through the SeekHead): the reader holds them in memory until the Tracks come (they count
+    # in max_held_bytes); beyond: invalid_media. Browsers send the Tracks first.
+    max_bytes_before_tracks: int = 16 * 1024 * 1024
     # Host header names the server answers (port ignored); others get 421 (DNS rebinding).
     # Empty = the --host address, localhost, 127.0.0.1 and ::1. "*" = any (behind a proxy that checks).
     allowed_hosts: tuple[str, ...] = ()
@@ -210,6 +220,8 @@ class Settings:
             raise ValueError(f"--store {self.store!r} is not s3://BUCKET/PREFIX (CAMINGEST_STORE)")
         if self.descriptor_engine not in DESCRIPTOR_ENGINES:
             raise ValueError(f"descriptor_engine is {self.descriptor_engine!r}; allowed: {', '.join(DESCRIPTOR_ENGINES)}")
+        if self.max_frame_pixels < 1:
+            raise ValueError(f"max_frame_pixels is {self.max_frame_pixels}; allowed: 1 or more")
         if self.detect_upsample not in (0, 1, 2):
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
         if self.classic_image_upsample not in (0, 1, 2):
@@ -228,6 +240,10 @@ class Settings:
     def open_store(self) -> SessionStore:
         """The session store these settings name (not opened yet)."""
         return SessionStore(self.data_dir, self.max_pending_writes, index=self.index, objects=self.object_store())
+
+    def reader_limits(self) -> dict[str, int]:
+        """The WebM reader's limits for streams coming in (live chunks, imports, uploads)."""
+        return {"max_frame_pixels": self.max_frame_pixels, "max_bytes_before_tracks": self.max_bytes_before_tracks}
 
     @property
     def worker_count(self) -> int:

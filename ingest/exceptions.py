@@ -108,6 +108,16 @@ class InvalidMediaError(IngestError, ValueError):
     http_status = 422
 
 
+class UndecodableError(InvalidMediaError):
+    """The video's decoder refused a frame (or gave fewer frames than the headers say): the
+    session fails, wherever it was found (live, fill, reprocess). ``frames``: the frames that
+    decoded before it, the session's count from then on."""
+
+    def __init__(self, message: str, frames: int | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
 class SessionClosedError(IngestError):
     code = "session_closed"
     http_status = 409

@@ -50,7 +50,7 @@ class ChunkRecord:
     received_at: float  # unix time, server clock
     t_ms: float | None  # the client's time, if sent
     runs: list[Run]  # blocks this chunk completed
-    frames_before: int  # video frames completed by earlier chunks
+    frames_before: int  # video frames completed by earlier chunks (frames a decoder shows)
     frames: int  # video frames completed by this chunk
     keyframe: int | None  # frame index of the last keyframe completed here
     first_ts_ms: float | None  # first / last video timestamp of the session so far
@@ -58,6 +58,7 @@ class ChunkRecord:
     reader_state: dict[str, Any]  # the WebM reader's state after this chunk (resume without re-reading)
     error: str | None = None  # the stream became unreadable at this chunk: the session fails
     init: bytes | None = None  # the init segment, when this chunk completed (or changed) it
+    video: str | None = None  # JSON of the video track ("null": none), once the Tracks are read
 
     @property
     def has_blocks(self) -> bool:

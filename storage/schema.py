@@ -181,6 +181,9 @@ MIGRATIONS = (
         "digest": "TEXT",  # JSON: who appears, the thumbnail's frame (storage/landmarks.py)
         "digest_key": "TEXT",  # the landmarks file (size:mtime) the digest was made from
     })),
+    Migration(8, "the video track a session's stream has (codec, size), read with its Tracks", (), run=_add_columns(
+        "sessions", {"video": "TEXT"},  # JSON {"codec", "width", "height"}, or "null": no video track
+    )),
 )  # fmt: skip
 LATEST = MIGRATIONS[-1].version
 

@@ -125,6 +125,8 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
         result["imported_from"] = str(meta["imported_from"])[:200]
     if row["landmarks_error"]:
         result["landmarks_error"] = row["landmarks_error"]
+    if row["video"] is not None:  # once its Tracks were read: {"codec", "width", "height"}, null: no video
+        result["video"] = json.loads(row["video"])
     return result
 
 
@@ -740,13 +742,16 @@ class SessionStore:
             if old != target:
                 old.unlink(missing_ok=True)
 
-    def set_state(self, session_id: str, state: str, error: str | None = None) -> None:
+    def set_state(self, session_id: str, state: str, error: str | None = None, frames: int | None = None) -> None:
+        """``frames``: the session's frame count corrected (a video that stopped decoding: the
+        frames that did)."""
         assert state in STATES
         stopped_at = utc_now() if state != "recording" else None
         self.index.write(
             lambda c: c.execute(
-                "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?) WHERE id=?",
-                (state, error, stopped_at, session_id),
+                "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?),"
+                " frames=COALESCE(?, frames) WHERE id=?",
+                (state, error, stopped_at, frames, session_id),
             )
         )
 
@@ -793,7 +798,7 @@ class SessionStore:
         )
         return [row["id"] for row in rows if not self.is_finalized(row["id"])]
 
-    def set_landmarks_error(self, session_id: str, message: str) -> None:
+    def set_landmarks_error(self, session_id: str, message: str | None) -> None:
         """Filling this session's landmarks cannot complete (its stream does not decode): said in
         its summary, and not tried again at every restart."""
         self.index.write(
@@ -881,25 +886,35 @@ class SessionStore:
         session's state after it, in the next group commit. The future resolves once committed
         (an ack may be sent then). Blocks while ``max_pending_writes`` commits wait. With
         ``lease`` (a node of a cluster) nothing is committed unless the node still holds it:
-        ``LeaseLostError`` otherwise."""
+        ``LeaseLostError`` otherwise. A refused chunk (``record.error``) was never written:
+        only the session's failure is committed."""
+        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
+        owner = (lease.node, lease.epoch) if lease is not None else ()
+        if record.error is not None:  # refused: not part of the stream, only the session's end
+
+            def fail(conn: Connection) -> None:
+                conn.execute(
+                    "UPDATE sessions SET state='failed', error=COALESCE(error, ?) WHERE id=?" + owned,
+                    (record.error, record.session_id, *owner),
+                )
+
+            return self.index.submit(fail)
         row = (
             record.session_id, record.seq, record.offset, record.size, record.sha256, record.received_at,
             record.t_ms, encode_runs(record.runs), record.frames_before, record.frames, record.keyframe,
         )  # fmt: skip
         reader_state = json.dumps(record.reader_state)
-        state = "failed" if record.error else None
         after = json.dumps({"reader_state": record.reader_state, "first_ts_ms": record.first_ts_ms,
                             "last_ts_ms": record.last_ts_ms})  # fmt: skip
-        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
-        owner = (lease.node, lease.epoch) if lease is not None else ()
 
         def commit(conn: Connection) -> None:
             updated = conn.execute(
-                "UPDATE sessions SET next_seq=?, bytes=?, frames=?, first_ts_ms=?, last_ts_ms=?, reader_state=?,"
-                " state=COALESCE(?, state), error=COALESCE(?, error) WHERE id=?" + owned,
+                # a session whose video stopped decoding keeps the count that decoded (set_state)
+                "UPDATE sessions SET next_seq=?, bytes=?, frames=CASE WHEN state='failed' THEN frames ELSE ? END,"
+                " first_ts_ms=?, last_ts_ms=?, reader_state=?, video=COALESCE(?, video) WHERE id=?" + owned,
                 (
                     record.seq + 1, record.offset + record.size, record.frames_before + record.frames,
-                    record.first_ts_ms, record.last_ts_ms, reader_state, state, record.error, record.session_id,
+                    record.first_ts_ms, record.last_ts_ms, reader_state, record.video, record.session_id,
                     *owner,
                 ),
             ).rowcount  # fmt: skip

@@ -21,6 +21,7 @@ Matroska facts this relies on (RFC 9559):
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import struct
 import zlib
@@ -469,9 +470,15 @@ def simple_blocks(frames: Iterable[Frame], kind: BlockKind = "simple") -> list[B
 
 
 def interleave(*streams: Sequence[BlockSpec]) -> list[BlockSpec]:
-    """Blocks of several tracks in timestamp order (stable: a track's own order is kept)."""
-    merged = [(b.pts, n, i, b) for n, s in enumerate(streams) for i, b in enumerate(s)]
-    return [b for *_, b in sorted(merged, key=lambda m: (m[0], m[1], m[2]))]
+    """Blocks of several tracks in timestamp order, each track's own order kept (a track with
+    B-frames is in decode order, its timestamps are not sorted: it is merged by the largest
+    timestamp so far)."""
+
+    def keyed(n: int, blocks: Sequence[BlockSpec]) -> list[tuple[int, int, int, BlockSpec]]:
+        latest = list(itertools.accumulate((b.pts for b in blocks), max))
+        return [(key, n, i, b) for i, (key, b) in enumerate(zip(latest, blocks, strict=True))]
+
+    return [b for *_, b in heapq.merge(*(keyed(n, s) for n, s in enumerate(streams)), key=lambda m: m[:3])]
 
 
 def laced(frames: Sequence[Frame], per_block: int, lacing: Lacing, kind: BlockKind = "simple") -> list[BlockSpec]:
@@ -516,6 +523,7 @@ MATROSKA_CODEC_IDS = {
     "vp8": "V_VP8",
     "vp9": "V_VP9",
     "av1": "V_AV1",
+    "libdav1d": "V_AV1",  # PyAV names the stream after its decoder
     "h264": "V_MPEG4/ISO/AVC",
     "opus": "A_OPUS",
     "vorbis": "A_VORBIS",

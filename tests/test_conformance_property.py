@@ -13,15 +13,15 @@ The same streams also check what the rest of the server does with them: the sess
 counter and the batch jobs planned over the stored stream count decoded frames, and finalize's
 remux keeps every frame.
 
-Three of the four tests are marked xfail (strict: they fail on every run today, and an XPASS
-says the mark can go). Today's causes, with file:line, are in tests/fixtures/conformance/FINDINGS.md:
+The three others were marked xfail until issue #20 was fixed (the causes, with file:line of the
+old layout, are in tests/fixtures/conformance/FINDINGS.md):
 
-* ``test_tracks_after_clusters``: the reader refuses a Cluster before the Tracks
-  ("Cluster at byte N before any Tracks element"), valid Matroska that FFmpeg reads.
-* ``test_session_and_jobs_count_decoded_frames``: the session counter and ``plan_jobs`` count
-  video blocks: VP9 hidden frames count as frames, a laced block as one frame.
-* ``test_finalize_keeps_every_frame``: the remux drops every packet whose dts is None (H.264
-  with B-frames, laced frames after the first).
+* ``test_tracks_after_clusters``: the reader refused a Cluster before the Tracks; it now holds
+  Clusters back until the Tracks come (``max_bytes_before_tracks``).
+* ``test_session_and_jobs_count_decoded_frames``: the session counter and ``plan_jobs`` counted
+  video blocks; they count the frames each block shows (``ingest/media/bitstream.py``).
+* ``test_finalize_keeps_every_frame``: the remux dropped every packet whose dts is None (H.264
+  with B-frames, laced frames); it drops only the demuxer's empty end-of-stream packets.
 """
 
 from __future__ import annotations
@@ -30,20 +30,19 @@ import functools
 import hashlib
 import itertools
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.analysis.tracker import TrackerSettings
-from ingest.batch.jobs import plan_jobs
+from ingest.batch.jobs import plan_jobs, run_job
 from ingest.media.decode import UnitDecoder
-from ingest.media.remux import remux
-from ingest.media.webm import WebMReader, build_unit
+from ingest.media.remux import PieceReader, remux
+from ingest.media.webm import WebMReader, build_unit, normalized
 from ingest.recording.session import LiveSession
 from storage.files import LocalStream
 from storage.store import SessionStore
@@ -219,8 +218,6 @@ def cut_positions(data: bytes, cuts: tuple[list[float], list[int]]) -> list[int]
 
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-# the xfail tests fail today: report the first failing example, do not spend 20 s shrinking it
-KNOWN_FAILING = settings(PROPERTY, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 @PROPERTY
@@ -232,18 +229,36 @@ def test_live_decodes_what_ffmpeg_decodes(recipe: Recipe, cuts: tuple[list[float
     assert live_frames(data, cut_positions(data, cuts)) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: the reader refuses a Cluster before the Tracks (ingest/webm.py), valid Matroska "
-    "that FFmpeg and import read",
-)
-@KNOWN_FAILING
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_LATER), cuts=CUTS)
 def test_tracks_after_clusters(recipe: Recipe, cuts: tuple[list[float], list[int]], tmp_path: Path) -> None:
     data = recipe.build()
     expected = ffmpeg_frames(data, tmp_path)
     assert expected, "FFmpeg decodes the stream"
     assert live_frames(data, cut_positions(data, cuts)) == expected
+
+
+# Tracks after the Clusters and no SeekHead to find them: FFmpeg cannot read the file, the live
+# reader can (it waits for the Tracks); the frames are those of the same stream with Tracks first
+ORDERS_UNSEEKABLE: list[tuple[w.TopLevel, ...]] = [
+    ("info", "clusters", "tracks"),
+    ("clusters", "info", "tracks"),
+    ("void", "clusters", "tracks", "info", "cues"),
+]
+
+
+@PROPERTY
+@given(recipe=recipes(ORDERS_UNSEEKABLE), cuts=CUTS)
+def test_tracks_after_clusters_without_seekhead(
+    recipe: Recipe, cuts: tuple[list[float], list[int]], tmp_path: Path
+) -> None:
+    data = recipe.build()
+    expected = ffmpeg_frames(replace(recipe, order=("info", "tracks", "clusters")).build(), tmp_path)
+    assert expected, "FFmpeg decodes the stream with its Tracks first"
+    assert live_frames(data, cut_positions(data, cuts)) == expected
+    rebuilt = tmp_path / "rebuilt.mkv"  # and the session's recording, remuxed from the units
+    remux(PieceReader(normalized(pieces(data, cut_positions(data, cuts)))), rebuilt)
+    assert file_frames(rebuilt) == expected
 
 
 def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, LocalStream]:
@@ -267,12 +282,7 @@ def stage(data: bytes, cuts: list[int], data_dir: Path) -> tuple[int, LocalStrea
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: ingest/recording/session.py stage_chunk and ingest/batch/jobs.py plan_jobs count video blocks, not "
-    "decoded frames (VP9 hidden frames, laced blocks)",
-)
-@KNOWN_FAILING
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_FIRST), cuts=CUTS)
 def test_session_and_jobs_count_decoded_frames(
     recipe: Recipe, cuts: tuple[list[float], list[int]], tmp_path: Path
@@ -286,15 +296,33 @@ def test_session_and_jobs_count_decoded_frames(
         assert (frames, sum(job.end - job.start for job in jobs)) == (expected, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #20: ingest/media/remux.py skips every packet whose dts is None (H.264 B-frames in Matroska, "
-    "laced frames), not only the end-of-stream marker",
-)
-@KNOWN_FAILING
+@PROPERTY
+@given(recipe=recipes(ORDERS_TRACKS_FIRST), size=st.sampled_from([5, 10, 15]))
+def test_jobs_give_the_frames_of_one_decode(recipe: Recipe, size: int, tmp_path: Path) -> None:
+    """Batch jobs of ``size`` frames, each decoding from the keyframe before it: every frame's
+    index and time are those of one decoder over the whole stream (H.264 reorders frames past a
+    job's last block: its jobs decode further)."""
+    data = recipe.build()
+    reader, decoder = WebMReader(), UnitDecoder()
+    unit = reader.feed(data)
+    whole = [(d.index, round(d.pts_ms, 3)) for d in [*decoder.decode(build_unit(bytes(reader.init), unit.clusters)),
+                                                     *decoder.flush()]]  # fmt: skip
+    _, stream = stage(data, [], tmp_path)
+    settings = TrackerSettings(detect_every=5, sweep_every=size)
+    jobs = plan_jobs(stream, settings, None, max_frames=size)
+    got = [(f["index"], f["pts_ms"]) for job in jobs for f in run_job(job)]
+    assert got == whole
+
+
+@PROPERTY
 @given(recipe=recipes(ORDERS_TRACKS_FIRST))
 def test_finalize_keeps_every_frame(recipe: Recipe, tmp_path: Path) -> None:
-    expected = ffmpeg_frames(recipe.build(), tmp_path)
+    data = recipe.build()
+    expected = ffmpeg_frames(data, tmp_path)
     out = tmp_path / "recording.mkv"
     remux(tmp_path / "stream.mkv", out)
     assert file_frames(out) == expected
+    # as a session is finalized: from the stream the reader rebuilds (any layout FFmpeg reads or not)
+    rebuilt = tmp_path / "rebuilt.mkv"
+    remux(PieceReader(normalized(pieces(data, list(range(0, len(data), 4096))))), rebuilt)
+    assert file_frames(rebuilt) == expected

@@ -129,7 +129,9 @@ def test_undecodable_video_fails_only_its_session(analysis_server):
     unit = reader.feed(recording.stream)
     keyframe = next(b for b in unit.blocks if b.keyframe and b.track == reader.video_track.number)
     broken = bytearray(recording.stream)
-    broken[keyframe.offset + 12 : keyframe.offset + 2012] = b"\xff" * 2000  # payload, not structure
+    # payload, not structure: past the frame header (bytes 12-23: its start code and size, which
+    # the reader checks before any decoder), so only the decoder finds the damage
+    broken[keyframe.offset + 24 : keyframe.offset + 2024] = b"\xff" * 2000
     pieces = [bytes(broken[i : i + 40_000]) for i in range(0, len(broken), 40_000)]
 
     async def scenario() -> None:
@@ -149,7 +151,8 @@ def test_undecodable_video_fails_only_its_session(analysis_server):
                 assert (await client.chunk(good, seq, recording.chunks[seq]))["ok"]
             await client.stop(good)
         _, detail = await http_json(f"{analysis_server.url}/api/sessions/{bad['session_id']}")
-        assert detail["state"] == "failed" and "decoded" in detail["error"]
+        assert detail["state"] == "failed" and detail["frames"] == 0
+        assert detail["error"] == error["message"] == "the video does not decode: frame 0 at 0.000 s is damaged (vp8)"
 
     run(scenario())
 

@@ -138,8 +138,9 @@ def test_garbage_fails_only_its_session(ingest_server):
         base = ingest_server.url + "/api/sessions/"
         _, detail = await http_json(base + bad["session_id"])
         assert detail["state"] == "failed" and "EBML" in detail["error"]
+        assert (detail["chunks"], detail["bytes"]) == (0, 0)
         _status, raw, _ = await http_get(base + bad["session_id"] + "/raw.webm")
-        assert raw == garbage  # the bytes stay stored
+        assert raw == b""  # the raw stream is the acknowledged chunks: a refused one is not stored
         _, detail = await http_json(base + other["session_id"])
         assert detail["state"] == "stopped" and detail["chunks"] == 4
 

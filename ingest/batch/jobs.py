@@ -1,16 +1,20 @@
 """Batch jobs: a stored stream cut into frame ranges that workers landmark on their own.
 
-The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Each job names only the
-compressed blocks from the keyframe before its range to its end (where they lie in the stored
-stream); the worker reads them, decodes them with a fresh decoder and tracks the range with a
-fresh tracker. No decoded frame crosses a process boundary, and because a range starts on a
-frame where the live tracker also runs a full detection, the batch result equals the live one
-wherever live analysed the frame. The same jobs serve the live fill (ingest/live/backfill.py),
-the local pool (local.py) and Dask (cluster.py).
+The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Frames are the ones a
+decoder shows (counted from each block's frame headers by the reader: a hidden VP9 frame shows
+none, a laced block several). Each job names only the compressed blocks from the keyframe
+before its range to the block of its last frame (H.264: 16 blocks further, as a decoder may
+output a frame that late after reordering), where they lie in the stored stream; the worker
+reads them, decodes them with a fresh decoder and tracks the range with a fresh tracker. No
+decoded frame crosses a process boundary, and because a range starts on a frame where the live
+tracker also runs a full detection, the batch result equals the live one wherever live analysed
+the frame. The same jobs serve the live fill (ingest/live/backfill.py), the local pool
+(local.py) and Dask (cluster.py).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +22,10 @@ from typing import Any
 
 from ingest.analysis.identity import FixedGallery
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
-from ingest.exceptions import InvalidMediaError
+from ingest.exceptions import UndecodableError
+from ingest.media.bitstream import H264_MAX_REORDER
 from ingest.media.decode import UnitDecoder
-from ingest.media.remux import remux
+from ingest.media.remux import remux, stored_stream
 from ingest.media.webm import WebMReader, build_unit
 from storage.files import LocalStream
 from storage.gallery import GalleryMatrix
@@ -39,6 +44,7 @@ class VideoBlock:
     length: int
     cluster_timecode: int
     keyframe: bool
+    frames: int = 1  # frames a decoder shows for it
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,15 @@ class Job:
     gallery: GalleryMatrix | None = None
 
 
-def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock]]:
-    """Init segment and the video blocks of a stored stream (locations only, not the bytes);
-    ``progress`` hears the bytes read."""
-    reader = WebMReader()
+def stored_reader() -> WebMReader:
+    """A reader of a stored stream: it passed the limits when it came in."""
+    return WebMReader(max_bytes_before_tracks=None)
+
+
+def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock], str]:
+    """Init segment, the video blocks of a stored stream (locations only, not the bytes) and
+    the video codec ("" without video); ``progress`` hears the bytes read."""
+    reader = stored_reader()
     blocks: list[VideoBlock] = []
     with source.open() as f:
         while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
@@ -68,8 +79,10 @@ def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> 
             for run in unit.clusters:
                 for block in run.blocks:
                     if video is not None and block.track == video.number:
-                        blocks.append(VideoBlock(block.offset, len(block.data), run.timecode, block.keyframe))
-    return bytes(reader.init), blocks
+                        blocks.append(VideoBlock(block.offset, len(block.data), run.timecode, block.keyframe,
+                                                 block.frames))  # fmt: skip
+    codec = reader.scanner.codec if reader.scanner is not None else ""
+    return bytes(reader.init), blocks, codec
 
 
 def plan_jobs(
@@ -79,17 +92,25 @@ def plan_jobs(
     """The jobs of a stored stream; ``gallery``: who its faces are identified against (the
     gallery when planned: it travels with the jobs, so every worker uses the same);
     ``progress`` hears the bytes of the stream read."""
-    init, blocks = scan_video_blocks(source, progress)
+    init, blocks, codec = scan_video_blocks(source, progress)
+    before = list(itertools.accumulate((b.frames for b in blocks), initial=0))  # frames before each block
+    total = before[-1]
     # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
+    extra = H264_MAX_REORDER if codec == "h264" else 0
     jobs = []
-    for start in range(0, len(blocks), step):
-        end = min(start + step, len(blocks))
-        key = start
+    for start in range(0, total, step):
+        end = min(start + step, total)
+        first = bisect.bisect_right(before, start) - 1  # the block showing frame `start`
+        while first > 0 and before[first - 1] == before[first]:
+            first -= 1  # hidden frames just before it (their block shows nothing) belong to it
+        key = first
         while key > 0 and not blocks[key].keyframe:
             key -= 1
-        span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key:end])
-        jobs.append(Job(source, init, span, key, start, end, settings, gallery))
+        last = bisect.bisect_left(before, end) - 1  # the block showing frame end - 1
+        last = min(len(blocks) - 1, last + extra)
+        span = tuple((b.cluster_timecode, b.offset, b.length) for b in blocks[key : last + 1])
+        jobs.append(Job(source, init, span, before[key], start, end, settings, gallery))
     return jobs
 
 
@@ -129,7 +150,11 @@ def landmark_runs(job: Job, runs: Runs, progress: Progress | None = None) -> lis
             if progress is not None and len(out) % REPORT_EVERY == 0:
                 progress(REPORT_EVERY)
     if len(out) != job.end - job.start:
-        raise InvalidMediaError(f"frames {job.start}-{job.end}: decoded {len(out)} of {job.end - job.start}")
+        raise UndecodableError(
+            f"the video does not decode as its frame headers say: frames {job.start}-{job.end - 1} "
+            f"gave {len(out)} of {job.end - job.start}",
+            min(decoder.index, job.start + len(out)),
+        )
     return out
 
 
@@ -143,6 +168,8 @@ def session_jobs(
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:
-    """Remux a stopped session's raw stream into its seekable recording (atomically)."""
-    with store.recording_target(session_id) as target:
-        return remux(store.stream_source(session_id).path, target)
+    """Remux a stopped session's raw stream into its seekable recording (atomically), from the
+    stream as the reader rebuilds it: whatever its layout, FFmpeg reads that one."""
+    source = store.stream_source(session_id)
+    with store.recording_target(session_id) as target, stored_stream(source.path, source.length) as stream:
+        return remux(stream, target, label=session_id)

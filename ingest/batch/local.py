@@ -15,7 +15,7 @@ from typing import Any
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
 from ingest.batch.jobs import Job, finalize_session, landmark_runs, read_runs, session_jobs
-from ingest.exceptions import IngestError, SessionClosedError
+from ingest.exceptions import IngestError, InvalidMediaError, SessionClosedError, UndecodableError
 from storage.landmarks import LandmarkCounts
 from storage.store import SessionStore, utc_now
 
@@ -119,6 +119,7 @@ class Reprocessor:
                     if failure is None:
                         counts = rewrite.commit()
                 if failure is not None:  # never committed: the previous landmarks stay
+                    self._record_failure(session_id, failure)
                     yield session_id, {"error": str(failure)}
                     continue
                 yield session_id, self._finish(session_id, counts)
@@ -151,6 +152,14 @@ class Reprocessor:
                 return
             partial(number, frames)
 
+    def _record_failure(self, session_id: str, failure: BaseException) -> None:
+        """A stream's own failure, in its summary as live analysis or a fill would say it: a
+        video that does not decode fails the session; other reasons are its landmarks_error."""
+        if isinstance(failure, UndecodableError):
+            self.store.set_state(session_id, "failed", failure.message, failure.frames)
+        elif isinstance(failure, InvalidMediaError):
+            self.store.set_landmarks_error(session_id, f"landmarks cannot be completed: {failure.message}")
+
     def describe(self) -> dict[str, Any]:
         return {"workers": self.workers}
 
@@ -158,6 +167,7 @@ class Reprocessor:
         meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(), **self.settings.describe()}
         self.store.write_landmarks_meta(session_id, meta)
         self.store.reset_landmark_counts(session_id, counts)
+        self.store.set_landmarks_error(session_id, None)  # complete now, whatever a fill said before
         if not self.store.is_finalized(session_id) and self.store.get_row(session_id)["state"] == "stopped":
             finalize_session(self.store, session_id)
         return {"frames": counts.frames, "frames_with_faces": counts.with_faces}

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from ingest.analysis.tracker import TrackerSettings
 from ingest.batch.jobs import Job, session_jobs
-from ingest.exceptions import InvalidMediaError
+from ingest.exceptions import InvalidMediaError, UndecodableError
 from ingest.live.messages import JobFrames, RunJob, WorkerCrashedError
 from storage.landmarks import LandmarkCounts
 from storage.store import SessionStore, utc_now
@@ -145,6 +145,9 @@ class Filler:
                 await self._fill(self.current, analysed_only)
             except asyncio.CancelledError:
                 raise
+            except UndecodableError as exc:  # the video itself: the session fails, as it does live
+                log.warning("session %s failed: %s", self.current, exc.message)
+                await asyncio.to_thread(self.store.set_state, self.current, "failed", exc.message, exc.frames)
             except InvalidMediaError as exc:  # the stream itself: no point trying at every restart
                 log.warning("the landmarks of %s cannot be completed: %s", self.current, exc.message)
                 message = f"landmarks cannot be completed: {exc.message}"

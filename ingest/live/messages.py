@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from ingest.exceptions import IngestError, InvalidMediaError
+from ingest.exceptions import IngestError, InvalidMediaError, UndecodableError
 from storage.gallery import GalleryMatrix
 
 if TYPE_CHECKING:
@@ -34,11 +34,12 @@ WORKER_CRASHED = "the analysis worker crashed"
 class Failure:
     kind: Literal["invalid_media", "internal", "crashed"]
     message: str
+    frames: int | None = None  # a video that does not decode: the frames that did before it
 
     def error(self) -> IngestError:
         """The exception a waiting caller gets."""
         if self.kind == "invalid_media":
-            return InvalidMediaError(self.message)
+            return UndecodableError(self.message, self.frames) if self.frames is not None else InvalidMediaError(self.message)
         if self.kind == "crashed":
             return WorkerCrashedError(self.message)
         return IngestError(self.message)

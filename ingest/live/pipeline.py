@@ -35,6 +35,7 @@ from ingest.live.messages import (
     CRASHED,
     AnalyseUnit,
     Drop,
+    Failure,
     Flush,
     Frames,
     ImageFaces,
@@ -102,6 +103,7 @@ class LivePipeline:
         loop = asyncio.get_running_loop()
         self.workers = [self._start_worker(i, loop) for i in range(settings.worker_count)]
         self.pipes: dict[str, SessionPipe] = {}
+        self._failing: set[str] = set()  # sessions whose video stopped decoding, until the index says so
         self._opening: dict[str, asyncio.Lock] = {}
         self.snapshots = SnapshotLane(self.workers, settings.max_snapshot_queue, settings.max_snapshot_analysis_pixels)
         self.tryon = TryOnLane(self.workers, settings.classic_image_upsample, settings.max_snapshot_analysis_pixels,
@@ -171,6 +173,8 @@ class LivePipeline:
             await self._emit_error(old.session_id, IngestError(f"{CRASHED.message} on this stream; analysis stopped"))
             return
         pipe = await self._open(old.session_id, None, 1)
+        if pipe is None:
+            return
         pipe.finishing = pipe.finishing or old.finishing
         pipe.skipped += old.skipped
         pipe.crashes = old.crashes + 1
@@ -179,28 +183,36 @@ class LivePipeline:
     # -- chunks ----------------------------------------------------------------------------------
     async def submit_chunk(self, session_id: str, seq: int, frames_before: int, unit: bytes) -> None:
         """A committed chunk's standalone unit (the blocks it completed), to be analysed."""
+        if session_id in self._failing:
+            return
         pipe = self.pipes.get(session_id) or await self._open(session_id, seq, frames_before)
+        if pipe is None:
+            return  # its video stopped decoding: it is failed
         if seq <= pipe.primed_through:
             return  # already queued from the store (a pipe re-opened after a worker crash)
         pipe.pending.append((seq, unit))
         pipe.acked_at[seq] = time.monotonic()  # acked right after this: the lag's start
         self._dispatch(pipe)
 
-    async def _open(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe:
+    async def _open(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe | None:
         lock = self._opening.setdefault(session_id, asyncio.Lock())
         async with lock:
             pipe = self.pipes.get(session_id)
             if pipe is None:
                 pipe = await asyncio.to_thread(self._prepare, session_id, seq, frames_before)
-                pipe.worker.sessions += 1
-                self.pipes[session_id] = pipe
+                if pipe is not None:
+                    pipe.worker.sessions += 1
+                    self.pipes[session_id] = pipe
         self._opening.pop(session_id, None)
         return pipe
 
-    def _prepare(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe:
+    def _prepare(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe | None:
         """A pipe for a session this process has not analysed yet: fresh, or resumed after a
         restart or a worker crash (then primed with the stored units before ``seq``, all of
-        them if None, from a keyframe on)."""
+        them if None, from a keyframe on). None for a session failed already (its video does
+        not decode: a chunk acked just before it was found must not decode it again)."""
+        if self.store.get_row(session_id)["state"] == "failed":
+            return None
         self.store.start_landmarks_meta(session_id, {"mode": "live", **self.tracker_settings.describe()})
         done = self.store.stored_landmark_frames(session_id)
         worker = min(self.workers, key=lambda w: w.sessions)
@@ -256,7 +268,7 @@ class LivePipeline:
     async def _deliver(self, pipe: SessionPipe, reply: Frames) -> None:
         session_id, seq, frames = pipe.session_id, reply.seq, reply.frames
         if reply.failure is not None:
-            await self._fail_decoding(pipe, reply.failure.message)
+            await self._fail_decoding(pipe, reply.failure)
             return
         if frames:
             try:
@@ -281,13 +293,22 @@ class LivePipeline:
             return
         self._dispatch(pipe)
 
-    async def _fail_decoding(self, pipe: SessionPipe, message: str) -> None:
-        self._close_pipe(pipe)
-        error = InvalidMediaError(f"the video cannot be decoded: {message}")
-        logging.getLogger("camingest.sessions").warning("session %s failed: %s", pipe.session_id, error.message)
-        await asyncio.to_thread(self.store.set_state, pipe.session_id, "failed", error.message)
-        self.on_failed(pipe.session_id, error.message)
-        await self._emit_error(pipe.session_id, error)
+    async def _fail_decoding(self, pipe: SessionPipe, failure: Failure) -> None:
+        message = failure.message if failure.kind == "invalid_media" else f"the video cannot be decoded: {failure.message}"
+        error = InvalidMediaError(message)
+        session_id = pipe.session_id
+        logging.getLogger("camingest.sessions").warning("session %s failed: %s", session_id, error.message)
+        # until the index says failed, chunks still coming open no new pipe (it would decode the
+        # stream again from its keyframe and fail twice), and a `stop` starts no fill
+        self._failing.add(session_id)
+        try:
+            self._close_pipe(pipe)
+            self.on_failed(session_id, error.message)
+            # failed with the frames that decoded: the session's count from now on
+            await asyncio.to_thread(self.store.set_state, session_id, "failed", error.message, failure.frames)
+        finally:
+            self._failing.discard(session_id)
+        await self._emit_error(session_id, error)
 
     async def _emit_error(self, session_id: str, error: IngestError) -> None:
         await self.emit("session_error", {"session_id": session_id, **error.to_dict()}, session_id)
@@ -302,6 +323,8 @@ class LivePipeline:
         return True
 
     async def finish(self, session_id: str) -> None:
+        if session_id in self._failing:  # its video does not decode: nothing to flush or fill
+            return
         pipe = self.pipes.get(session_id)
         if pipe is not None:  # the pipe flushes, then asks for a fill if it skipped frames
             pipe.finishing = True

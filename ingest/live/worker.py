@@ -20,7 +20,7 @@ from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.analysis.tryon import recolour_lips
 from ingest.batch.jobs import run_job
-from ingest.exceptions import InvalidMediaError
+from ingest.exceptions import IngestError, UndecodableError
 from ingest.live.messages import (
     AnalyseImage,
     AnalyseUnit,
@@ -113,13 +113,13 @@ class Worker:
                 return Recoloured(request.request_id, faces, data_url)
             raise TypeError(f"unknown request {type(request).__name__}")
         except Exception as exc:  # report, keep serving the other sessions
-            if isinstance(exc, InvalidMediaError):
-                failure = Failure("invalid_media", exc.message)
+            if isinstance(exc, IngestError) and exc.code in ("invalid_media", "unsupported"):  # the stream's own
+                failure = Failure("invalid_media", exc.message, exc.frames if isinstance(exc, UndecodableError) else None)
             elif isinstance(exc, ValueError) and isinstance(request, AnalyseImage | RecolourImage):
                 failure = Failure("invalid_media", str(exc))  # the image does not decode
-            else:
+            else:  # a bug: its text is for the log, not for the page
                 log.exception("worker failed on %s", type(request).__name__)
-                failure = Failure("internal", f"internal error: {exc}")
+                failure = Failure("internal", "an internal error in the analysis worker (its log says which)")
             if isinstance(request, AnalyseUnit | Flush):
                 sessions.pop(request.session_id, None)
                 return Frames(request.session_id, request.seq, [], failure)

@@ -11,6 +11,7 @@ import av
 
 from ingest.exceptions import BadRequestError, InvalidMediaError
 from ingest.media.overlay import check_overlay, draw
+from ingest.media.remux import stored_stream
 
 # format -> (encoder, container)
 ENCODERS = {"mp4": ("libx264", "mp4"), "webm": ("libvpx", "webm")}
@@ -47,7 +48,7 @@ def render(
     codec, container_format = ENCODERS[check_format(fmt)]
     written = 0
     try:
-        with av.open(stream, mode="r", format="matroska") as src:
+        with stored_stream(stream) as readable, av.open(readable, mode="r", format="matroska") as src:
             if not src.streams.video:
                 raise InvalidMediaError("the session has no video to export")
             source = src.streams.video[0]

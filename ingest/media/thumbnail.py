@@ -8,6 +8,7 @@ import av
 import cv2
 
 from ingest.exceptions import InvalidMediaError
+from ingest.media.remux import stored_stream
 
 THUMBNAIL_WIDTH = 320
 JPEG_QUALITY = 80
@@ -19,7 +20,7 @@ def frame_jpeg(stream: str, index: int, width: int = THUMBNAIL_WIDTH) -> bytes:
     (storage/landmarks.py ``digest`` looks in the first ~15 s)."""
     last = None
     try:
-        with av.open(stream, mode="r", format="matroska") as src:
+        with stored_stream(stream) as readable, av.open(readable, mode="r", format="matroska") as src:
             if not src.streams.video:
                 raise InvalidMediaError("the session has no video")
             for frame in itertools.islice(src.decode(src.streams.video[0]), index + 1):

@@ -8,7 +8,15 @@ both). The reader is fed those blobs in seq order and
   however many blobs it spans;
 * follows the Cluster structure (unknown or known size) and keeps the current Cluster Timecode;
 * returns, per blob, the SimpleBlocks/BlockGroups that the blob *completed*, holding back an
-  incomplete trailing element until a later blob completes it.
+  incomplete trailing element until a later blob completes it;
+* reads each video frame's header (``ingest.media.bitstream``): a block says how many frames a
+  decoder will show for it (hidden VP9 alt-ref frames show none, laced blocks several), and no
+  frame may declare more than ``max_frame_pixels``, checked before any decoder sees it;
+* holds Clusters back (up to ``max_bytes_before_tracks``) when a stream sends them before its
+  Tracks (valid Matroska: FFmpeg finds late Tracks through the SeekHead, a live reader waits).
+
+This reader is the one rule of what camingest accepts: live chunks, imports and uploads go
+through it, and stored streams are read back with it.
 
 ``build_unit(init, unit.clusters)`` then gives init + Cluster header + Timecode + those blocks: a
 file PyAV/FFmpeg demux on its own. Over a whole stream every block lands in exactly one unit.
@@ -19,11 +27,12 @@ restarted server resumes a session without re-reading its stream (``state()``/``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.exceptions import InvalidMediaError, UnsupportedError
+from ingest.media.bitstream import VideoScanner
 
 # Element IDs (with their length marker, as written in the stream).
 EBML_HEADER = 0x1A45DFA3
@@ -38,6 +47,7 @@ TRACK_ENTRY = 0xAE
 TRACK_NUMBER = 0xD7
 TRACK_TYPE = 0x83
 CODEC_ID = 0x86
+CODEC_PRIVATE = 0x63A2
 VIDEO = 0xE0
 PIXEL_WIDTH = 0xB0
 PIXEL_HEIGHT = 0xBA
@@ -53,6 +63,8 @@ CHAPTERS = 0x1043A770
 ATTACHMENTS = 0x1941A469
 VOID = 0xEC
 CRC32 = 0xBF
+SEEK = 0x4DBB
+SEEK_ID = 0x53AB
 
 # IDs that can only live at Segment level: inside an unknown-size Cluster, meeting one ends it.
 SEGMENT_LEVEL_IDS = frozenset(
@@ -69,6 +81,7 @@ CLUSTER_HEADER_UNKNOWN = CLUSTER.to_bytes(4, "big") + UNKNOWN_SIZE_8
 
 DEFAULT_MAX_ELEMENT_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_INIT_BYTES = 1024 * 1024
+DEFAULT_MAX_BYTES_BEFORE_TRACKS = 16 * 1024 * 1024
 
 _START, _SEGMENT, _TOP, _CLUSTER = "start", "segment", "top", "cluster"
 
@@ -80,10 +93,16 @@ class Track:
     codec_id: str
     width: int | None = None
     height: int | None = None
+    codec_private: bytes = b""
 
     @property
     def is_video(self) -> bool:
         return self.type == TRACK_TYPE_VIDEO
+
+    def same_as(self, other: Track) -> bool:
+        return (self.number, self.type, self.codec_id, self.codec_private) == (
+            other.number, other.type, other.codec_id, other.codec_private
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +113,8 @@ class Block:
     data: bytes  # the whole element: ID, size and body
     track: int
     timecode: int  # absolute, in TimecodeScale ticks (cluster timecode + relative timecode)
-    keyframe: bool
+    keyframe: bool  # the container's flag, and for a video block its frame header's word too
+    frames: int = 0  # video frames a decoder shows for it (0 for other tracks)
 
 
 @dataclass(slots=True)
@@ -142,7 +162,12 @@ def encode_uint_element(element_id: int, value: int) -> bytes:
 def build_unit(init: bytes, clusters: list[ClusterRun] | list[tuple[int, bytes]]) -> bytes:
     """A standalone WebM: ``init`` then, per cluster run, an unknown-size Cluster header, its
     Timecode and the run's block elements. Runs may be given as ``(timecode, blocks_bytes)``."""
-    parts = [init]
+    return init + cluster_bytes(clusters)
+
+
+def cluster_bytes(clusters: list[ClusterRun] | list[tuple[int, bytes]]) -> bytes:
+    """The runs as Clusters (unknown size, their Timecode, their blocks), without an init."""
+    parts = []
     for run in clusters:
         if isinstance(run, ClusterRun):
             timecode, body = run.timecode, b"".join(block.data for block in run.blocks)
@@ -150,6 +175,28 @@ def build_unit(init: bytes, clusters: list[ClusterRun] | list[tuple[int, bytes]]
             timecode, body = run
         parts += [CLUSTER_HEADER_UNKNOWN, encode_uint_element(TIMECODE, timecode), body]
     return b"".join(parts)
+
+
+def without_seekhead(init: bytes) -> bytes:
+    """An init segment without its SeekHead: its positions are the original file's, and a
+    stream rebuilt from units (or whose Tracks came late) has other ones."""
+    header = _read_header(init, 0, len(init))
+    if header is None or header[1] is None:
+        return init
+    start = header[2] + header[1]
+    if init[start : start + len(SEGMENT_HEADER_UNKNOWN)] != SEGMENT_HEADER_UNKNOWN:
+        return init
+    pos = start + len(SEGMENT_HEADER_UNKNOWN)
+    kept = [init[:pos]]
+    while pos < len(init):
+        child = _read_header(init, pos, len(init))
+        if child is None or child[1] is None:
+            return init
+        end = pos + child[2] + child[1]
+        if child[0] != SEEK_HEAD:
+            kept.append(init[pos:end])
+        pos = end
+    return b"".join(kept)
 
 
 def iter_elements(data: bytes | memoryview, where: str) -> Iterator[tuple[int, memoryview]]:
@@ -204,6 +251,7 @@ def _parse_tracks(body: memoryview) -> dict[int, Track]:
             continue
         number = kind = 0
         codec = ""
+        private = b""
         width = height = None
         for child_id, child in iter_elements(entry, "TrackEntry"):
             if child_id == TRACK_NUMBER:
@@ -212,6 +260,8 @@ def _parse_tracks(body: memoryview) -> dict[int, Track]:
                 kind = _uint(child)
             elif child_id == CODEC_ID:
                 codec = bytes(child).rstrip(b"\x00").decode("ascii", "replace")
+            elif child_id == CODEC_PRIVATE:
+                private = bytes(child)
             elif child_id == VIDEO:
                 for video_id, value in iter_elements(child, "Video"):
                     if video_id == PIXEL_WIDTH:
@@ -219,8 +269,35 @@ def _parse_tracks(body: memoryview) -> dict[int, Track]:
                     elif video_id == PIXEL_HEIGHT:
                         height = _uint(value)
         if number:
-            tracks[number] = Track(number, kind, codec, width, height)
+            tracks[number] = Track(number, kind, codec, width, height, private)
     return tracks
+
+
+def _tracks_in(init: bytes | bytearray) -> dict[int, Track] | None:
+    """The Tracks of an init segment (EBML header, Segment header, level-1 elements), if any."""
+    header = _read_header(init, 0, len(init))
+    if header is None or header[1] is None:
+        return None
+    pos = header[2] + header[1] + len(SEGMENT_HEADER_UNKNOWN)
+    while pos < len(init):
+        child = _read_header(init, pos, len(init))
+        if child is None or child[1] is None:
+            return None
+        if child[0] == TRACKS:
+            return _parse_tracks(memoryview(init)[pos + child[2] : pos + child[2] + child[1]])
+        pos += child[2] + child[1]
+    return None
+
+
+def _seek_targets(body: memoryview) -> set[int]:
+    """The element IDs a SeekHead points at."""
+    targets = set()
+    for element_id, seek in iter_elements(body, "SeekHead"):
+        if element_id == SEEK:
+            for child_id, value in iter_elements(seek, "Seek"):
+                if child_id == SEEK_ID and len(value) <= 4:
+                    targets.add(int.from_bytes(value, "big"))
+    return targets
 
 
 def _block_header(body: memoryview) -> tuple[int, int, int]:
@@ -235,13 +312,65 @@ def _block_header(body: memoryview) -> tuple[int, int, int]:
     return track, relative, body[track_len + 2]
 
 
+def block_frames(body: memoryview, where: int) -> list[memoryview]:
+    """The frames of a Block/SimpleBlock body: one, or the laces of a laced block (Xiph, EBML
+    or fixed-size lacing, RFC 9559 10.3)."""
+    track_len = _vint_length(body[0])
+    pos = track_len + 3
+    lacing = (body[track_len + 2] >> 1) & 3
+    if lacing == 0:
+        return [body[pos:]]
+    if pos >= len(body):
+        raise InvalidMediaError(f"the laced block at byte {where} has no lace header")
+    count = body[pos] + 1
+    pos += 1
+    sizes: list[int] = []
+    try:
+        if lacing == 1:  # Xiph: each size as bytes of 255 and a last one below it
+            for _ in range(count - 1):
+                size = 0
+                while True:
+                    byte = body[pos]
+                    pos += 1
+                    size += byte
+                    if byte != 255:
+                        break
+                sizes.append(size)
+        elif lacing == 3:  # EBML: the first size, then signed differences
+            for i in range(count - 1):
+                length = _vint_length(body[pos])
+                if body[pos] == 0 or length > 8:
+                    raise IndexError
+                raw = int.from_bytes(body[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
+                pos += length
+                sizes.append(raw if i == 0 else sizes[-1] + raw - ((1 << (7 * length - 1)) - 1))
+        else:  # fixed: equal sizes
+            if (len(body) - pos) % count:
+                raise InvalidMediaError(
+                    f"the block at byte {where} laces {count} frames of equal size into {len(body) - pos} bytes"
+                )
+            sizes = [(len(body) - pos) // count] * (count - 1)
+    except IndexError:
+        raise InvalidMediaError(f"the lace header of the block at byte {where} is truncated") from None
+    frames = []
+    for size in sizes:
+        if size < 0 or pos + size > len(body):
+            raise InvalidMediaError(f"the laced frames of the block at byte {where} overrun it")
+        frames.append(body[pos : pos + size])
+        pos += size
+    frames.append(body[pos:])
+    return frames
+
+
 class WebMReader:
     """Feed MediaRecorder blobs in order; get back the blocks each one completed.
 
     ``max_element_bytes`` bounds the one element held back between blobs (and so the reader's
     memory); ``max_init_bytes`` bounds the init segment; ``max_blocks_per_feed`` (None: no
     limit, for reading stored files) the blocks one blob may complete, and so its parsing cost:
-    a blob of 8 MB can hold a million 7-byte SimpleBlocks.
+    a blob of 8 MB can hold a million 7-byte SimpleBlocks. ``max_frame_pixels`` (None: no limit)
+    bounds the frame size a video frame may declare; ``max_bytes_before_tracks`` (None: no
+    limit) the Clusters held back while the Tracks have not come.
     """
 
     def __init__(
@@ -249,11 +378,17 @@ class WebMReader:
         max_element_bytes: int = DEFAULT_MAX_ELEMENT_BYTES,
         max_init_bytes: int = DEFAULT_MAX_INIT_BYTES,
         max_blocks_per_feed: int | None = None,
+        *,
+        max_frame_pixels: int | None = None,
+        max_bytes_before_tracks: int | None = DEFAULT_MAX_BYTES_BEFORE_TRACKS,
     ) -> None:
         self.max_element_bytes = max_element_bytes
         self.max_init_bytes = max_init_bytes
         self.max_blocks_per_feed = max_blocks_per_feed
+        self.max_frame_pixels = max_frame_pixels
+        self.max_bytes_before_tracks = max_bytes_before_tracks
         self._blocks_fed = 0
+        self._fresh_from = 0
         self._buf = bytearray()
         self._base = 0  # absolute stream offset of self._buf[0]
         self._stage = _START
@@ -261,10 +396,20 @@ class WebMReader:
         self._cluster_end: int | None = None
         self._cluster_timecode: int | None = None
         self.init = bytearray()
+        self.init_version = 0  # changes whenever ``init`` does
         self.init_complete = False
         self.doc_type = ""
         self.timecode_scale = 1_000_000
         self.tracks: dict[int, Track] = {}
+        self.scanner: VideoScanner | None = None  # the video track's frame headers
+        self._info_seen = False
+        self._info_expected = False  # the SeekHead points at an Info
+        # Clusters that came before the Tracks (or the Info the SeekHead announces): their blocks
+        # (offset, element, track, timecode, container keyframe flag) by cluster, until they come
+        self._early: list[tuple[int, list[tuple[int, bytes, int, int, bool]]]] = []
+        self._early_bytes = 0
+        self._late: list[bytes] = []  # Info / Tracks met after the first Cluster, for the init
+        self._hold_state: dict[str, Any] | None = None  # state() as of the first held Cluster
 
     # -- facts about the stream --------------------------------------------------------------
     @property
@@ -282,17 +427,29 @@ class WebMReader:
 
     @property
     def held_bytes(self) -> int:
-        """Bytes of an incomplete element kept until the next blob completes it."""
-        return len(self._buf)
+        """Bytes kept until a later blob: an incomplete element, and Clusters waiting for the Tracks."""
+        return len(self._buf) + self._early_bytes
+
+    @property
+    def waiting_for_tracks(self) -> bool:
+        return self._hold_state is not None
 
     def ticks_to_ms(self, ticks: int) -> float:
         return ticks * self.timecode_scale / 1_000_000
 
+    def video(self) -> dict[str, Any] | None:
+        """What the summary says of the video (None: the stream has no video track)."""
+        track = self.video_track
+        if track is None or self.scanner is None:
+            return None
+        return {"codec": self.scanner.codec, "width": track.width, "height": track.height}
+
     # -- feeding ----------------------------------------------------------------------------
     def feed(self, data: bytes) -> Unit:
         """Take the next blob; return the blocks it completed. Raises ``InvalidMediaError`` (or
-        ``UnsupportedError``) on bytes that are not a WebM/Matroska stream; the reader is then
-        unusable, as the stream is."""
+        ``UnsupportedError``) on bytes that are not a WebM/Matroska stream camingest reads; the
+        reader is then unusable, as the stream is."""
+        self._fresh_from = self._base + len(self._buf)  # bytes before it came with earlier blobs
         self._buf += data
         unit = Unit()
         self._blocks_fed = 0
@@ -329,15 +486,18 @@ class WebMReader:
             elif self._stage == _SEGMENT:
                 if element_id != SEGMENT:
                     raise InvalidMediaError(f"expected a Segment (18538067) at byte {absolute}, found {element_id:X}")
-                self.init += SEGMENT_HEADER_UNKNOWN
+                self._add_init(SEGMENT_HEADER_UNKNOWN)
                 self._segment_end = None if size is None else absolute + header_len + size
                 self._stage = _TOP
                 pos += header_len
                 continue
             elif self._stage == _TOP and element_id == CLUSTER:
-                if not self.tracks:
-                    raise InvalidMediaError(f"Cluster at byte {absolute} before any Tracks element")
-                self.init_complete = True
+                if not self.init_complete and self._hold_state is None:
+                    if self._ready():
+                        self._complete_init()
+                    else:  # Tracks (or an announced Info) still to come: hold the Clusters back
+                        self._hold_state = self._state()
+                        self._hold_state["consumed"] = absolute
                 self._cluster_end = None if size is None else absolute + header_len + size
                 self._cluster_timecode = None
                 self._stage = _CLUSTER
@@ -380,6 +540,39 @@ class WebMReader:
                 f"not a WebM stream: expected the EBML header (1A45DFA3) at byte 0, found {bytes(head[:4]).hex().upper()}"
             )
 
+    def _add_init(self, data: bytes | bytearray) -> None:
+        self.init += data
+        self.init_version += 1
+        if len(self.init) > self.max_init_bytes:
+            raise InvalidMediaError(
+                f"init segment exceeds {self.max_init_bytes} bytes (limit max_init_bytes) without a Cluster"
+            )
+
+    def _ready(self) -> bool:
+        """Whether the init segment can be completed: Tracks read, and the Info too if the
+        SeekHead says one exists."""
+        return bool(self.tracks) and (self._info_seen or not self._info_expected)
+
+    def _complete_init(self) -> None:
+        if self._late:  # Info/Tracks that came after Clusters: the SeekHead's positions are stale
+            self.init = bytearray(without_seekhead(bytes(self.init)))
+            for element in self._late:
+                self._add_init(element)
+            self._late = []
+        self.init_complete = True
+
+    def _set_tracks(self, body: memoryview, absolute: int) -> None:
+        tracks = _parse_tracks(body)
+        if self.tracks:  # a copy (mkvmerge --engage write_headers_twice): it must say the same
+            if tracks.keys() != self.tracks.keys() or any(not t.same_as(self.tracks[n]) for n, t in tracks.items()):
+                raise UnsupportedError(f"the Tracks element at byte {absolute} differs from the first one")
+            return
+        video = next((t for t in tracks.values() if t.is_video), None)
+        if video is not None:  # codec and sizes checked as soon as the track is known
+            self.scanner = VideoScanner(video.codec_id, video.codec_private, self.max_frame_pixels,
+                                        (video.width, video.height))  # fmt: skip
+        self.tracks = tracks
+
     def _element(self, element_id: int, body: memoryview, absolute: int, whole: bytearray, unit: Unit) -> None:
         if self._stage == _START:
             for child_id, value in iter_elements(body, "EBML header"):
@@ -387,22 +580,31 @@ class WebMReader:
                     self.doc_type = bytes(value).rstrip(b"\x00").decode("ascii", "replace")
             if self.doc_type not in DOC_TYPES:
                 raise UnsupportedError(f"EBML DocType {self.doc_type!r} is not webm or matroska")
-            self.init += whole
+            self._add_init(whole)
             self._stage = _SEGMENT
         elif self._stage == _TOP:
+            before_clusters = not self.init_complete and self._hold_state is None
             if self.init_complete:
+                if element_id == TRACKS:
+                    self._set_tracks(body, absolute)  # a copy of the Tracks: it must say the same
                 return  # Cues, Tags etc. after the first Cluster: not needed for units
-            if element_id == INFO:
+            fresh = False  # an Info or Tracks read here for the first time
+            if element_id == INFO and not self._info_seen:
                 for child_id, value in iter_elements(body, "Info"):
                     if child_id == TIMECODE_SCALE:
                         self.timecode_scale = _uint(value) or 1_000_000
+                self._info_seen = fresh = True
             elif element_id == TRACKS:
-                self.tracks = _parse_tracks(body)
-            self.init += whole
-            if len(self.init) > self.max_init_bytes:
-                raise InvalidMediaError(
-                    f"init segment exceeds {self.max_init_bytes} bytes (limit max_init_bytes) without a Cluster"
-                )
+                fresh = not self.tracks
+                self._set_tracks(body, absolute)
+            elif element_id == SEEK_HEAD and before_clusters:
+                self._info_expected = self._info_expected or INFO in _seek_targets(body)
+            if before_clusters:
+                self._add_init(whole)
+            elif fresh:  # while Clusters are held back
+                self._late.append(bytes(whole))
+                if self._ready():
+                    self._release(unit)
         elif element_id == TIMECODE:
             self._cluster_timecode = _uint(body)
         elif element_id in (SIMPLE_BLOCK, BLOCK_GROUP):
@@ -421,21 +623,56 @@ class WebMReader:
                         keyframe = False
                 if track < 0:
                     raise InvalidMediaError(f"BlockGroup at byte {absolute} without a Block")
-            self._blocks_fed += 1
+            if absolute + len(whole) > self._fresh_from:  # not one read again after a restore
+                self._blocks_fed += 1
             if self.max_blocks_per_feed is not None and self._blocks_fed > self.max_blocks_per_feed:
                 raise InvalidMediaError(
                     f"a chunk completes more than {self.max_blocks_per_feed} blocks "
                     f"(limit max_blocks_per_chunk); MediaRecorder blobs hold a few dozen"
                 )
-            block = Block(absolute, bytes(whole), track, self._cluster_timecode + relative, keyframe)
-            if not unit.clusters or unit.clusters[-1].timecode != self._cluster_timecode:
-                unit.clusters.append(ClusterRun(self._cluster_timecode))
-            unit.clusters[-1].blocks.append(block)
+            timecode = self._cluster_timecode + relative
+            if self.init_complete:
+                self._add_block(unit, self._cluster_timecode, absolute, bytes(whole), track, timecode, keyframe)
+                return
+            if not self._early or self._early[-1][0] != self._cluster_timecode:
+                self._early.append((self._cluster_timecode, []))
+            self._early[-1][1].append((absolute, bytes(whole), track, timecode, keyframe))
+            self._early_bytes += len(whole)
+            limit = self.max_bytes_before_tracks
+            if limit is not None and self._early_bytes > limit:
+                raise InvalidMediaError(
+                    f"{self._early_bytes} bytes of Clusters came before the stream's Tracks "
+                    f"(limit max_bytes_before_tracks={limit}); put the Tracks first"
+                )
         # other Cluster children (Position, PrevSize, Void, CRC-32) carry nothing a unit needs
 
+    def _add_block(
+        self, unit: Unit, cluster: int, offset: int, data: bytes, track: int, timecode: int, keyframe: bool
+    ) -> None:
+        frames = 0
+        video = self.video_track
+        if video is not None and track == video.number and self.scanner is not None:
+            view = memoryview(data)
+            body = view[_vint_length(data[0]) + _vint_length(data[_vint_length(data[0])]) :]
+            if data[0] == BLOCK_GROUP:
+                body = next(value for child_id, value in iter_elements(body, "BlockGroup") if child_id == BLOCK)
+            frames, says = self.scanner.scan(block_frames(body, offset), offset)
+            keyframe = keyframe and says is not False
+        block = Block(offset, data, track, timecode, keyframe, frames)
+        if not unit.clusters or unit.clusters[-1].timecode != cluster:
+            unit.clusters.append(ClusterRun(cluster))
+        unit.clusters[-1].blocks.append(block)
+
+    def _release(self, unit: Unit) -> None:
+        """The Tracks came: complete the init segment, hand on the Clusters held back."""
+        self._complete_init()
+        for cluster, blocks in self._early:
+            for offset, data, track, timecode, keyframe in blocks:
+                self._add_block(unit, cluster, offset, data, track, timecode, keyframe)
+        self._early, self._early_bytes, self._hold_state = [], 0, None
+
     # -- persistence ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Everything but the init bytes and the pending bytes, JSON-ready."""
+    def _state(self) -> dict[str, Any]:
         return {
             "stage": self._stage,
             "consumed": self._base,
@@ -446,7 +683,15 @@ class WebMReader:
             "doc_type": self.doc_type,
             "timecode_scale": self.timecode_scale,
             "tracks": [[t.number, t.type, t.codec_id, t.width, t.height] for t in self.tracks.values()],
+            "info": [self._info_seen, self._info_expected],
+            "scan": self.scanner.state() if self.scanner is not None else None,
         }
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the init bytes and the pending bytes, JSON-ready. While Clusters are
+        held back for the Tracks, the state from before the first of them: a restored reader
+        reads them again (they are stored; ``consumed`` says from where)."""
+        return dict(self._hold_state) if self._hold_state is not None else self._state()
 
     @classmethod
     def restore(
@@ -457,10 +702,14 @@ class WebMReader:
         max_element_bytes: int = DEFAULT_MAX_ELEMENT_BYTES,
         max_init_bytes: int = DEFAULT_MAX_INIT_BYTES,
         max_blocks_per_feed: int | None = None,
+        *,
+        max_frame_pixels: int | None = None,
+        max_bytes_before_tracks: int | None = DEFAULT_MAX_BYTES_BEFORE_TRACKS,
     ) -> WebMReader:
         """A reader that continues where ``state()`` was taken; ``pending`` = the stream's bytes
         from ``state["consumed"]`` on (the held-back partial element)."""
-        reader = cls(max_element_bytes, max_init_bytes, max_blocks_per_feed)
+        reader = cls(max_element_bytes, max_init_bytes, max_blocks_per_feed, max_frame_pixels=max_frame_pixels,
+                     max_bytes_before_tracks=max_bytes_before_tracks)  # fmt: skip
         reader._stage = state["stage"]
         reader._base = state["consumed"]
         reader._segment_end = state["segment_end"]
@@ -469,7 +718,37 @@ class WebMReader:
         reader.init_complete = state["init_complete"]
         reader.doc_type = state["doc_type"]
         reader.timecode_scale = state["timecode_scale"]
-        reader.tracks = {t[0]: Track(*t) for t in state["tracks"]}
+        reader._info_seen, reader._info_expected = state.get("info", [True, False])
         reader.init = bytearray(init)
+        # the init segment holds the Tracks whole (CodecPrivate included); the state only a summary
+        tracks = _tracks_in(init) or {t[0]: Track(*t) for t in state["tracks"]}
+        if tracks:
+            reader._set_tracks_restored(tracks, state.get("scan"))
         reader._buf = bytearray(pending)
         return reader
+
+    def _set_tracks_restored(self, tracks: dict[int, Track], scan: dict[str, Any] | None) -> None:
+        video = next((t for t in tracks.values() if t.is_video), None)
+        if video is not None:
+            self.scanner = VideoScanner(video.codec_id, video.codec_private, self.max_frame_pixels)
+            if scan:
+                self.scanner.restore(scan)
+        self.tracks = tracks
+
+
+def normalized(pieces: Iterable[bytes], reader: WebMReader | None = None) -> Iterator[bytes]:
+    """A stream rebuilt from its units: the init segment (Tracks first, no SeekHead) once, then
+    every block completed, in Clusters of their own. FFmpeg reads it whatever the original
+    layout was (Tracks after the Clusters without a SeekHead pointing at them included); it is
+    what a session's recording is remuxed from."""
+    reader = reader or WebMReader(max_bytes_before_tracks=None)
+    started = False
+    for piece in pieces:
+        unit = reader.feed(piece)
+        if len(unit):
+            if not started:
+                yield without_seekhead(bytes(reader.init))
+                started = True
+            yield cluster_bytes(unit.clusters)
+    if not started and reader.init_complete:
+        yield without_seekhead(bytes(reader.init))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,46 +65,58 @@ class LiveSession:
     def stage_chunk(self, seq: int, data: bytes, t_ms: float | None) -> StagedChunk:
         """Parse the chunk, write it durably to the raw stream, and prepare its index commit.
 
-        The bytes are stored even if the parser rejects them: what the client sent is kept, the
-        session is marked failed, and the client is told ``invalid_media``."""
-        error: IngestError | None = None
-        init_before = len(self.reader.init)
+        A chunk the reader refuses (the stream is not one camingest reads from there on) is not
+        written: the raw stream stays the acknowledged chunks; the commit only marks the session
+        failed, and the client is told ``invalid_media`` (or ``unsupported``) with the reason."""
+        reader = self.reader
+        init_version, had_tracks = reader.init_version, bool(reader.tracks) and reader.init_complete
         try:
-            unit = self.reader.feed(data)
+            unit = reader.feed(data)
         except IngestError as exc:  # invalid_media or unsupported: the stream is unreadable
-            unit, error = Unit(), exc
+            record = ChunkRecord(
+                self.id, seq, self.bytes, len(data), sha256_hex(data), time.time(), t_ms, [], self.frames, 0, None,
+                self.first_ts_ms, self.last_ts_ms, {}, exc.message,
+            )  # fmt: skip
+            return StagedChunk(record, Unit(), None, exc)
         offset = self.bytes
         self._writer.write_at(offset, data)
 
-        video = self.reader.video_track
-        frames_before, frames, keyframe = self.frames, 0, None
+        video = reader.video_track
+        frames_before, frames, keyframe, video_blocks = self.frames, 0, None, False
         first, last = self.first_ts_ms, self.last_ts_ms
         for block in unit.blocks:
-            if video is not None and block.track == video.number:
-                if block.keyframe:
-                    keyframe = frames_before + frames
-                frames += 1
-                ts = self.reader.ticks_to_ms(block.timecode)
+            if video is None or block.track == video.number:  # audio only: its times make the duration
+                if video is not None:
+                    video_blocks = True
+                    if block.keyframe:
+                        keyframe = frames_before + frames
+                    frames += block.frames
+                ts = reader.ticks_to_ms(block.timecode)
                 first = ts if first is None else min(first, ts)
                 last = ts if last is None else max(last, ts)
-        unit_bytes = build_unit(bytes(self.reader.init), unit.clusters) if len(unit) else None
-        init = bytes(self.reader.init) if len(self.reader.init) != init_before else None
+        # only units with video go to the decoder (a block may show no frame: it still counts there)
+        unit_bytes = build_unit(bytes(reader.init), unit.clusters) if video_blocks else None
+        init = bytes(reader.init) if reader.init_version != init_version else None
+        described = None
+        if not had_tracks and reader.tracks and reader.init_complete:  # the Tracks are known now
+            described = json.dumps(reader.video())
         runs = [(run.timecode, merge_spans((b.offset, len(b.data)) for b in run.blocks)) for run in unit.clusters]
         record = ChunkRecord(
             self.id, seq, offset, len(data), sha256_hex(data), time.time(), t_ms, runs, frames_before, frames,
-            keyframe, first, last, self.reader.state(), error.message if error else None, init,
+            keyframe, first, last, reader.state(), None, init, described,
         )  # fmt: skip
-        return StagedChunk(record, unit, unit_bytes, error)
+        return StagedChunk(record, unit, unit_bytes, None)
 
     def apply(self, staged: StagedChunk) -> None:
-        """Reflect a committed chunk in memory."""
+        """Reflect a committed chunk in memory (a refused one only fails the session)."""
+        if staged.error is not None:
+            self.state, self.error = "failed", staged.error.message
+            return
         record = staged.record
         self.next_seq = record.seq + 1
         self.bytes += record.size
         self.frames = record.frames_before + record.frames
         self.first_ts_ms, self.last_ts_ms = record.first_ts_ms, record.last_ts_ms
-        if staged.error is not None:
-            self.state, self.error = "failed", staged.error.message
 
 
 class SessionRegistry:
@@ -141,7 +154,8 @@ class SessionRegistry:
         return list(self._live.values())
 
     def _reader(self) -> WebMReader:
-        return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk)
+        return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk,
+                          **self.settings.reader_limits())  # fmt: skip
 
     async def create(self, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
         if len(self._live) >= self.settings.max_open_sessions:
@@ -191,7 +205,7 @@ class SessionRegistry:
         if state is not None:
             reader = WebMReader.restore(
                 state, init, pending, self.settings.max_element_bytes,
-                max_blocks_per_feed=self.settings.max_blocks_per_chunk,
+                max_blocks_per_feed=self.settings.max_blocks_per_chunk, **self.settings.reader_limits(),
             )  # fmt: skip
         else:
             reader = self._reader()

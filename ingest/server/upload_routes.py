@@ -87,7 +87,8 @@ async def upload_session(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(os.fsync, out.fileno())
             if size == 0:
                 raise BadRequestError("the upload is empty")
-            session_id = await asyncio.to_thread(import_video, ctx.store, tmp, settings.max_import_bytes, name=name)
+            session_id = await asyncio.to_thread(import_video, ctx.store, tmp, settings.max_import_bytes, name=name,
+                                                 limits=settings.reader_limits())  # fmt: skip
         finally:
             await asyncio.to_thread(incoming.__exit__, None, None, None)
     ctx.pipeline.fill(session_id)
