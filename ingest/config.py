@@ -4,6 +4,7 @@ where camingest keeps derived files (``cache_dir``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -67,6 +68,10 @@ class Settings:
     # Host header names the server answers (port ignored); others get 421 (DNS rebinding).
     # Empty = the --host address, localhost, 127.0.0.1 and ::1. "*" = any (behind a proxy that checks).
     allowed_hosts: tuple[str, ...] = ()
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For and X-Forwarded-Proto are
+    # believed (ingest/server/proxies.py): per-client limits count the client behind them, and the
+    # cookie is Secure when they say https. Empty: the headers are ignored (anyone can send them).
+    trusted_proxies: tuple[str, ...] = ()
     # Access token: when set, every route but GET /api/health needs it (Bearer header, or the
     # cookie a page opened with ?token= sets), and Socket.IO needs auth={"token": ...} or the cookie.
     token: str | None = None
@@ -220,6 +225,12 @@ class Settings:
             raise ValueError(f"--store {self.store!r} is not s3://BUCKET/PREFIX (CAMINGEST_STORE)")
         if self.descriptor_engine not in DESCRIPTOR_ENGINES:
             raise ValueError(f"descriptor_engine is {self.descriptor_engine!r}; allowed: {', '.join(DESCRIPTOR_ENGINES)}")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies entry {entry!r} is not an IP address or network "
+                                 "(e.g. 127.0.0.1, 10.0.0.0/8)") from None  # fmt: skip
         if self.max_frame_pixels < 1:
             raise ValueError(f"max_frame_pixels is {self.max_frame_pixels}; allowed: 1 or more")
         if self.detect_upsample not in (0, 1, 2):
