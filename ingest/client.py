@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections import deque
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
@@ -89,7 +90,14 @@ class CamingestClient:
         self.token = token
         self.ack_timeout = ack_timeout
         self.retry_for = retry_for  # how long a chunk may wait for a lost server before failing
-        self.sio = socketio.AsyncClient(reconnection=reconnect, reconnection_delay=0.25, reconnection_delay_max=2)
+        # the handshake bounded by ack_timeout: through a load balancer, a node that is frozen or
+        # cut off accepts the TCP connection and never answers the upgrade; the next attempt
+        # reaches another node (after the upgrade, aiohttp lifts the read timeout off the socket)
+        handshake = aiohttp.ClientTimeout(total=None, sock_connect=ack_timeout, sock_read=ack_timeout)
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnect, reconnection_delay=0.25, reconnection_delay_max=2,
+            http_session=lambda: aiohttp.ClientSession(timeout=handshake),
+        )  # fmt: skip
         self.connected = asyncio.Event()
         self.sessions: dict[str, Session] = {}
         # every server event as received (tests and tools read them); bounded per event name
@@ -116,6 +124,17 @@ class CamingestClient:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+
+    def drop_stalled(self) -> None:
+        """An ack did not come: the server may be frozen or cut off, and a half-open TCP
+        connection (behind a load balancer, too) would answer nothing until engine.io's ping
+        timeout (~45 s). Shut the socket down: python-socketio then reconnects as after any
+        network drop (through the load balancer: maybe to another node) and the sessions resume."""
+        ws = getattr(self.sio.eio, "ws", None)
+        sock = ws.get_extra_info("socket") if ws is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def call(self, event: str, payload: Any, timeout: float | None = None) -> dict[str, Any]:
         """Emit ``event`` and return its ack (a dict with ``ok``), as the server sent it."""
@@ -356,9 +375,11 @@ class Session:
                     await asyncio.wait_for(client.connected.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
                     await self._resume()
                 ack = await client.call(event, payload)
-            except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError):
+            except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
                 ack = {"ok": False, "error": {"code": "timeout", "message": "no answer from the server"}}
                 self.resume_needed = True
+                if not isinstance(exc, socketio.exceptions.BadNamespaceError) and client.connected.is_set():
+                    client.drop_stalled()  # connected, yet no answer: a stalled connection
             except CamingestError as exc:  # the resume (or a resend in it) was refused
                 if exc.code not in RETRYABLE:
                     raise

@@ -38,6 +38,7 @@ from ingest import version
 from ingest.background import BackgroundTasks
 from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError
+from ingest.server.sio import redis_options
 from storage.leases import Lease
 from storage.store import SessionStore
 
@@ -72,7 +73,9 @@ class Cluster:
         self.store = store
         self.node = node or settings.node_id or default_node_id()
         self.lease_s = settings.lease_s
-        self.redis = aioredis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
+        self.redis = aioredis.from_url(
+            redis_url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True, **redis_options()
+        )
         self.leases: dict[str, Lease] = {}
         self._claimed_at: dict[str, float] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}

@@ -59,6 +59,15 @@ class BoundedServer(socketio.AsyncServer):
             await self.eio.disconnect(eio_sid)
 
 
+def redis_options() -> dict[str, Any]:
+    """Options for every redis-py client of the server: redis-py 8 reads its own package metadata
+    (a file) for CLIENT SETINFO at each new connection, on the event loop, unless the version is
+    given: it is, from the module."""
+    import redis
+
+    return {"lib_name": "redis-py", "lib_version": redis.__version__}
+
+
 class CountingRedisManager(socketio.AsyncRedisManager):
     """python-socketio's Redis manager, counting what it could not publish (it only logs it):
     a Redis down drops emits to other nodes' clients, and the operator should see how many."""
@@ -87,7 +96,7 @@ def make_socketio(settings: Settings) -> socketio.AsyncServer:
     if settings.redis is not None:
         # several nodes: emits reach the sessions' pages through Redis wherever they are
         # connected; WebSocket only, so no sticky routing is needed behind the load balancer
-        clustered = {"client_manager": CountingRedisManager(settings.redis), "transports": ["websocket"]}
+        clustered = {"client_manager": CountingRedisManager(settings.redis, redis_options=redis_options()), "transports": ["websocket"]}
     return BoundedServer(
         serializer=packet,
         async_mode="aiohttp",
