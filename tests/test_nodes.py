@@ -16,7 +16,7 @@ import pytest
 from ingest.client import CamingestClient
 from ingest.client import _complete as complete
 from tests.client import http_get, http_json, run, wait_for_summary, wait_until
-from tests.conftest import ServerProcess, free_port, load_recording
+from tests.conftest import IMAGES, ServerProcess, free_port, load_recording
 from tests.engines import process_tree
 
 pytestmark = pytest.mark.slow
@@ -262,3 +262,112 @@ def load_recording_of(stream: bytes) -> list[bytes]:
         if recording.stream == stream:
             return recording.chunks
     raise AssertionError("not a fixture")
+
+
+def test_enrolment_on_one_node_names_faces_recorded_on_another(tmp_path, postgres, s3, redis, nginx):
+    """A face recorded through node 2 is unknown to it until "Barack Obama" is enrolled on node 0;
+    then node 2's live landmarks name him, with nothing restarted: the gallery reaches every node's
+    workers through the index. The delay is printed (bench/nodes_bench.py measures it)."""
+    from tests.test_identity import enrol
+
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx)
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+    node0, node2 = cluster.nodes["node0"], cluster.nodes["node2"]
+
+    async def scenario() -> None:
+        async with CamingestClient(node2.url) as client:
+            session = await client.start(recording.meta["mime"])
+            chunks = iter(recording.chunks)
+            for chunk in chunks:  # until node 2 has seen the face, and named nobody
+                await session.send(chunk)
+                await asyncio.sleep(0.25)
+                if any(f.get("faces") for f in session.frames.values()):
+                    break
+            assert all(not (face.get("identity") or {}).get("name")
+                       for f in session.frames.values() for face in f.get("faces") or []), session.frames  # fmt: skip
+            loop = asyncio.get_running_loop()
+            status, body = await enrol(node0.url, "Barack Obama", IMAGES / "obama.jpg")
+            assert status == 201, body
+            enrolled_at = loop.time()
+
+            def named() -> bool:
+                return any((face.get("identity") or {}).get("name") == "Barack Obama"
+                           for f in session.frames.values() for face in f.get("faces") or [])  # fmt: skip
+
+            async def sent_until_named() -> bool:
+                if named():
+                    return True
+                chunk = next(chunks, None)
+                assert chunk is not None, "the recording ended before node 2 named the face"
+                await session.send(chunk)
+                return named()
+
+            await wait_until(sent_until_named, "node 2 naming the face enrolled on node 0", interval=0.25)
+            print(f"named on node 2 {loop.time() - enrolled_at:.2f} s after the enrolment on node 0 answered")
+            for chunk in chunks:
+                await session.send(chunk)
+            await session.stop()
+
+    try:
+        run(scenario())
+    finally:
+        cluster.stop()
+
+
+def test_clients_and_pages_through_nginx_listed_on_every_node(tmp_path, postgres, s3, redis, nginx, browser):
+    """12 Python clients and 2 Chromium recorder pages record through nginx at once: every chunk
+    acked, each stored stream equal to what was sent, every frame landmarked (live or filled), and
+    the sessions page of every node lists all 14 sessions."""
+    import concurrent.futures
+
+    from tests.pages import state, wait_for_selector
+    from tests.pages import wait_until as page_until
+
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx)
+    rng = random.Random(seed := random.randrange(1 << 30))
+    print(f"seed {seed}")
+    names = [rng.choice(NAMES) for _ in range(12)]
+
+    async def clients() -> list[tuple[str, bytes, dict]]:
+        return list(await asyncio.gather(*(record(cluster.lb.url, name, 0.25) for name in names)))
+
+    thread = concurrent.futures.ThreadPoolExecutor(1)  # Playwright's sync API holds this thread's loop
+    try:
+        recorded = thread.submit(run, clients())
+        pages = [browser.new_page() for _ in range(2)]
+        for page in pages:
+            page.goto(cluster.lb.url + "/")
+            wait_for_selector(page, "[data-testid=connection][data-state=connected]")
+            page.get_by_test_id("record").click()
+        for page in pages:
+            page_until(page, "() => window.camingest.ackedChunks >= 16")
+            page.get_by_test_id("stop").click()
+        for page in pages:
+            page_until(page, "() => window.camingest.state === 'stopped'")
+        results = recorded.result()
+        page_sessions = [state(page) for page in pages]
+
+        async def check() -> None:
+            for session_id, sent, summary in results:
+                assert summary["chunks"] == len(load_recording_of(sent)), summary
+                status, raw, _ = await http_get(f"{cluster.lb.url}/api/sessions/{session_id}/raw.webm")
+                assert (status, raw) == (200, sent)
+            for s in page_sessions:
+                _, summary = await http_json(f"{cluster.lb.url}/api/sessions/{s['sessionId']}")
+                assert summary["chunks"] == s["ackedChunks"] == s["chunksRecorded"] and s["pendingChunks"] == 0
+                assert summary["bytes"] == s["bytesSent"]
+            for session_id in [r[0] for r in results] + [s["sessionId"] for s in page_sessions]:
+                await wait_for_summary(f"{cluster.lb.url}/api/sessions/{session_id}", complete,
+                                       f"every frame of {session_id} landmarked", timeout=240)  # fmt: skip
+
+        thread.submit(run, check()).result()
+        ids = sorted([r[0] for r in results] + [s["sessionId"] for s in page_sessions])
+        listing = pages[0]
+        for name, node in cluster.nodes.items():
+            listing.goto(node.url + "/sessions")
+            page_until(listing, "() => document.querySelectorAll('[data-session-id]').length >= 14")
+            shown = listing.eval_on_selector_all("[data-session-id]", "rows => rows.map(r => r.dataset.sessionId)")
+            assert sorted(set(shown)) == ids, name
+    finally:
+        thread.shutdown()
+        cluster.stop()
