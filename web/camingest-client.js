@@ -90,7 +90,13 @@ export class CamingestClient extends EventTarget {
 
   /** emit with an acknowledgement; a lost connection or no answer gives {ok: false, error: timeout}. */
   emit(event, payload, timeoutMs = this.ackTimeoutMs) {
-    return this.socket.timeout(timeoutMs).emitWithAck(event, payload);
+    return this.socket.timeout(timeoutMs).emitWithAck(event, payload).catch((err) => {
+      // no answer although connected: a stalled connection (a frozen or cut-off node behind a
+      // load balancer answers nothing until engine.io's ping timeout, ~45 s). Closing the
+      // transport makes Socket.IO reconnect at once, maybe to another node, and resume.
+      if (this.connected) this.socket.io.engine?.close();
+      throw err;
+    });
   }
 
   /** Resolves once connected; rejects after `timeoutMs` or when `signal` aborts. */
@@ -114,7 +120,8 @@ export class CamingestClient extends EventTarget {
   /**
    * Start recording `stream` into a new session. Options: mimeType (first supported WebM codec
    * by default), timesliceMs (250), keyframeIntervalMs (Chrome), meta (stored with the session),
-   * maxChunks / maxBytes (kept unacknowledged at most, then recording fails with SendQueueFull).
+   * maxChunks / maxBytes (kept unacknowledged, or acknowledged but not yet durable, at most; past it the
+   * oldest durable-pending ones are let go, and unacknowledged ones beyond it fail the recording with SendQueueFull).
    */
   async record(stream, options = {}) {
     const recording = new Recording(this, stream, options);

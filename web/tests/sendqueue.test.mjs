@@ -114,3 +114,62 @@ test("a conflict is fatal and reported", async () => {
   sender.push(chunk(0), 0);
   await assert.rejects(sender.drained(2000), /conflict/);
 });
+
+/** A cluster's node: what it acknowledges reaches object storage (durable_seq) later. */
+class DurableModelServer extends ModelServer {
+  constructor() {
+    super();
+    this.durable = -1; // what survives losing the node
+  }
+  async emit(event, p) {
+    const ack = await super.emit(event, p);
+    if (ack && ack.ok && event !== "stop") ack.durable_seq = this.durable;
+    if (ack && ack.ok && event === "stop") ack.session.durable_seq = this.stored.length - 1;
+    return ack;
+  }
+  loseNode() { // a node lost with its disk: its successor has what was durable
+    this.stored = this.stored.slice(0, this.durable + 1);
+  }
+}
+
+test("chunks are kept until durable_seq covers them and resent when the node was lost", async () => {
+  const server = new DurableModelServer();
+  const sender = new ChunkSender({ emit: (e, p) => server.emit(e, p) });
+  await sender.open("video/webm");
+  const sent = Array.from({ length: 20 }, (_, i) => chunk(i));
+  sent.slice(0, 12).forEach((c) => sender.push(c, 0));
+  await sender.drained(5000);
+  assert.equal(sender.pending, 0);
+  assert.equal(sender.unreplicated, 12); // acknowledged, none durable yet
+  server.durable = 4; // segment 0-4 uploaded; the next ack says so
+  sent.slice(12, 13).forEach((c) => sender.push(c, 0));
+  await sender.drained(5000);
+  assert.equal(sender.durableSeq, 4);
+  assert.equal(sender.unreplicated, 8); // 5..12
+  server.online = false;
+  sender.disconnected();
+  server.loseNode();
+  server.online = true;
+  await sender.resume(); // next_seq 5 on the new node: 5..12 resent from memory
+  sent.slice(13).forEach((c) => sender.push(c, 0));
+  await sender.drained(10000);
+  assert.deepEqual(server.stored, sent);
+  assert.equal(sender.ackedChunks, 20); // each counted once, resent or not
+  assert.equal(sender.bytesSent, 200);
+  assert.deepEqual(await sender.close(), { chunks: 20, durable_seq: 19 });
+  assert.equal(sender.unreplicated, 0);
+});
+
+test("durable_seq lagging never blocks recording: the oldest acknowledged chunks are let go", async () => {
+  const server = new DurableModelServer();
+  const sender = new ChunkSender({ emit: (e, p) => server.emit(e, p), maxChunks: 5 });
+  await sender.open("video/webm");
+  for (let i = 0; i < 12; i++) {
+    sender.push(chunk(i), 0);
+    await sender.drained(5000);
+  }
+  assert.equal(sender.pending, 0);
+  assert.equal(sender.unreplicated, 5);
+  assert.equal(sender.unreplicatedDropped, 7);
+  assert.equal(server.stored.length, 12);
+});
