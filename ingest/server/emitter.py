@@ -36,13 +36,20 @@ class Emitter:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="emitter")
 
     async def _run(self) -> None:
+        failing = 0  # events lost since the transport failed (said once, then summed up)
         while True:
             event, data, room = await self._queue.get()
             try:
                 await self.sio.emit(event, data, room=room)
-            except Exception:  # a transport failure: this event is lost, the next ones go on
+            except Exception as exc:  # a transport failure: this event is lost, the next ones go on
                 self.dropped.inc()
-                log.warning("could not send %s to the pages of %s", event, room, exc_info=True)
+                if not failing:
+                    log.warning("events to the pages are lost while their transport fails (%s)", exc)
+                failing += 1
+                continue
+            if failing:
+                log.info("events to the pages go out again; %d were lost meanwhile", failing)
+                failing = 0
 
     def waiting(self) -> int:
         return self._queue.qsize()

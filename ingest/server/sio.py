@@ -69,10 +69,10 @@ def redis_options() -> dict[str, Any]:
 
 
 class CountingRedisManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager, counting what it could not publish (it only logs it):
-    a Redis down drops emits to other nodes' clients, and the operator should see how many."""
+    """python-socketio's Redis manager, whose publish failures are raised instead of only logged
+    (python-socketio retries once, then logs and drops): the server's Emitter counts each event
+    lost so (``camingest_emits_dropped_total``) and says once per outage what happened."""
 
-    failed = 0
     connected: bool
 
     async def _publish(self, data: Any) -> Any:
@@ -80,10 +80,9 @@ class CountingRedisManager(socketio.AsyncRedisManager):
             if not self.connected:
                 self._redis_connect()
             return await self.redis.publish(self.channel, self.json.dumps(data))
-        except Exception:
+        except Exception as exc:
             self.connected = False
-            CountingRedisManager.failed += 1
-            return None
+            raise ConnectionError(f"Redis: {exc}") from None
 
 
 def make_socketio(settings: Settings) -> socketio.AsyncServer:
