@@ -44,6 +44,16 @@ class Client(CamingestClient):
         return await self.call("stop", {"session_id": session["session_id"], "token": session["token"]})
 
 
+def chunk_ack(ack: dict[str, Any], seq: int, durable_on_ack: bool = True) -> dict[str, Any]:
+    """The ack of chunk ``seq`` as PROTOCOL v1.2 has it. ``durable_seq`` equals ``seq`` when the store
+    of record is the server's disk (``durable_on_ack``); on object storage it may trail, never lead.
+    Returns the ack expected, so that ``assert ack == chunk_ack(ack, ...)`` shows every field."""
+    durable = ack.get("durable_seq")
+    if not durable_on_ack and isinstance(durable, int) and -1 <= durable <= seq:
+        return {"ok": True, "seq": seq, "next_seq": seq + 1, "durable_seq": durable}
+    return {"ok": True, "seq": seq, "next_seq": seq + 1, "durable_seq": seq}
+
+
 async def http_get(url: str) -> tuple[int, bytes, str]:
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         return response.status, await response.read(), response.headers.get("Content-Type", "")

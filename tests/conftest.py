@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -94,6 +95,10 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.log = data.parent / f"{data.name}-server.log"
+        # The store of record is this machine's disk unless --store names object storage: then an
+        # ack's durable_seq may trail its seq until the segment is uploaded (PROTOCOL v1.2).
+        self.durable_on_ack = not any(flag == "--store" and value.startswith("s3://")
+                                      for flag, value in itertools.pairwise(extra))  # fmt: skip
 
     def start(self) -> ServerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
@@ -160,12 +165,39 @@ def server_loop_never_blocked() -> Iterator[None]:
     fail_on_blocking_calls()
 
 
+BACKENDS = ("embedded", "engines")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``backends`` run twice: on the embedded store (a data folder + SQLite) and on
+    the real engines (the index in PostgreSQL 15, the sessions in SeaweedFS over S3)."""
+    if metafunc.definition.get_closest_marker("backends") and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator:
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where the servers of this test keep sessions: "embedded" unless the test is marked ``backends``."""
+    return getattr(request, "param", "embedded")
+
+
+@pytest.fixture
+def backend_args(backend: str, request: pytest.FixtureRequest) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The command-line flags and environment a server (or a CLI command) needs for ``backend``."""
+    if backend == "embedded":
+        return (), {}
+    postgres, s3 = request.getfixturevalue("postgres"), request.getfixturevalue("s3")
+    return ("--index", postgres.dsn, "--store", s3.store_url, "--s3-endpoint", s3.endpoint), dict(s3.env)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path, backend_args: tuple[tuple[str, ...], dict[str, str]]) -> Iterator:
     started: list[ServerProcess] = []
+    flags, backend_env = backend_args
 
     def start(*extra: str, data: Path | None = None, env: dict[str, str] | None = None, port: int = 0) -> ServerProcess:
-        server = ServerProcess(data or tmp_path / "data", *extra, env=env, port=port).start()
+        server = ServerProcess(data or tmp_path / "data", *flags, *extra, env={**backend_env, **(env or {})},
+                               port=port).start()  # fmt: skip
         started.append(server)
         return server
 

@@ -26,9 +26,11 @@ from tests.conftest import ROOT, ffprobe_frames, load_recording
 NO_SKIP = {"CAMINGEST_LIVE_QUEUE_UNITS": "100000"}
 
 
-def cli(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingest.cli", *args, "--data", str(data)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+def cli(*args: str, data: Path, backend: tuple[tuple[str, ...], dict[str, str]] = ((), {})) -> subprocess.CompletedProcess[str]:
+    """``camingest ARGS --data DATA`` with the test's backend flags (conftest ``backend_args``)."""
+    flags, env = backend
+    return subprocess.run([sys.executable, "-m", "ingest.cli", *args, "--data", str(data), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, **env})  # fmt: skip
 
 
 def record_live(server, recording) -> str:
@@ -51,7 +53,10 @@ def read_landmarks(path: Path) -> list[dict]:
 @pytest.mark.parametrize(
     "name", ["webcam_vp8_opus_250ms", "webcam_vp8_kf1s_250ms", "webcam_h264_250ms", "scene_vp8_opus_250ms"]
 )
-def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, name):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, name, backend, backend_args):
+    if backend == "engines" and name != "webcam_vp8_kf1s_250ms":
+        pytest.skip("one recording is enough on the engines: the others add no route")
     recording = load_recording(name)
     data = tmp_path / "data"
     server = server_factory(data=data, env=NO_SKIP)
@@ -60,7 +65,7 @@ def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, 
     landmarks = data / "sessions" / session_id / "landmarks.jsonl"
     live = read_landmarks(landmarks)
 
-    result = cli("reprocess", session_id, "--workers", "2", data=data)
+    result = cli("reprocess", session_id, "--workers", "2", data=data, backend=backend_args)
     assert result.returncode == 0, result.stderr
     assert f"{recording.expected['video_frames']} frames" in result.stdout
     batch = read_landmarks(landmarks)
@@ -72,7 +77,7 @@ def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, 
     assert meta["mode"] == "batch" and meta["workers"] == 2 and meta["detect_every"] == 30
     assert meta["engine"] == "numba" and meta["sweep_every"] == 300 and meta["upsample"] == 1
     # running it twice does no harm
-    assert cli("reprocess", "--all", "--workers", "2", data=data).returncode == 0
+    assert cli("reprocess", "--all", "--workers", "2", data=data, backend=backend_args).returncode == 0
     assert read_landmarks(landmarks) == batch
 
 
@@ -129,7 +134,8 @@ def cues_and_duration(data: bytes) -> tuple[bool, bool]:
     return found_cues, found_duration
 
 
-def test_finalized_recording_is_seekable(server_factory, tmp_path):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_finalized_recording_is_seekable(server_factory, tmp_path, backend):
     recording = load_recording("webcam_vp8_opus_250ms")
     server = server_factory(env=NO_SKIP)
     session_id = record_live(server, recording)
@@ -155,7 +161,8 @@ def test_finalized_recording_is_seekable(server_factory, tmp_path):
         assert 2.0 < float(frame.pts * video.time_base) <= 4.1  # the keyframe at or before 4 s
 
 
-def test_export_draws_overlay_only_near_landmarks(server_factory, tmp_path):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_export_draws_overlay_only_near_landmarks(server_factory, tmp_path, backend_args):
     recording = load_recording("webcam_vp8_kf1s_250ms")
     data = tmp_path / "data"
     server = server_factory(data=data, env=NO_SKIP)
@@ -164,7 +171,7 @@ def test_export_draws_overlay_only_near_landmarks(server_factory, tmp_path):
     outputs = {}
     for overlay, suffix in (("landmarks", ".mp4"), ("none", ".mp4"), ("lips", ".webm")):
         out = tmp_path / f"{overlay}{suffix}"
-        result = cli("export", session_id, "--out", str(out), "--overlay", overlay, data=data)
+        result = cli("export", session_id, "--out", str(out), "--overlay", overlay, data=data, backend=backend_args)
         assert result.returncode == 0, result.stderr
         assert ffprobe_frames(out) == recording.expected["video_frames"]
         outputs[overlay] = out
@@ -182,9 +189,9 @@ def test_export_draws_overlay_only_near_landmarks(server_factory, tmp_path):
             near[max(y0, 0) : y1, max(x0, 0) : x1] = True
             assert diff[near].max() > 60, f"frame {index}: no overlay drawn near the landmarks"
             assert np.percentile(diff[~near], 99) < 12, f"frame {index}: pixels changed away from the face"
-    bad = cli("export", session_id, "--out", str(tmp_path / "x.avi"), data=data)
+    bad = cli("export", session_id, "--out", str(tmp_path / "x.avi"), data=data, backend=backend_args)
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and ".mp4 or .webm" in bad.stderr
-    unknown = cli("export", "20990101-000000-deadbeef", "--out", str(tmp_path / "x.mp4"), data=data)
+    unknown = cli("export", "20990101-000000-deadbeef", "--out", str(tmp_path / "x.mp4"), data=data, backend=backend_args)
     assert unknown.returncode == 1 and "unknown session" in unknown.stderr
 
 

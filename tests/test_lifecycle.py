@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.client import Client, http_json, record, run, wait_for_summary
 from tests.conftest import ROOT, load_recording
 
@@ -18,9 +20,14 @@ CHUNKS = RECORDING.chunks  # 23 blobs, 179 frames
 FRAMES = RECORDING.expected["video_frames"]
 
 
-def cli(*args: str, data) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingest.cli", *args, "--data", str(data)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+pytestmark = pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+
+
+def cli(*args: str, data, backend: tuple[tuple[str, ...], dict[str, str]] = ((), {})) -> subprocess.CompletedProcess[str]:
+    """``camingest ARGS --data DATA`` with the test's backend flags (conftest ``backend_args``)."""
+    flags, env = backend
+    return subprocess.run([sys.executable, "-m", "ingest.cli", *args, "--data", str(data), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, **env})  # fmt: skip
 
 
 def ended(url: str, session_id: str, ended_by: str):
@@ -132,19 +139,19 @@ def test_kill_right_after_stop_is_finished_after_restart(server_factory, tmp_pat
     assert [json.loads(line)["index"] for line in lines] == list(range(FRAMES))
 
 
-def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path):
+def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path, backend_args):
     data = tmp_path / "data"
     server = server_factory("--no-analysis", data=data)
 
     session_id = run(record(server.url, RECORDING, pace=0, last=12, stop=False))["session_id"]
-    refused = cli("close", session_id, data=data)  # not while a server owns the folder
+    refused = cli("close", session_id, data=data, backend=backend_args)  # not while a server owns the folder
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (  # the lock names its holder (issue 18)
         f"camingest close: a camingest server (camingest serve, pid {server.proc.pid}, {server.url}/) is running on "
         f"{data}; it ends sessions whose client is gone after session_idle_s (120 s) itself, or stop it first"
     )
     server.stop()
-    closed = cli("close", session_id, "--workers", "2", data=data)
+    closed = cli("close", session_id, "--workers", "2", data=data, backend=backend_args)
     assert closed.returncode == 0, closed.stderr
     server = server_factory("--no-analysis", data=data)
     _, summary = run(http_json(f"{server.url}/api/sessions/{session_id}"))
@@ -152,7 +159,7 @@ def test_camingest_close_ends_a_session_left_recording(server_factory, tmp_path)
     assert summary["analysed_frames"] == summary["frames"] > 0
     assert closed.stdout.strip().startswith(f"{session_id}: closed; {summary['frames']} frames")
     server.stop()
-    again = cli("close", session_id, data=data)
+    again = cli("close", session_id, data=data, backend=backend_args)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1] == f"camingest close: session {session_id} is not recording (it is stopped)"
 

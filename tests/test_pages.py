@@ -17,7 +17,8 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 
 
-def test_record_snapshot_stop(server_factory, browser, tmp_path):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_record_snapshot_stop(server_factory, browser, tmp_path, backend):
     server = server_factory()
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -67,7 +68,8 @@ def test_record_snapshot_stop(server_factory, browser, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "sessions.png"))
 
 
-def test_sessions_page_deletes_a_session(server_factory, browser):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_sessions_page_deletes_a_session(server_factory, browser, backend):
     server = server_factory()
     recording = load_recording("webcam_vp8_kf1s_250ms")
 
@@ -237,7 +239,8 @@ def test_sessions_page_on_a_phone(server_factory, browser, clip):
     wait_until(page, "() => document.getElementById('message').textContent.startsWith('The server cannot be reached')")
 
 
-def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path):
+@pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
+def test_sessions_page_exports_with_an_overlay(server_factory, browser, tmp_path, backend):
     """Export from the page: overlay and format chosen, progress shown, the file downloaded with
     the session id in its name, and it decodes to the recording's frames. The route's refusals
     are the contract's codes with messages that name the bad value."""

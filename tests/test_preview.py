@@ -7,9 +7,12 @@ import asyncio
 import aiohttp
 import cv2
 import numpy as np
+import pytest
 
 from tests.client import Client, http_json, record, run, wait_for_summary
 from tests.conftest import load_recording
+
+pytestmark = pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
 
 
 async def read_parts(url: str, count: int) -> tuple[str, list[bytes]]:

@@ -6,18 +6,21 @@ import asyncio
 import io
 
 import av
+import pytest
 
 from ingest.media.decode import UnitDecoder
-from tests.client import Client, http_get, http_json, run
-from tests.conftest import load_recording
+from tests.client import Client, chunk_ack, http_get, http_json, run
+from tests.conftest import ServerProcess, load_recording
+
+pytestmark = pytest.mark.backends  # also on PostgreSQL + SeaweedFS (README, "Testing")
 
 
-async def replay(url: str, chunks: list[bytes], mime: str = "video/webm;codecs=vp8") -> dict:
-    async with Client(url) as client:
+async def replay(server: ServerProcess, chunks: list[bytes], mime: str = "video/webm;codecs=vp8") -> dict:
+    async with Client(server.url) as client:
         session = await client.start(mime)
         for seq, data in enumerate(chunks):
             ack = await client.chunk(session, seq, data, t_ms=seq * 250.0)
-            assert ack == {"ok": True, "seq": seq, "next_seq": seq + 1, "durable_seq": seq}  # durable: one disk
+            assert ack == chunk_ack(ack, seq, server.durable_on_ack)
         stopped = await client.stop(session)
         assert stopped["ok"], stopped
         return {**session, "summary": stopped["session"]}
@@ -30,7 +33,7 @@ def count_frames(webm: bytes) -> int:
 
 def test_replay_stores_every_byte_and_units_decode(ingest_server, recording):
     async def scenario() -> None:
-        session = await replay(ingest_server.url, recording.chunks, recording.meta["mime"])
+        session = await replay(ingest_server, recording.chunks, recording.meta["mime"])
         base = f"{ingest_server.url}/api/sessions/{session['session_id']}"
         status, raw, ctype = await http_get(base + "/raw.webm")
         assert status == 200 and ctype == "video/webm"
@@ -66,7 +69,8 @@ def test_chunk_rules(ingest_server):
             assert session["next_seq"] == 0 and len(session["token"]) >= 24
             assert (await client.chunk(session, 0, chunks[0]))["ok"]
             # duplicate with the same bytes: ok, stored once
-            assert await client.chunk(session, 0, chunks[0]) == {"ok": True, "seq": 0, "next_seq": 1, "durable_seq": 0}
+            again = await client.chunk(session, 0, chunks[0])
+            assert again == chunk_ack(again, 0, ingest_server.durable_on_ack)
             # same seq, other bytes: conflict
             ack = await client.chunk(session, 0, chunks[1])
             assert ack["ok"] is False and ack["error"]["code"] == "conflict"
@@ -153,7 +157,7 @@ def test_truncated_stream_keeps_what_was_complete(ingest_server):
 
     async def scenario() -> None:
         pieces = [stream[i : i + 30_000] for i in range(0, len(stream), 30_000)]
-        session = await replay(ingest_server.url, pieces)
+        session = await replay(ingest_server, pieces)
         summary = session["summary"]
         assert summary["state"] == "stopped" and summary["bytes"] == len(stream)
         assert 0 < summary["frames"] < recording.expected["video_frames"]
@@ -193,7 +197,7 @@ def test_concurrent_sessions_do_not_mix(ingest_server):
     recordings = [load_recording(n) for n in names]
 
     async def scenario() -> None:
-        sessions = await asyncio.gather(*(replay(ingest_server.url, r.chunks, r.meta["mime"]) for r in recordings))
+        sessions = await asyncio.gather(*(replay(ingest_server, r.chunks, r.meta["mime"]) for r in recordings))
         for recording, session in zip(recordings, sessions, strict=True):
             _, raw, _ = await http_get(f"{ingest_server.url}/api/sessions/{session['session_id']}/raw.webm")
             assert raw == recording.stream
