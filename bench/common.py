@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import re
@@ -33,10 +34,13 @@ def machine_notes() -> str:
     )
 
 
-def start_server(data: Path, *extra: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    data: Path, *extra: str, env: dict[str, str] | None = None, root: Path = ROOT
+) -> tuple[subprocess.Popen[str], str]:
+    """``camingest serve`` of the checkout at ``root`` (another one: before/after in one run)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest.cli", "serve", "--port", "0", "--data", str(data), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=root, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -124,4 +128,4 @@ def blobs_of(path: Path) -> tuple[list[bytes], list[int]]:
             k += 1
     cuts.append(len(data))
     due.append(k * BLOB_MS)
-    return [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False)], due
+    return [data[a:b] for a, b in itertools.pairwise(cuts)], due

@@ -26,6 +26,8 @@ is printed beside the wall time.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -37,6 +39,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -103,12 +106,16 @@ class Profile:
         fn = getattr(owner, name, None)
         if fn is None:
             return  # that code has no such step
-        self._patched.append((owner, name, vars(owner)[name]))
+        own = vars(owner)
+        self._patched.append((owner, name, own.get(name, None)))
         setattr(owner, name, (self.wrap_generator if generator else self.wrap)(label, fn))
 
     def restore(self) -> None:
         for owner, name, original in reversed(self._patched):
-            setattr(owner, name, original)
+            if original is None:  # was the class's: the instance's wrapper goes
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
         self._patched.clear()
 
     def timed(self, label: str) -> Any:
@@ -170,21 +177,38 @@ def live(profile: Profile, blobs: list[bytes], data: Path, identify: bool) -> in
 
     from ingest.analysis.tracker import TrackerSettings
     from ingest.live.messages import AnalyseUnit, Flush
+    from ingest.live.pipeline import LivePipeline
     from ingest.live.worker import Worker
     from ingest.media.webm import WebMReader, build_unit
+    from ingest.metrics import Metrics
     from storage.store import SessionStore
 
+    profile.enter("set-up: store, worker, event loop (once)")
     store = SessionStore(data)
     store.open(recover=False)
     row, _ = store.create("video/webm;codecs=vp8", {})
     session_id = row["id"]
+    loop = asyncio.new_event_loop()
+    profile.patch(store, "append_landmarks", "server: append landmarks + index counters")
+
+    async def emit(event: str, data: dict[str, Any], room: str) -> None:
+        """What sio.emit encodes (python-socketio's and engine.io's packets), once per event."""
+        with profile.timed("server: Socket.IO packet encode (emit)"):
+            message = socketio.packet.Packet(socketio.packet.EVENT, data=[event, data], namespace="/").encode()
+            engineio.packet.Packet(engineio.packet.MESSAGE, data=message).encode()
+
+    # the server's delivery of a reply (LivePipeline._deliver) run as it is, on a stand-in for
+    # the pipeline holding what it uses: the store, the metrics, the emit
+    server = SimpleNamespace(store=store, metrics=Metrics(), emit=emit, _dispatch=lambda pipe: None)
+    pipe = SimpleNamespace(session_id=session_id, skipped=0, acked_at={}, in_flight=True)
+    deliver = LivePipeline._deliver
     settings = TrackerSettings(identify=identify)
     worker = Worker(settings, 1)
     worker_end, server_end = multiprocessing.Pipe()
     reader = WebMReader()
     frames = 0
-    deliver = getattr(store, "append_landmarks", None)
     requests: list[Any] = []
+    profile.exit()
     for seq, blob in enumerate(blobs):
         unit = reader.feed(blob)
         if len(unit):
@@ -201,15 +225,12 @@ def live(profile: Profile, blobs: list[bytes], data: Path, identify: bool) -> in
         with profile.timed("pipe: reply (pickle, send, receive, unpickle)"):
             worker_end.send(reply)
             reply = server_end.recv()
-        payload = reply.frames
-        frames += len(payload)
-        with profile.timed("server: append landmarks + index counters"):
-            deliver(session_id, payload)
-        with profile.timed("server: Socket.IO packet encode (emit)"):
-            message = socketio.packet.Packet(socketio.packet.EVENT, data=["landmarks", {"session_id": session_id,
-                                             "frames": payload}], namespace="/").encode()  # fmt: skip
-            engineio.packet.Packet(engineio.packet.MESSAGE, data=message).encode()
-    store.close()
+        frames += len(reply.frames)
+        with profile.timed("server: deliver (the pipeline's own code)"):
+            loop.run_until_complete(deliver(server, pipe, dataclasses.replace(reply, seq=max(reply.seq, 0))))
+    with profile.timed("set-up: store, worker, event loop (once)"):
+        loop.close()
+        store.close()
     return frames
 
 
