@@ -1,6 +1,7 @@
 """Batch jobs: a stored stream cut into frame ranges that workers landmark on their own.
 
-The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Frames are the ones a
+The stream is cut into jobs of frame ranges that start on sweeps (the session's own, see
+``TrackerSettings.sweep_frames``). Frames are the ones a
 decoder shows (counted from each block's frame headers by the reader: a hidden VP9 frame shows
 none, a laced block several). Each job names only the compressed blocks from the keyframe
 before its range to the block of its last frame (H.264: 16 blocks further, as a decoder may
@@ -99,8 +100,8 @@ def plan_jobs(
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     extra = H264_MAX_REORDER if codec == "h264" else 0
     jobs = []
-    for start in range(0, total, step):
-        end = min(start + step, total)
+    starts = settings.sweep_frames(total, step) if total else []
+    for start, end in zip(starts, [*starts[1:], total], strict=True):
         first = bisect.bisect_right(before, start) - 1  # the block showing frame `start`
         while first > 0 and before[first - 1] == before[first]:
             first -= 1  # hidden frames just before it (their block shows nothing) belong to it
@@ -161,10 +162,11 @@ def landmark_runs(job: Job, runs: Runs, progress: Progress | None = None) -> lis
 def session_jobs(
     store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None
 ) -> list[Job]:
-    """The jobs of a stored session, identified against the gallery as it is now; ``progress``
-    hears the bytes of its stream read while planning."""
+    """The jobs of a stored session (its own sweep offset: the frames live analysis swept on),
+    identified against the gallery as it is now; ``progress`` hears the bytes of its stream
+    read while planning."""
     gallery = store.gallery.matrix() if settings.identify else None
-    return plan_jobs(store.stream_source(session_id), settings, gallery, progress=progress)
+    return plan_jobs(store.stream_source(session_id), settings.for_session(session_id), gallery, progress=progress)
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:

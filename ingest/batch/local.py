@@ -164,7 +164,8 @@ class Reprocessor:
         return {"workers": self.workers}
 
     def _finish(self, session_id: str, counts: LandmarkCounts) -> dict[str, Any]:
-        meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(), **self.settings.describe()}
+        meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(),
+                **self.settings.for_session(session_id).describe()}  # fmt: skip
         self.store.write_landmarks_meta(session_id, meta)
         self.store.reset_landmark_counts(session_id, counts)
         self.store.set_landmarks_error(session_id, None)  # complete now, whatever a fill said before

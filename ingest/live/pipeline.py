@@ -213,7 +213,7 @@ class LivePipeline:
         not decode: a chunk acked just before it was found must not decode it again)."""
         if self.store.get_row(session_id)["state"] == "failed":
             return None
-        self.store.start_landmarks_meta(session_id, {"mode": "live", **self.tracker_settings.describe()})
+        self.store.start_landmarks_meta(session_id, {"mode": "live", **self.tracker_settings.for_session(session_id).describe()})
         done = self.store.stored_landmark_frames(session_id)
         worker = min(self.workers, key=lambda w: w.sessions)
         pipe = SessionPipe(session_id, worker, {})
