@@ -171,7 +171,8 @@ def instrument(profile: Profile) -> None:
         profile.patch(module, "frame_record", "results: frame dicts")
     profile.patch(webm.WebMReader, "feed", "server: blob -> unit (reader)")
     profile.patch(landmarks, "frame_lines", "landmarks.jsonl: JSON encode")
-    profile.patch(landmarks, "encode_frames", "landmarks.jsonl: JSON encode")
+    if hasattr(landmarks, "EncodedFrames"):
+        profile.patch(landmarks.EncodedFrames, "encode", "landmarks.jsonl: JSON encode")
 
 
 def live(profile: Profile, blobs: list[bytes], data: Path, identify: bool) -> int:
@@ -240,8 +241,9 @@ def live(profile: Profile, blobs: list[bytes], data: Path, identify: bool) -> in
 
 
 def batch(profile: Profile, path: Path, data: Path) -> tuple[int, int]:
+    import ingest.batch.jobs as jobs_module
     from ingest.analysis.tracker import TrackerSettings
-    from ingest.batch.jobs import landmark_runs, plan_jobs, read_runs
+    from ingest.batch.jobs import plan_jobs, read_runs
     from storage.files import LocalStream
     from storage.landmarks import LandmarkRewrite
 
@@ -255,7 +257,8 @@ def batch(profile: Profile, path: Path, data: Path) -> tuple[int, int]:
             with profile.timed("batch: read the job's blocks"):
                 runs = read_runs(job)
             with profile.timed("batch: job loop (unit, set-up)"):
-                result = landmark_runs(job, runs)
+                # what a pool worker runs (later code encodes the results there)
+                result = getattr(jobs_module, "landmark_runs_encoded", jobs_module.landmark_runs)(job, runs)
             with profile.timed("pool: result pickle + unpickle"):
                 result = pickle.loads(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
             with profile.timed("batch: write results"):
