@@ -14,9 +14,9 @@ import pytest
 
 from ingest.analysis.detect import detect_faces
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
-from ingest.batch.jobs import landmark_runs, plan_jobs, read_runs
+from ingest.batch.jobs import landmark_runs, landmark_runs_encoded, plan_jobs, read_runs
 from storage.files import LocalStream
-from storage.landmarks import frame_result
+from storage.landmarks import LandmarkCounts, LandmarkRewrite, frame_lines, frame_result
 from tests.conftest import load_recording
 from tests.media import decoded_frames, match_faces
 
@@ -76,7 +76,9 @@ def test_a_sessions_sweep_offset_is_its_own_and_stable():
 
 def test_jobs_start_on_the_sessions_sweeps_and_equal_one_tracker(tmp_path):
     """Batch == live with a sweep offset: the jobs of a stream start on its sweeps (0, then
-    k x sweep_every + offset), and their results are those of one tracker fed every frame."""
+    k x sweep_every + offset), and their results are those of one tracker fed every frame;
+    encoded in the worker (what the local pool sends back), they are the live frames' lines,
+    and the file written from them is the one written from the frames."""
     recording = load_recording("webcam_vp8_kf1s_250ms")  # 179 frames, a keyframe every 30
     path = tmp_path / "stream.webm"
     path.write_bytes(b"".join(recording.chunks))
@@ -90,3 +92,17 @@ def test_jobs_start_on_the_sessions_sweeps_and_equal_one_tracker(tmp_path):
     assert len(batch) == len(live) == 179
     assert sum(bool(f["faces"]) for f in live) >= 170
     assert batch == live
+    encoded = [landmark_runs_encoded(job, read_runs(job)) for job in jobs]
+    assert [(e.first, e.last) for e in encoded] == [(0, 46), (47, 106), (107, 166), (167, 178)]
+    assert b"".join(e.lines for e in encoded) == frame_lines(live).encode()
+    assert sum(e.counts.with_faces for e in encoded) == LandmarkCounts.of(live).with_faces
+    files = {}
+    for name, results in (("frames", [live[j.start : j.end] for j in jobs]), ("encoded", encoded)):
+        target = tmp_path / f"{name}.jsonl"
+        target.write_bytes(frame_lines([frame_result(i, 0.0, None) for i in range(179)]).encode())  # all skipped
+        with LandmarkRewrite(target) as rewrite:
+            for result in results:
+                rewrite.write(result)
+            files[name] = (rewrite.commit(), target.read_bytes())
+    assert files["encoded"] == files["frames"]
+    assert files["encoded"][0] == LandmarkCounts.of(live)
