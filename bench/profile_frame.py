@@ -302,6 +302,8 @@ def main() -> None:
     path = common.long_recording(args.seconds)
     blobs, _ = common.blobs_of(path)
     sys.path.insert(0, str(args.code.resolve()))
+    if args.json:
+        args.json = args.json.resolve()  # where it was asked for, not inside --code
     os.chdir(args.code)
     import cv2
 

@@ -294,8 +294,11 @@ def plot(source: Path, out: Path) -> None:
 
     runs = [json.loads(line) for line in source.read_text().splitlines() if line.startswith('{"what": "live"')]
     fig, (hist, over) = plt.subplots(1, 2, figsize=(12, 4.4))
+    seen: dict[str, int] = {}
     for run in runs:
         label = f"{run['sessions']} sessions, {run.get('label') or run['commit']}"
+        seen[label] = seen.get(label, 0) + 1
+        label += f", run {seen[label]} (load {run['load_before']})"
         lags = np.array(run["lags"]) / 1000
         if not len(lags):
             continue
