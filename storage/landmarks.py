@@ -64,6 +64,32 @@ def frame_lines(frames: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(frame, separators=(",", ":")) + "\n" for frame in frames)
 
 
+@dataclass(frozen=True)
+class EncodedFrames:
+    """Consecutive frames' results already encoded as their landmarks.jsonl lines: what a batch
+    worker sends back, so that the process writing the file neither unpickles nested lists
+    nor encodes them again (and the worker holds bytes, not a job's worth of lists)."""
+
+    first: int  # index of the first frame (none: count 0)
+    last: int
+    lines: bytes
+    counts: LandmarkCounts
+
+    @classmethod
+    def encode(cls, frames: Iterable[dict[str, Any]]) -> EncodedFrames:
+        """Encodes each frame as it comes (a generator is consumed frame by frame)."""
+        lines: list[str] = []
+        counts = LandmarkCounts()
+        first = last = -1
+        for frame in frames:
+            if first < 0:
+                first = frame["index"]
+            last = frame["index"]
+            counts.add((frame,))
+            lines.append(json.dumps(frame, separators=(",", ":")) + "\n")
+        return cls(first, last, "".join(lines).encode(), counts)
+
+
 def append_frames(path: Path, frames: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(frame_lines(frames))
@@ -183,7 +209,16 @@ class LandmarkRewrite:
                 self.counts.add_line(self._ahead[1])
             self._ahead = next(self._old, None)
 
-    def write(self, frames: list[dict[str, Any]]) -> None:
+    def write(self, frames: list[dict[str, Any]] | EncodedFrames) -> None:
+        if isinstance(frames, EncodedFrames):
+            if frames.counts.frames:
+                self._advance(frames.first, keep=True)
+                self._advance(frames.last + 1, keep=False)
+                self._out.write(frames.lines)
+                self.counts.frames += frames.counts.frames
+                self.counts.with_faces += frames.counts.with_faces
+                self.counts.skipped += frames.counts.skipped
+            return
         if not frames:
             return
         self._advance(frames[0]["index"], keep=True)

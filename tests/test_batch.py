@@ -19,6 +19,7 @@ import av
 import numpy as np
 import pytest
 
+from ingest.analysis.tracker import TrackerSettings
 from ingest.media.webm import _read_header
 from tests.client import http_get, record, run, wait_for_summary
 from tests.conftest import ROOT, ffprobe_frames, load_recording
@@ -76,6 +77,8 @@ def test_reprocess_equals_live_and_covers_every_frame(server_factory, tmp_path, 
     meta = json.loads((data / "sessions" / session_id / "landmarks.meta.json").read_text())
     assert meta["mode"] == "batch" and meta["workers"] == 2 and meta["detect_every"] == 30
     assert meta["engine"] == "numba" and meta["sweep_every"] == 300 and meta["upsample"] == 1
+    # the session's own sweeps, the ones live analysis used (its meta said so before)
+    assert meta["sweep_offset"] == TrackerSettings().for_session(session_id).sweep_offset
     # running it twice does no harm
     assert cli("reprocess", "--all", "--workers", "2", data=data, backend=backend_args).returncode == 0
     assert read_landmarks(landmarks) == batch

@@ -7,7 +7,9 @@ dear: dlib's HOG detector at upsample 1, which finds faces from ~40 px, costs 50
 - a **sweep** (full detection at ``upsample``, default 1) on the first frame, every
   ``sweep_every`` frames and after a scene cut: it finds faces of every size and replaces all
   tracks. Sweeps are the tracker's reset points: its state after a sweep depends on nothing
-  before it, which is what lets batch jobs (one per sweep period) reproduce live results exactly;
+  before it, which is what lets batch jobs (one per sweep period) reproduce live results exactly.
+  A session's periodic sweeps are shifted by its own ``sweep_offset`` (``for_session``: a
+  function of its id), so that sessions started together do not all sweep on the same frame;
 - a **refresh** every ``detect_every`` frames: HOG on the half-size frame (~5-8 ms) finds new
   faces from ~160 px, and each tracked face it did not re-find is looked for in a crop around it,
   scaled so the face is ~100 px wide (~1 ms), so small faces are re-anchored without a full-frame
@@ -20,8 +22,9 @@ dear: dlib's HOG detector at upsample 1, which finds faces from ~40 px, costs 50
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -38,6 +41,9 @@ class TrackerSettings:
     detect_every: int = 30  # frames between refreshes (half-size detection for new faces)
     anchor_every: int = 5  # frames between re-anchoring faces under 160 px on a detection in a crop around them
     sweep_every: int = 300  # frames between sweeps (full detection at `upsample`); a multiple of detect_every
+    # periodic sweeps fall on frames k x sweep_every + sweep_offset (k >= 1), the first one on
+    # frame 0: a session's own offset (for_session), in [-sweep_every / 2, sweep_every / 2)
+    sweep_offset: int = 0
     upsample: int = 1  # HOG upsampling of sweeps: 1 finds faces from ~40 px, 0 from ~80 px (4x cheaper)
     scene_cut: float = 18.0  # mean absolute difference (0-255) of 64x48 thumbnails that counts as a cut
     # (measured on the scene fixture: its cuts score 23-26, fast motion at most 12)
@@ -62,6 +68,27 @@ class TrackerSettings:
             raise ValueError(
                 f"sweep_every ({self.sweep_every}) must be a positive multiple of detect_every ({self.detect_every})"
             )
+        if not -(self.sweep_every // 2) <= self.sweep_offset < self.sweep_every - self.sweep_every // 2:
+            raise ValueError(f"sweep_offset ({self.sweep_offset}) must be within half of sweep_every ({self.sweep_every})")
+
+    def for_session(self, session_id: str) -> TrackerSettings:
+        """These settings with the session's own sweep offset: a stable function of its id, so
+        that its live analysis, its fills and its reprocessing sweep on the same frames, and
+        sessions started together sweep on different ones (20 sessions' sweeps at once are
+        ~1.5 s of a core, which no real-time lag survives)."""
+        offset = zlib.crc32(session_id.encode()) % self.sweep_every - self.sweep_every // 2
+        return replace(self, sweep_offset=offset)
+
+    def sweeps_on(self, position: int) -> bool:
+        """Whether frame ``position`` of a stream is a sweep (the tracker's reset point)."""
+        since = position - self.sweep_offset
+        return position == 0 or (since >= self.sweep_every and since % self.sweep_every == 0)
+
+    def sweep_frames(self, total: int, step: int) -> list[int]:
+        """Where a stream of ``total`` frames is cut into jobs of about ``step`` frames (a multiple
+        of sweep_every), each starting on a sweep: 0, then every ``step`` frames from the first
+        periodic sweep."""
+        return [0, *range(self.sweep_every + self.sweep_offset, total, step)]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrackerSettings:
@@ -87,6 +114,7 @@ class TrackerSettings:
             "detect_every": self.detect_every,
             "anchor_every": self.anchor_every,
             "sweep_every": self.sweep_every,
+            "sweep_offset": self.sweep_offset,
             "upsample": self.upsample,
             "scene_cut": self.scene_cut,
             "identify_every": self.identify_every,
@@ -227,7 +255,7 @@ class FaceTracker:
         self._frames += 1
         settings = self.settings
         cut = self._scene_cut(image)  # always: the next frame compares with this one
-        if cut or position % settings.sweep_every == 0:
+        if cut or settings.sweeps_on(position):
             self._sweep(image)
             return
         if self._tracks:

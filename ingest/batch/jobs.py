@@ -1,6 +1,7 @@
 """Batch jobs: a stored stream cut into frame ranges that workers landmark on their own.
 
-The stream is cut into jobs of ``sweep_every``-aligned frame ranges. Frames are the ones a
+The stream is cut into jobs of frame ranges that start on sweeps (the session's own, see
+``TrackerSettings.sweep_frames``). Frames are the ones a
 decoder shows (counted from each block's frame headers by the reader: a hidden VP9 frame shows
 none, a laced block several). Each job names only the compressed blocks from the keyframe
 before its range to the block of its last frame (H.264: 16 blocks further, as a decoder may
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,7 @@ from ingest.media.remux import remux, stored_stream
 from ingest.media.webm import WebMReader, build_unit
 from storage.files import LocalStream
 from storage.gallery import GalleryMatrix
-from storage.landmarks import frame_result
+from storage.landmarks import EncodedFrames, frame_result
 from storage.store import SessionStore
 
 READ_PIECE = 1024 * 1024
@@ -99,8 +100,8 @@ def plan_jobs(
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     extra = H264_MAX_REORDER if codec == "h264" else 0
     jobs = []
-    for start in range(0, total, step):
-        end = min(start + step, total)
+    starts = settings.sweep_frames(total, step) if total else []
+    for start, end in zip(starts, [*starts[1:], total], strict=True):
         first = bisect.bisect_right(before, start) - 1  # the block showing frame `start`
         while first > 0 and before[first - 1] == before[first]:
             first -= 1  # hidden frames just before it (their block shows nothing) belong to it
@@ -139,32 +140,43 @@ def landmark_runs(job: Job, runs: Runs, progress: Progress | None = None) -> lis
     """Decode ``runs`` (the job's blocks, from the keyframe before its range) with a fresh
     decoder and track frames [start, end) with a fresh tracker; no file is read here.
     ``progress`` hears the frames landmarked, every ``REPORT_EVERY``."""
+    return list(_landmarked(job, runs, progress))
+
+
+def landmark_runs_encoded(job: Job, runs: Runs, progress: Progress | None = None) -> EncodedFrames:
+    """``landmark_runs``'s frames as their landmarks.jsonl lines, each encoded as it is
+    landmarked: what goes back to the process that writes the file (bytes, not nested lists)."""
+    return EncodedFrames.encode(_landmarked(job, runs, progress))
+
+
+def _landmarked(job: Job, runs: Runs, progress: Progress | None) -> Iterator[dict[str, Any]]:
     decoder = UnitDecoder(first_index=job.first_index)
     tracker = FaceTracker(job.settings, gallery=FixedGallery(job.gallery) if job.gallery is not None else None)
-    out = []
+    done = 0
     # frames are consumed as they are decoded: a long run from a distant keyframe holds one
     for frame in itertools.chain(decoder.decode(build_unit(job.init, runs)), decoder.flush()):
         if job.start <= frame.index < job.end:
             faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb)
-            out.append(frame_result(frame.index, frame.pts_ms, faces))
-            if progress is not None and len(out) % REPORT_EVERY == 0:
+            yield frame_result(frame.index, frame.pts_ms, faces)
+            done += 1
+            if progress is not None and done % REPORT_EVERY == 0:
                 progress(REPORT_EVERY)
-    if len(out) != job.end - job.start:
+    if done != job.end - job.start:
         raise UndecodableError(
             f"the video does not decode as its frame headers say: frames {job.start}-{job.end - 1} "
-            f"gave {len(out)} of {job.end - job.start}",
-            min(decoder.index, job.start + len(out)),
+            f"gave {done} of {job.end - job.start}",
+            min(decoder.index, job.start + done),
         )
-    return out
 
 
 def session_jobs(
     store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None
 ) -> list[Job]:
-    """The jobs of a stored session, identified against the gallery as it is now; ``progress``
-    hears the bytes of its stream read while planning."""
+    """The jobs of a stored session (its own sweep offset: the frames live analysis swept on),
+    identified against the gallery as it is now; ``progress`` hears the bytes of its stream
+    read while planning."""
     gallery = store.gallery.matrix() if settings.identify else None
-    return plan_jobs(store.stream_source(session_id), settings, gallery, progress=progress)
+    return plan_jobs(store.stream_source(session_id), settings.for_session(session_id), gallery, progress=progress)
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:

@@ -14,9 +14,9 @@ from typing import Any
 
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
-from ingest.batch.jobs import Job, finalize_session, landmark_runs, read_runs, session_jobs
+from ingest.batch.jobs import Job, finalize_session, landmark_runs_encoded, read_runs, session_jobs
 from ingest.exceptions import IngestError, InvalidMediaError, SessionClosedError, UndecodableError
-from storage.landmarks import LandmarkCounts
+from storage.landmarks import EncodedFrames, LandmarkCounts
 from storage.store import SessionStore, utc_now
 
 # progress reports (job number, frames) waiting for the main process; beyond, they are dropped:
@@ -38,12 +38,13 @@ def _report(number: int, frames: int) -> None:
         _reports.put_nowait((number, frames))
 
 
-def _run_numbered(item: tuple[int, Job]) -> list[dict[str, Any]] | BaseException:
-    """In a pool worker: job ``number``'s frames, reported as they are landmarked; the job's own
-    error (its stream) as a value, so that only its session fails."""
+def _run_numbered(item: tuple[int, Job]) -> EncodedFrames | BaseException:
+    """In a pool worker: job ``number``'s frames (encoded here: the main process only writes
+    them), reported as they are landmarked; the job's own error (its stream) as a value, so
+    that only its session fails."""
     number, job = item
     try:
-        return landmark_runs(job, read_runs(job), lambda n: _report(number, n))
+        return landmark_runs_encoded(job, read_runs(job), lambda n: _report(number, n))
     except (IngestError, OSError) as exc:
         return exc
 
@@ -128,7 +129,7 @@ class Reprocessor:
             if close is not None:
                 close()
 
-    def _results(self, jobs: list[Job], partial: JobProgress) -> Iterator[list[dict[str, Any]] | BaseException]:
+    def _results(self, jobs: list[Job], partial: JobProgress) -> Iterator[list[dict[str, Any]] | EncodedFrames | BaseException]:
         """Each job's frames, in job order (an exception in place of a job whose input could not
         be read, where the executor can tell); ``partial`` hears frames of jobs under way.
         Local worker processes here, polled so that their reports are heard while waiting."""
@@ -164,7 +165,8 @@ class Reprocessor:
         return {"workers": self.workers}
 
     def _finish(self, session_id: str, counts: LandmarkCounts) -> dict[str, Any]:
-        meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(), **self.settings.describe()}
+        meta = {"mode": "batch", **self.describe(), "finished_at": utc_now(),
+                **self.settings.for_session(session_id).describe()}  # fmt: skip
         self.store.write_landmarks_meta(session_id, meta)
         self.store.reset_landmark_counts(session_id, counts)
         self.store.set_landmarks_error(session_id, None)  # complete now, whatever a fill said before

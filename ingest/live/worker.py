@@ -48,10 +48,13 @@ WORKER_NICENESS = 10
 class SessionAnalyser:
     """Decoder + tracker of one session."""
 
-    def __init__(self, worker: Worker, first_index: int = 0, skip_until: int = 0, wait_key: bool = False) -> None:
+    def __init__(
+        self, worker: Worker, session_id: str, first_index: int = 0, skip_until: int = 0, wait_key: bool = False
+    ) -> None:
         self.decoder = UnitDecoder(first_index, skip_until, wait_key)
         gallery = worker.gallery if worker.settings.identify else None
-        self.tracker = FaceTracker(worker.settings, gallery=gallery, budget=worker.budget)
+        # the session's own sweeps: those its fills and reprocessing also start their jobs on
+        self.tracker = FaceTracker(worker.settings.for_session(session_id), gallery=gallery, budget=worker.budget)
 
     def unit(self, unit: bytes, analyse: bool) -> list[dict[str, Any]]:
         return self._results(self.decoder.decode(unit), analyse)
@@ -88,7 +91,7 @@ class Worker:
             if isinstance(request, AnalyseUnit):
                 analyser = sessions.get(request.session_id)
                 if analyser is None:
-                    analyser = sessions[request.session_id] = SessionAnalyser(self, **request.decoder)
+                    analyser = sessions[request.session_id] = SessionAnalyser(self, request.session_id, **request.decoder)
                 return Frames(request.session_id, request.seq, analyser.unit(request.unit, request.analyse))
             if isinstance(request, Flush):
                 done = sessions.pop(request.session_id, None)
