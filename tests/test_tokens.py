@@ -247,6 +247,7 @@ def test_a_recording_outlives_its_token_and_a_revocation_cuts_the_next_request(s
         assert await call("GET", f"{server.url}/api/sessions", short) == (401, expired)
 
         status, minted = await call("POST", server.url + "/api/tokens", ADMIN, json={"role": "recorder", "sub": "r"})
+        assert status == 201
         revocable = minted["token"]
         async with Client(server.url, token=revocable) as client:
             session = await client.start(RECORDING.meta["mime"])
