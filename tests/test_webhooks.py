@@ -44,7 +44,7 @@ def test_deliveries_survive_500s_and_an_outage_once_each_in_order_signed(server_
         summary = await wait_for_summary(f"{url}/api/sessions/{sid}", lambda s: s["analysed_frames"] == s["frames"]
                                          and s["skipped_frames"] == 0 and "fill" not in s, "landmarks complete")  # fmt: skip
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/api/sessions/{sid}/exports", json={"overlay": "none", "format": "webm"}) as r:
+            async with http.post(f"{url}/api/sessions/{sid}/exports", json={"overlay": "none", "format": "mp4"}) as r:
                 assert r.status == 202
 
             async def export_done() -> bool:
@@ -75,7 +75,7 @@ def test_deliveries_survive_500s_and_an_outage_once_each_in_order_signed(server_
         analysed = by_event["session.analysed"]
         assert analysed["session"]["analysed_frames"] == summary["frames"] == RECORDING.expected["video_frames"]
         assert [p["name"] for p in analysed["people"]] == ["Barack Obama"] and analysed["people"][0]["frames"] > 0
-        assert by_event["export.done"]["export"]["url"] == f"/api/sessions/{sid}/exports/none.webm"
+        assert by_event["export.done"]["export"]["url"] == f"/api/sessions/{sid}/exports/none.mp4"
         assert by_event["session.deleted"]["reason"] == "deleted"
         assert by_event["session.deleted"]["session"]["id"] == sid
         assert by_event["gallery.changed"]["change"] == "added"

@@ -30,7 +30,7 @@ from aiohttp.typedefs import Middleware
 
 from ingest.config import Settings
 from ingest.exceptions import CapacityError, ForbiddenOriginError, IngestError, MisdirectedError, UnauthorizedError
-from ingest.server.audit import AUDIT
+from ingest.server.audit import AUDIT, AUDIT_PENDING
 from ingest.server.principals import (
     AUTHORITY,
     Principal,
@@ -154,6 +154,10 @@ def access_middleware(settings: Settings) -> Middleware:
                 audit.http(principal, request, route, exc.http_status)
             return json_error(exc)
         request["principal"] = principal
+        if audit is not None:
+            # written when the answer starts (a preview streams for as long as it is watched:
+            # its line must not wait for the end), or here if the handler answered otherwise
+            request[AUDIT_PENDING] = (principal, route)
         status = 500
         try:
             response = await handler(request)
@@ -163,7 +167,7 @@ def access_middleware(settings: Settings) -> Middleware:
             status = exc.status
             raise
         finally:
-            if audit is not None:
+            if audit is not None and request.pop(AUDIT_PENDING, None) is not None:
                 audit.http(principal, request, route, status, request.get("audit"))
 
     return check_access

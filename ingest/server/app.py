@@ -31,7 +31,7 @@ from ingest.recording.retention import Retention
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
-from ingest.server.audit import AUDIT, AuditLog
+from ingest.server.audit import AUDIT, AuditLog, audit_streamed
 from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
 from ingest.server.emitter import Emitter
@@ -132,6 +132,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
     )
+    app.on_response_prepare.append(audit_streamed)  # a preview's audit line as it starts
     sio = make_socketio(settings)
     sio.attach(app)
 

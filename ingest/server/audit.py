@@ -115,3 +115,16 @@ class AuditLog:
 
 
 AUDIT = web.AppKey("audit", AuditLog)
+AUDIT_PENDING = "audit_pending"  # request key: (principal, route) of a line not yet written
+
+
+async def audit_streamed(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: a streamed answer's line (a preview) is written when its headers
+    go out, not when the stream ends (access.py writes the others after the handler)."""
+    if not isinstance(request, web.Request):
+        return
+    pending = request.pop(AUDIT_PENDING, None)
+    audit = request.app.get(AUDIT)
+    if pending is not None and audit is not None:
+        principal, route = pending
+        audit.http(principal, request, route, response.status, request.get("audit"))
