@@ -14,6 +14,7 @@ import socketio
 
 from ingest.config import Settings
 from ingest.server.access import socketio_origin_check
+from ingest.server.cluster import redis_client_name
 
 log = logging.getLogger("camingest")
 
@@ -87,7 +88,8 @@ def make_socketio(settings: Settings) -> socketio.AsyncServer:
     if settings.redis is not None:
         # several nodes: emits reach the sessions' pages through Redis wherever they are
         # connected; WebSocket only, so no sticky routing is needed behind the load balancer
-        clustered = {"client_manager": CountingRedisManager(settings.redis), "transports": ["websocket"]}
+        manager = CountingRedisManager(settings.redis, redis_options=redis_client_name())
+        clustered = {"client_manager": manager, "transports": ["websocket"]}
     return BoundedServer(
         serializer=packet,
         async_mode="aiohttp",
