@@ -1,9 +1,10 @@
-"""Signed tokens across nodes (issue 24): two `camingest serve` nodes of one cluster (Redis,
-PostgreSQL, SeaweedFS; real engines from tests/engines.py). A token revoked on one node is refused
-by the other on its next HTTP request, its next chunk on a live connection and its next
-connection, within revocation_poll_s (the index's denylist every node polls); a token minted by
-one node is honoured by the other, and a recorder's session is unknown to another recorder on
-either node."""
+"""Issue 24 across nodes: two `camingest serve` nodes of one cluster (Redis, PostgreSQL,
+SeaweedFS; real engines from tests/engines.py). A token revoked on one node is refused by the
+other on its next HTTP request, its next chunk on a live connection and its next connection,
+within revocation_poll_s (the index's denylist every node polls); a token minted by one node is
+honoured by the other, and a recorder's session is unknown to another recorder on either node.
+The webhooks' outbox in PostgreSQL, both nodes delivering: every event once, in order per
+session, signed."""
 
 from __future__ import annotations
 
@@ -13,23 +14,27 @@ from typing import Any
 
 import pytest
 
-from tests.client import Client, run, wait_until
+from tests.client import Client, record, run, wait_until
 from tests.conftest import ServerProcess, free_port, load_recording
 from tests.tokens import ADMIN, KEYS, call, connect_refusal, jti_of, keyfile, mint, refusal
+from tests.webhooks import Receiver, metrics, webhook_args
 
 pytestmark = pytest.mark.slow
 RECORDING = load_recording("webcam_vp8_kf1s_250ms")
+FAST_RETRIES = {"CAMINGEST_WEBHOOK_RETRY_S": "0.2", "CAMINGEST_WEBHOOK_MAX_RETRY_S": "1"}
 
 
-def start_nodes(tmp_path: Path, postgres: Any, s3: Any, redis: Any) -> list[ServerProcess]:
+def start_nodes(tmp_path: Path, postgres: Any, s3: Any, redis: Any, *extra: str,
+                env: dict[str, str] | None = None) -> list[ServerProcess]:  # fmt: skip
     keys = keyfile(tmp_path, **KEYS)
     nodes = []
     for i in range(2):
         nodes.append(ServerProcess(
             tmp_path / f"data-node{i}", "--redis", redis.url, "--index", postgres.dsn, "--store", s3.store_url,
             "--s3-endpoint", s3.endpoint, "--node-id", f"node{i}", "--no-analysis", "--token", ADMIN,
-            "--secret-file", str(keys), port=free_port(),
-            env={**s3.env, "CAMINGEST_SEGMENT_S": "1", "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600"},
+            "--secret-file", str(keys), *extra, port=free_port(),
+            env={**s3.env, "CAMINGEST_SEGMENT_S": "1", "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600",
+                 **(env or {})},
         ).start())  # fmt: skip
     return nodes
 
@@ -86,3 +91,41 @@ def test_a_revocation_on_one_node_reaches_the_other(tmp_path, postgres, s3, redi
             node.stop()
     for node in nodes:
         assert "Traceback" not in node.log.read_text()
+
+
+def test_webhooks_from_two_nodes_once_each_in_order(tmp_path, postgres, s3, redis):
+    """One session recorded on each node, the first deleted through the other: both nodes
+    deliver from the one outbox in PostgreSQL, each delivery once (the outbox empties with no
+    duplicate at the receiver), each session's events in order, every signature verifying."""
+
+    async def scenario() -> None:
+        receiver = await Receiver().start()
+        nodes = start_nodes(tmp_path, postgres, s3, redis, *webhook_args(receiver), env=FAST_RETRIES)
+        try:
+            sessions = []
+            for node in nodes:
+                async with Client(node.url, token=ADMIN) as client:
+                    sessions.append(await record(node.url, RECORDING, 0, client=client))
+            first, second = (s["session_id"] for s in sessions)
+            assert (await call("DELETE", f"{nodes[1].url}/api/sessions/{first}", ADMIN))[0] == 200
+            await wait_until(lambda: len(receiver.unique()) == 5, "the 5 deliveries",
+                             seen=lambda: [r.event for r in receiver.received])  # fmt: skip
+
+            async def outbox_empty() -> bool:
+                return all([(await metrics(node.url, ADMIN))["camingest_webhook_outbox_depth"] == 0 for node in nodes])
+
+            await wait_until(outbox_empty, "the outbox empty on both nodes")  # nothing left to deliver again
+        finally:
+            for node in nodes:
+                node.stop()
+            await receiver.stop()
+        assert len(receiver.received) == 5, [(r.delivery_id, r.event) for r in receiver.received]
+        assert all(r.verified and r.headers_agree for r in receiver.received)
+        by_session = {sid: [r.event for r in receiver.received if r.body["session"]["id"] == sid]
+                      for sid in (first, second)}  # fmt: skip
+        assert by_session == {first: ["session.started", "session.stopped", "session.deleted"],
+                              second: ["session.started", "session.stopped"]}  # fmt: skip
+        for node in nodes:
+            assert "Traceback" not in node.log.read_text()
+
+    run(scenario())
