@@ -64,14 +64,6 @@ class NodeHooks:
     orphans: Callable[[], Awaitable[None]]  # take dead nodes' unfinished work
 
 
-def redis_client_name() -> dict[str, str]:
-    """redis-py's client name and version, given: without them redis-py 8 reads its own package
-    metadata (files: blocking) for every new connection, on the event loop."""
-    import redis
-
-    return {"lib_name": "redis-py", "lib_version": redis.__version__}
-
-
 class Cluster:
     def __init__(self, settings: Settings, store: SessionStore, redis_url: str, node: str | None = None) -> None:
         import redis.asyncio as aioredis
@@ -80,8 +72,7 @@ class Cluster:
         self.store = store
         self.node = node or settings.node_id or default_node_id()
         self.lease_s = settings.lease_s
-        self.redis = aioredis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True,
-                                       **redis_client_name())  # fmt: skip
+        self.redis = aioredis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=2, decode_responses=True)
         self.leases: dict[str, Lease] = {}
         self._claimed_at: dict[str, float] = {}
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}

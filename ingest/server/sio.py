@@ -14,7 +14,6 @@ import socketio
 
 from ingest.config import Settings
 from ingest.server.access import socketio_origin_check
-from ingest.server.cluster import redis_client_name
 
 log = logging.getLogger("camingest")
 
@@ -88,8 +87,7 @@ def make_socketio(settings: Settings) -> socketio.AsyncServer:
     if settings.redis is not None:
         # several nodes: emits reach the sessions' pages through Redis wherever they are
         # connected; WebSocket only, so no sticky routing is needed behind the load balancer
-        manager = CountingRedisManager(settings.redis, redis_options=redis_client_name())
-        clustered = {"client_manager": manager, "transports": ["websocket"]}
+        clustered = {"client_manager": CountingRedisManager(settings.redis), "transports": ["websocket"]}
     return BoundedServer(
         serializer=packet,
         async_mode="aiohttp",
