@@ -269,7 +269,9 @@ class TokenAuthority:
             raise BadRequestError(f"sub must be a non-empty string of at most {MAX_SUB_CHARS} characters")
         limit = self.settings.max_token_ttl_s
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not 1 <= ttl_s <= limit:
-            raise BadRequestError(f"ttl_s must be 1-{limit:g} seconds (setting max_token_ttl_s)")
+            given = f"{ttl_s:.0f}" if isinstance(ttl_s, int | float) and not isinstance(ttl_s, bool) else repr(ttl_s)[:40]
+            raise BadRequestError(f"ttl_s {given} is not allowed: a token lives 1-{limit:.0f} seconds "
+                                  "(setting max_token_ttl_s)")  # fmt: skip
         if meta is not None and (not isinstance(meta, dict) or len(json.dumps(meta)) > self.settings.max_meta_bytes):
             raise BadRequestError(f"meta must be an object of at most {self.settings.max_meta_bytes} bytes of JSON")
         if max_sessions is not None and (isinstance(max_sessions, bool) or not isinstance(max_sessions, int)
