@@ -144,3 +144,40 @@ def test_prune_deletes_what_retention_would_and_dry_run_only_says(server_factory
     bad = cli("prune", "--older-than", "30 days", "--data", str(data))
     assert (bad.returncode, bad.stderr) == (1, "camingest prune: '30 days' is not an age; write it as a number and a "
                                                "unit: 30d, 12h, 90m, 45s\n")  # fmt: skip
+
+
+def test_retention_and_prune_on_postgresql(server_factory, tmp_path, postgres):
+    """The same on a PostgreSQL index: prune --dry-run names what retention then deletes (the
+    held session kept), the webhooks say so."""
+    data = tmp_path / "data"
+    index = ("--index", postgres.dsn)
+
+    async def scenario() -> None:
+        receiver = await Receiver().start()
+        server = server_factory("--no-analysis", *index, *webhook_args(receiver), data=data)
+        old, held = await recorded_sessions(server.url, 2, extras=False)
+        async with aiohttp.ClientSession() as http, http.put(f"{server.url}/api/sessions/{held}/hold") as r:
+            assert r.status == 200
+        server.stop()
+        dry = cli("prune", "--older-than", "30d", "--dry-run", *index, "--data", str(data), env=LATER)
+        assert dry.returncode == 0, dry.stderr
+        said = dry.stdout.splitlines()
+        assert said[0].startswith(f"{old}: would be deleted") and said[1].startswith(f"{held}: kept (held)")
+        assert said[-1] == "1 session(s) that ended more than 30d ago would be deleted"
+
+        server = server_factory("--no-analysis", *index, *webhook_args(receiver), data=data, env={
+            **LATER, "CAMINGEST_RETENTION_DAYS": "30", "CAMINGEST_RETENTION_CHECK_S": "0.5"})  # fmt: skip
+
+        def deleted() -> dict[str, str]:
+            return {r.body["session"]["id"]: r.body["reason"] for r in receiver.unique().values()
+                    if r.event == "session.deleted"}  # fmt: skip
+
+        await wait_until(lambda: deleted() == {old: "retention"}, "the old session deleted", seen=deleted)
+        passes = (await metrics(server.url))["camingest_retention_passes_total"]
+        await wait_until(lambda: more_passes(server.url, passes + 1), "one more retention pass")
+        assert (await status_of(server.url, old), await status_of(server.url, held)) == (404, 200)
+        assert not (data / "sessions" / old).exists() and (data / "sessions" / held).is_dir()
+        assert deleted() == {old: "retention"}
+        await receiver.stop()
+
+    run(scenario())
