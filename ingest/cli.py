@@ -1,4 +1,5 @@
-"""``camingest`` command line (PROTOCOL.md): serve, sessions, reprocess, export, import, close.
+"""``camingest`` command line (PROTOCOL.md): serve, sessions, reprocess, export, import, close,
+gallery, token, prune.
 
 Bad usage: argparse's usage line and exit status 2. Anything else that goes wrong (an unknown
 session, a data folder that is not one): one line on stderr, exit status 1. Progress bars are
@@ -66,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
     _add_workers(serve, "analysis worker processes")
     serve.add_argument("--no-analysis", action="store_true", help="store and serve only; no decoding or landmarks")
-    serve.add_argument("--token", default=None, help="access token every client must present (or $CAMINGEST_TOKEN)")
+    serve.add_argument("--token", default=None, help="the admin token (or $CAMINGEST_TOKEN)")
+    _add_secret(serve)
+    serve.add_argument("--webhook", action="append", default=None, metavar="URL",
+                       help="POST every event to URL (repeatable; or $CAMINGEST_WEBHOOKS, comma-separated)")
+    serve.add_argument("--webhook-secret", default=None, metavar="SECRET",
+                       help="signs the webhooks' deliveries (or $CAMINGEST_WEBHOOK_SECRET)")
+    serve.add_argument("--audit-log", default=None, metavar="FILE",
+                       help="append the audit trail (JSON lines) to FILE (or $CAMINGEST_AUDIT_LOG)")
     serve.add_argument("--tls-cert", default=None, metavar="FILE", help="serve https/wss with this certificate (PEM)")
     serve.add_argument("--tls-key", default=None, metavar="FILE", help="the certificate's private key (PEM)")
     serve.add_argument("--pages", default=None, metavar="DIR",
@@ -123,7 +131,92 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="forget a person: their descriptors and photos")
     remove.add_argument("name", metavar="NAME")
     _add_data(remove)
+
+    token = commands.add_parser("token", help="signed tokens for the people who record or view: create, revoke")
+    token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_actions.add_parser("create", help="print a token signed with the first key of --secret-file")
+    create.add_argument("--role", required=True, choices=["admin", "viewer", "recorder"])
+    create.add_argument("--sub", required=True, metavar="ID", help="the app's id for the person (stored on their sessions)")
+    create.add_argument("--ttl", default="1h", metavar="AGE", help="how long it is valid: 2h, 30m, 7d (default 1h)")
+    create.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                        help="merged into the meta of every session it starts (repeatable)")
+    create.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions it may start in all")
+    create.add_argument("--read", action="store_true", help="a recorder token that may also read its own sessions")
+    _add_secret(create)
+    revoke = token_actions.add_parser("revoke", help="refuse a token (by its jti) on every server from now on")
+    revoke.add_argument("jti", metavar="JTI")
+    _add_data(revoke)
+
+    prune = commands.add_parser("prune", help="delete sessions that ended long ago (held ones are kept)")
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h")
+    prune.add_argument("--dry-run", action="store_true", help="only say which sessions would be deleted")
+    _add_data(prune)
     return parser
+
+
+def _add_secret(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--secret-file", default=None, metavar="FILE",
+                        help="signing keys as kid=secret lines, the first mints (or $CAMINGEST_SECRET)")
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.recording.retention import parse_age
+    from ingest.server.principals import TokenAuthority, load_keys
+
+    if args.action == "create":
+        meta = {}
+        for item in args.meta:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise IngestError(f"--meta {item!r}: give it as KEY=VALUE")
+            meta[key] = value
+        authority = TokenAuthority(settings, load_keys(settings))
+        token, claims = authority.mint(args.role, args.sub, parse_age(args.ttl), meta or None, args.max_sessions,
+                                       args.read)  # fmt: skip
+        print(token)
+        print(f"jti {claims['jti']}, role {claims['role']}, sub {claims['sub']}, valid for {args.ttl}", file=sys.stderr)
+        return 0
+    store = settings.open_store()  # revoking may come before the first server
+    store.open(recover=False)
+    try:
+        added = store.tokens.revoke(args.jti, "cli")
+    finally:
+        store.close()
+    print(f"token {args.jti} {'revoked' if added else 'was revoked already'}: every server refuses it within "
+          f"{settings.revocation_poll_s:g} s")  # fmt: skip
+    return 0
+
+
+def cmd_prune(settings: Settings, older_than: str, dry_run: bool) -> int:
+    """Delete sessions that ended more than ``older_than`` ago, held ones kept (and named)."""
+    from ingest.recording.retention import expired, parse_age
+    from ingest.server.webhooks import offline_event
+
+    age = parse_age(older_than)
+    store = _open_store(settings, command="prune")
+    deleted = 0
+    try:
+        for row in expired(store, age, settings.clock_offset_s, include_held=True):
+            if row["held"]:
+                print(f"{row['id']}: kept (held), ended {row['ended_at']}")
+                continue
+            if dry_run:
+                print(f"{row['id']}: would be deleted, ended {row['ended_at']}")
+                deleted += 1
+                continue
+            try:
+                summary = store.summary(row["id"])
+            except IngestError:  # deleted meanwhile (by a server's retention)
+                continue
+            if store.delete(row["id"]):
+                deleted += 1
+                offline_event(settings, store, "session.deleted", {"reason": "prune", "session": summary}, row["id"])
+                print(f"{row['id']}: deleted, ended {row['ended_at']}")
+    finally:
+        store.close()
+    verb = "would be deleted" if dry_run else "deleted"
+    print(f"{deleted} session(s) that ended more than {older_than} ago {verb}")
+    return 0
 
 
 def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
@@ -183,7 +276,7 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
-        data_dir=args.data,
+        data_dir=getattr(args, "data", None),
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         workers=getattr(args, "workers", None),
@@ -199,6 +292,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis=getattr(args, "redis", None) if args.command == "serve" else None,
         node_id=getattr(args, "node_id", None),
         node_url=getattr(args, "node_url", None),
+        secret_file=getattr(args, "secret_file", None),
+        webhooks=tuple(args.webhook) if getattr(args, "webhook", None) else None,
+        webhook_secret=getattr(args, "webhook_secret", None),
+        audit_log=getattr(args, "audit_log", None),
     )
 
 
@@ -446,8 +543,10 @@ def _run(args: argparse.Namespace) -> int:
     sock = None
     if args.command == "serve":  # the port first: in use, nothing else is started or created
         from ingest.server.app import listen_socket, tls_context
+        from ingest.server.principals import load_keys
 
         tls_context(settings)
+        load_keys(settings)  # a bad key file is said before anything starts
         sock = listen_socket(settings)
     local_analysis = not (args.command == "reprocess" and settings.cluster)  # a cluster's workers load their own
     if args.command in ("serve", "reprocess", "import", "close") and settings.analysis and local_analysis:
@@ -475,6 +574,10 @@ def _run(args: argparse.Namespace) -> int:
         return cmd_nodes(args.redis)
     if args.command == "migrate":
         return cmd_migrate(settings, args.source)
+    if args.command == "token":
+        return cmd_token(settings, args)
+    if args.command == "prune":
+        return cmd_prune(settings, args.older_than, args.dry_run)
     return 2
 
 

@@ -75,6 +75,51 @@ class Settings:
     # Access token: when set, every route but GET /api/health needs it (Bearer header, or the
     # cookie a page opened with ?token= sets), and Socket.IO needs auth={"token": ...} or the cookie.
     token: str | None = None
+    # Signed tokens (JWT, HS256; ingest/server/principals.py): the keys, by key id, as `kid=secret`
+    # lines in `secret_file` (--secret-file) and/or in `secret` (CAMINGEST_SECRET, lines too);
+    # the first key mints, every listed key verifies (rotation: add the new one first, drop the
+    # old one once its tokens have expired). Each secret at least 32 bytes.
+    secret_file: str | None = None
+    secret: str | None = None
+    # Seconds of clock difference tolerated on a token's exp/nbf (the app's backend mints them).
+    token_leeway_s: float = 5.0
+    # Longest life `POST /api/tokens` and `camingest token create` give a token.
+    max_token_ttl_s: float = 30 * 86400.0
+    # Life of the cookie a page opened with ?token= gets (a signed token of its own, never the
+    # token itself; at most the life of the token it stands for).
+    cookie_ttl_s: float = 8 * 3600.0
+    # How often each node reads the index's denylist of revoked tokens (a revocation reaches
+    # every node within this, plus one index read).
+    revocation_poll_s: float = 0.5
+    # Webhooks (ingest/server/webhooks.py): URLs that get every event (--webhook, repeatable;
+    # CAMINGEST_WEBHOOKS comma-separated), signed with `webhook_secret` (HMAC-SHA256).
+    webhooks: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    # A delivery is retried with exponential backoff (webhook_retry_s, doubling, at most
+    # webhook_max_retry_s apart) until it is webhook_max_age_s old, then dropped and counted.
+    webhook_retry_s: float = 1.0
+    webhook_max_retry_s: float = 600.0
+    webhook_max_age_s: float = 24 * 3600.0
+    # One delivery attempt's limit, and how many run at once (per node).
+    webhook_timeout_s: float = 10.0
+    webhook_concurrency: int = 4
+    # Deliveries kept in the outbox (all nodes together); beyond it the oldest are dropped and
+    # counted (a receiver down for days must not fill the index).
+    webhook_max_outbox: int = 10_000
+    # Events waiting to be written into the outbox (in memory); beyond: the oldest dropped, counted.
+    webhook_queue: int = 1000
+    # Retention (ingest/recording/retention.py): sessions that ended more than this many days
+    # ago are deleted (0: kept for ever), checked every retention_check_s; held ones are kept.
+    retention_days: float = 0.0
+    retention_check_s: float = 3600.0
+    # Shifts this server's clock for when sessions end and for retention (drills and tests: a
+    # server "31 days later" without waiting for them). 0 in production.
+    clock_offset_s: float = 0.0
+    # The audit trail (ingest/server/audit.py): one JSON line per access to session data and
+    # per gallery, hold or token change, appended to this file (unset: no audit trail).
+    audit_log: str | None = None
+    # Audit lines waiting for the writer thread; beyond: dropped and counted (never blocks).
+    audit_queue: int = 10_000
     # Serve https and wss directly with this certificate chain and key (PEM files).
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -237,6 +282,16 @@ class Settings:
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
         if self.classic_image_upsample not in (0, 1, 2):
             raise ValueError(f"classic_image_upsample is {self.classic_image_upsample}; allowed: 0, 1, 2")
+        if self.webhooks and not self.webhook_secret:
+            raise ValueError("webhooks need a signing secret: set --webhook-secret or CAMINGEST_WEBHOOK_SECRET "
+                             "(the receivers verify each delivery with it)")
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook {url!r} is not an http:// or https:// URL")
+        if self.retention_days < 0:
+            raise ValueError(f"retention_days is {self.retention_days:g}; allowed: 0 (keep for ever) or more")
+        if self.webhook_concurrency < 1 or self.webhook_max_outbox < 1 or self.webhook_queue < 1:
+            raise ValueError("webhook_concurrency, webhook_max_outbox and webhook_queue must be at least 1")
         if self.max_classic_images < 0:
             raise ValueError(f"max_classic_images is {self.max_classic_images}; allowed: 0 (store none) or more")
 
@@ -250,7 +305,8 @@ class Settings:
 
     def open_store(self) -> SessionStore:
         """The session store these settings name (not opened yet)."""
-        return SessionStore(self.data_dir, self.max_pending_writes, index=self.index, objects=self.object_store())
+        return SessionStore(self.data_dir, self.max_pending_writes, index=self.index, objects=self.object_store(),
+                            clock_offset_s=self.clock_offset_s)  # fmt: skip
 
     def reader_limits(self) -> dict[str, int]:
         """The WebM reader's limits for streams coming in (live chunks, imports, uploads)."""

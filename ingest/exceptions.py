@@ -37,6 +37,12 @@ class ForbiddenOriginError(UnauthorizedError):
     http_status = 403
 
 
+class RoleError(UnauthorizedError):
+    """A valid token whose role (or grants) does not allow this route or event (HTTP 403)."""
+
+    http_status = 403
+
+
 class MisdirectedError(IngestError):
     """A Host header the server is not meant to be reached by (DNS rebinding)."""
 

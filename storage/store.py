@@ -61,8 +61,10 @@ from storage.landmarks import (
 from storage.leases import Lease, LeaseLostError, Leases
 from storage.leases import check_sql as lease_check_sql
 from storage.objects import ObjectStore, ObjectStoreSettings, StoreLocation
+from storage.outbox import Outbox
 from storage.records import ChunkRecord, decode_runs, encode_runs
 from storage.replication import DERIVED, Replicator
+from storage.tokens import TokenStore
 
 STATES = ("recording", "stopped", "failed")
 log = logging.getLogger("camingest.storage")
@@ -92,8 +94,10 @@ def _unix(iso: str) -> float:
     return _dt.datetime.fromisoformat(iso).timestamp()  # 3.11 reads the trailing Z
 
 
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_now(offset_s: float = 0.0) -> str:
+    """Now as the index writes times (UTC, ms, Z); ``offset_s`` later (a shifted clock: setting clock_offset_s)."""
+    now = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=offset_s)
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
@@ -127,6 +131,12 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
         result["landmarks_error"] = row["landmarks_error"]
     if row["video"] is not None:  # once its Tracks were read: {"codec", "width", "height"}, null: no video
         result["video"] = json.loads(row["video"])
+    if row.get("sub") is not None:  # who started it: the sub of its token (the app's id for the person)
+        result["sub"] = row["sub"]
+    if row.get("stopped_at"):
+        result["ended_at"] = row["stopped_at"]
+    if row.get("held"):  # retention keeps it
+        result["held"] = True
     return result
 
 
@@ -154,6 +164,7 @@ class SessionFilter:
     until: str | None = None
     person: str | None = None
     meta: tuple[str, str] | None = None
+    sub: str | None = None  # started with a token of this sub (a recorder sees only its own)
 
 
 def encode_cursor(created_at: str, session_id: str) -> str:
@@ -178,10 +189,13 @@ class SessionStore:
         max_pending_writes: int = 1024,
         index: str | None = None,
         objects: ObjectStoreSettings | None = None,
+        clock_offset_s: float = 0.0,
     ) -> None:
         """``index``: None (SQLite in the data folder) or a PostgreSQL URL; ``objects``: None (the
         data folder is the store of record) or S3-compatible object storage (the data folder is
-        then the write path and a bounded cache)."""
+        then the write path and a bounded cache); ``clock_offset_s``: when sessions end is
+        written that much later than now (setting clock_offset_s, for retention drills)."""
+        self.clock_offset_s = clock_offset_s
         self.data_dir = Path(data_dir)
         self.sessions_dir = self.data_dir / "sessions"
         self.database = open_database(index, self.data_dir, INDEX_FILE)
@@ -196,6 +210,8 @@ class SessionStore:
             self.evict_quiet_s = objects.evict_quiet_s
         self.gallery = Gallery(self.index, self.data_dir / "gallery" / "images", self.objects)
         self.leases = Leases(self.index)
+        self.tokens = TokenStore(self.index)
+        self.outbox = Outbox(self.index)
         self.node: str | None = None  # several nodes: this one's id (it replicates what it owns)
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
@@ -589,7 +605,10 @@ class SessionStore:
         last_read = self.replicator.last_read(session_id) if self.replicator else 0.0
         return time.monotonic() - last_read > self.evict_quiet_s
 
-    def create(self, mime: str, meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def create(
+        self, mime: str, meta: dict[str, Any], sub: str | None = None, jti: str | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """A new session; ``sub`` and ``jti``: the token that started it (kept with it)."""
         session_id, token = new_session_id(), secrets.token_urlsafe(24)
         files = self.files(session_id)
         files.root.mkdir(parents=True)
@@ -599,8 +618,9 @@ class SessionStore:
         created = utc_now()
         self.index.write(
             lambda c: c.execute(
-                "INSERT INTO sessions (id, created_at, state, mime, meta, token_hash) VALUES (?, ?, 'recording', ?, ?, ?)",
-                (session_id, created, mime, json.dumps(meta), hash_token(token)),
+                "INSERT INTO sessions (id, created_at, state, mime, meta, token_hash, sub, token_jti)"
+                " VALUES (?, ?, 'recording', ?, ?, ?, ?, ?)",
+                (session_id, created, mime, json.dumps(meta), hash_token(token), sub, jti),
             )
         )
         return self.get_row(session_id), token
@@ -646,6 +666,9 @@ class SessionStore:
         if where.until is not None:
             conditions.append("s.created_at < ?")
             args.append(where.until)
+        if where.sub is not None:
+            conditions.append("s.sub = ?")
+            args.append(where.sub)
         if where.person is not None:
             self.refresh_digests()  # who appears in sessions whose landmarks changed since
             conditions.append("EXISTS (SELECT 1 FROM session_people p WHERE p.session_id = s.id AND p.name = ?)")
@@ -746,7 +769,7 @@ class SessionStore:
         """``frames``: the session's frame count corrected (a video that stopped decoding: the
         frames that did)."""
         assert state in STATES
-        stopped_at = utc_now() if state != "recording" else None
+        stopped_at = utc_now(self.clock_offset_s) if state != "recording" else None
         self.index.write(
             lambda c: c.execute(
                 "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?),"
@@ -758,7 +781,7 @@ class SessionStore:
     def end_session(self, session_id: str, ended_by: str, lease: Lease | None = None) -> bool:
         """Mark a recording session stopped, saying what ended it; False if it was not recording
         (or, with ``lease``, if this node no longer holds it)."""
-        stopped_at = utc_now()
+        stopped_at = utc_now(self.clock_offset_s)
         owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
         owner = (lease.node, lease.epoch) if lease is not None else ()
         changed = self.index.write(
@@ -825,14 +848,48 @@ class SessionStore:
         )
         return [row["id"] for row in rows]
 
-    def delete(self, session_id: str) -> None:
+    def delete(self, session_id: str) -> bool:
+        """Delete the session with every file of it; False if its row was gone already (another
+        node or command deleted it: its files go anyway)."""
         files = self.files(session_id)
-        self.index.write(lambda c: c.execute("DELETE FROM sessions WHERE id=?", (session_id,)))
+        deleted = self.index.write(lambda c: c.execute("DELETE FROM sessions WHERE id=?", (session_id,)).rowcount)
         shutil.rmtree(files.root, ignore_errors=True)
         self._present.discard(session_id)
         if self.objects is not None and self.replicator is not None:
             self.replicator.forget(session_id)
             self.objects.delete_prefix(self.objects.location.session_key(session_id, ""))
+        return bool(deleted)
+
+    # -- who may see it, how long it is kept ------------------------------------------------------
+    def session_sub(self, session_id: str) -> str | None:
+        """The sub of the token that started the session (None: none); unknown_session if none."""
+        validate_session_id(session_id)
+        row = self.index.read(lambda c: c.execute("SELECT sub FROM sessions WHERE id = ?", (session_id,)).fetchone())
+        if row is None:
+            raise UnknownSessionError(f"unknown session {session_id!r}")
+        return None if row["sub"] is None else str(row["sub"])
+
+    def set_hold(self, session_id: str, held: bool) -> None:
+        """Hold the session (retention keeps it) or let it go."""
+        validate_session_id(session_id)
+        changed = self.index.write(
+            lambda c: c.execute("UPDATE sessions SET held = ? WHERE id = ?", (int(held), session_id)).rowcount
+        )
+        if not changed:
+            raise UnknownSessionError(f"unknown session {session_id!r}")
+
+    def ended_before(self, before: str, include_held: bool = False) -> list[dict[str, Any]]:
+        """Sessions that ended (stopped or failed) before ``before`` (ISO 8601 UTC as the index
+        writes it), oldest first: ``id``, ``ended_at``, ``held``; held ones only if asked."""
+        held = "" if include_held else " AND held = 0"
+        rows = self.index.read(
+            lambda c: c.execute(
+                "SELECT id, COALESCE(stopped_at, created_at) AS ended_at, held FROM sessions"
+                " WHERE state <> 'recording' AND COALESCE(stopped_at, created_at) < ?" + held + " ORDER BY ended_at",
+                (before,),
+            ).fetchall()
+        )
+        return [{"id": r["id"], "ended_at": r["ended_at"], "held": bool(r["held"])} for r in rows]
 
     # -- chunks -------------------------------------------------------------------------------
     def chunk_row(self, session_id: str, seq: int) -> dict[str, Any] | None:

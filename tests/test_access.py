@@ -90,8 +90,10 @@ def test_token_guards_every_route_and_the_socket(server_factory):
         status, _, response = await request("GET", url + "/sessions?token=" + TOKEN)
         assert status == 303 and response.headers["Location"] == "/sessions"
         cookie = response.cookies["camingest_token"]
-        assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
-        assert (await request("GET", url + "/api/sessions", cookies={"camingest_token": TOKEN}))[0] == 200
+        # the cookie holds a short-lived token of its own for the same principal, never the token (issue 24)
+        assert TOKEN not in cookie.value and cookie["httponly"] and cookie["samesite"] == "Strict"
+        assert int(cookie["max-age"]) > 0
+        assert (await request("GET", url + "/api/sessions", cookies={"camingest_token": cookie.value}))[0] == 200
         assert (await request("GET", url + "/?token=wrong"))[0] == 401
 
         refused = socketio.AsyncClient(reconnection=False)

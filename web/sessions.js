@@ -33,6 +33,15 @@ const api = async (url, init) => {
   if (!r.ok) throw Object.assign(new Error(body.error?.message ?? `HTTP ${r.status}`), { status: r.status, error: body.error });
   return body;
 };
+// who this page is (GET /api/me): what its role may not do is not offered (a viewer: no delete,
+// no uploads, no gallery changes; a recorder reading its own sessions: nor exports)
+const me = await api("/api/me").catch(() => ({ role: "admin", sub: null }));
+const admin = me.role === "admin";
+window.camingestSessions.role = me.role;
+if (!admin) {
+  for (const el of [ui.del, ui.upload, ui.enrolForm]) el.remove();
+  if (me.role !== "viewer") ui.exportForm.remove();
+}
 const when = (iso) => new Date(iso).toLocaleString();
 const mb = (n) => `${(n / 1048576).toFixed(1)} MiB`;
 
@@ -124,6 +133,11 @@ function card(s) {
   const id = Object.assign(document.createElement("div"), { className: "id" });
   id.append(Object.assign(document.createElement("code"), { textContent: s.id }));
   if (label) id.append(" · ", String(label));
+  if (s.sub) {
+    const by = Object.assign(document.createElement("span"), { className: "sub", textContent: ` · by ${s.sub}` });
+    by.dataset.testid = "session-sub";
+    id.append(by);
+  }
   text.append(head, id);
   if (s.people?.length) {
     text.append(Object.assign(document.createElement("div"), { className: "who", textContent: s.people.join(", ") }));
@@ -188,7 +202,8 @@ async function open(id) {
   const withFaces = frames.filter((f) => f.faces.length).length;
   const skipped = data.frames.length - frames.length;
   ui.facts.textContent = `${selected.frames} frames · ${data.frames.length - skipped} analysed · faces in ${withFaces}`
-    + (skipped ? ` · ${skipped} skipped` : "") + fillText(selected.fill);
+    + (skipped ? ` · ${skipped} skipped` : "") + fillText(selected.fill) + (selected.sub ? ` · recorded by ${selected.sub}` : "")
+    + (selected.held ? " · held (kept by retention)" : "");
   showAppearances(data.frames);
   ui.downloads.replaceChildren(...[
     ["recording.webm", "Recording", `${id}.webm`], ["raw.webm", "Raw stream", `${id}-raw.webm`],
@@ -210,7 +225,7 @@ async function open(id) {
         const { faces } = await api(`${base}/snapshots/${s.snapshot_id}/landmarks`);
         drawFaces(layer.getContext("2d"), faces, "landmarks", 0.5);
         caption.textContent = `${faces.length} face${faces.length === 1 ? "" : "s"} `;
-        if (faces.length === 1) caption.append(enrolButton(`${base}/snapshots/${s.snapshot_id}`, s.mime));
+        if (faces.length === 1 && admin) caption.append(enrolButton(`${base}/snapshots/${s.snapshot_id}`, s.mime));
       } catch { caption.textContent = "not analysed"; }
     };
     return figure;
@@ -321,7 +336,8 @@ async function loadPeople() {
         await loadPeople();
       });
       const label = Object.assign(document.createElement("span"), { className: "name", textContent: `${p.name} (${p.images} photo${p.images === 1 ? "" : "s"})` });
-      item.append(photo, label, remove);
+      item.append(photo, label);
+      if (admin) item.append(remove);
       return item;
     }));
     if (!people.length) ui.people.innerHTML = '<li class="empty">Nobody yet: faces are not named.</li>';
@@ -391,12 +407,12 @@ function enrolButton(url, mime) {
   });
   return box;
 }
-ui.enrolForm.addEventListener("submit", (e) => {
+if (admin) ui.enrolForm.addEventListener("submit", (e) => {
   e.preventDefault();
   const file = ui.enrolFile.files[0];
   if (file) enrol(ui.enrolName.value.trim(), file, file.name).then((done) => done && ui.enrolForm.reset());
 });
-loadPeople();
+if (me.role !== "recorder") loadPeople(); // the gallery: a viewer's and an admin's
 
 // Export: the server encodes (one at a time), the page follows its progress and offers the file.
 let exportTimer = null;
@@ -482,7 +498,7 @@ function upload(file) {
   xhr.onerror = () => done(false, "Upload failed: the connection to the server was lost.");
   xhr.send(file);
 }
-ui.upload.addEventListener("submit", (e) => {
+if (admin) ui.upload.addEventListener("submit", (e) => {
   e.preventDefault();
   if (ui.file.files[0]) upload(ui.file.files[0]);
 });

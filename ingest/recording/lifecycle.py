@@ -60,6 +60,8 @@ class SessionLifecycle:
         self._reaper: asyncio.Task[None] | None = None
         self.take = take
         self.finalizing: set[str] = set()  # sessions being remuxed here
+        # told of every session this node ended, with its summary (the server's webhooks)
+        self.on_ended: Callable[[str, dict[str, Any]], None] | None = None
 
     # -- connections ----------------------------------------------------------------------------
     def check_room(self, sid: str) -> None:
@@ -124,6 +126,8 @@ class SessionLifecycle:
             await asyncio.to_thread(self.store.wait_durable, session_id, self.settings.stop_durable_wait_s)
         summary = await asyncio.to_thread(self.store.summary, session_id)
         if changed:
+            if self.on_ended is not None:
+                self.on_ended(session_id, summary)
             self.metrics.sessions_ended.labels(ended_by).inc()
             log.info(
                 "session %s stopped (ended_by=%s): %d chunks, %d bytes, %d frames, %.1f s",

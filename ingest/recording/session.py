@@ -42,6 +42,7 @@ class LiveSession:
         self.store = store
         self.id: str = row["id"]
         self.token_hash: str = row["token_hash"]
+        self.sub: str | None = row.get("sub")  # who started it (its token's sub): a recorder reaches only its own
         self.state: str = row["state"]
         self.error: str | None = row["error"]
         self.next_seq: int = row["next_seq"]
@@ -157,13 +158,15 @@ class SessionRegistry:
         return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk,
                           **self.settings.reader_limits())  # fmt: skip
 
-    async def create(self, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
+    async def create(
+        self, mime: str, meta: dict[str, Any], sub: str | None = None, jti: str | None = None
+    ) -> tuple[LiveSession, str]:
         if len(self._live) >= self.settings.max_open_sessions:
             raise CapacityError(
                 f"{len(self._live)} sessions are recording, the limit (max_open_sessions) is "
                 f"{self.settings.max_open_sessions}; try again later"
             )
-        row, token = await asyncio.to_thread(self.store.create, mime, meta)
+        row, token = await asyncio.to_thread(self.store.create, mime, meta, sub, jti)
         self.store.remember(row)
         if self.ownership is not None:
             await self.ownership.claim(row["id"], new=True)

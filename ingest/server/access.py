@@ -5,16 +5,23 @@
   is not meant to be reached by get 421, Socket.IO included (it runs on the same aiohttp app).
 - **Origin**: a state-changing request (POST, PUT, PATCH, DELETE) from another site's page is a
   CSRF attempt: 403 ``unauthorized``. Requests without Origin (curl, scripts) are not browsers'.
-- **Token** (``token``): every route but ``GET /api/health`` and the static scripts needs ``Authorization: Bearer TOKEN``
-  or the ``camingest_token`` cookie, which opening any page with ``?token=TOKEN`` sets (HttpOnly,
-  SameSite=Strict). Socket.IO connects with ``auth={"token": TOKEN}`` or the cookie (checked in
-  the namespace's connect handler: the token travels in the CONNECT packet, not in HTTP).
+- **Who** (``token``, signed tokens: ingest/server/principals.py): every route but ``GET
+  /api/health`` (a bare liveness answer; counts only for a viewer or admin) and the static
+  scripts needs ``Authorization: Bearer TOKEN`` or the ``camingest_token`` cookie. Opening any
+  page with ``?token=TOKEN`` sets that cookie, holding a short-lived token signed for the same
+  principal (never the token itself; HttpOnly, SameSite=Strict, Secure over https, as
+  ingest/server/proxies.py says, an expiry), and redirects to the address without it. The
+  principal is resolved here once per request and its role checked against the route; a
+  recorder asking for another's session is told it is unknown. Socket.IO connects with
+  ``auth={"token": TOKEN}`` or the cookie (the namespace's connect handler: the token travels in
+  the CONNECT packet, not in HTTP). Every request to session data, and every gallery or token
+  change, leaves an audit line (ingest/server/audit.py).
 Comparisons are constant-time.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,8 +29,19 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ingest.config import Settings
-from ingest.exceptions import ForbiddenOriginError, MisdirectedError, UnauthorizedError
+from ingest.exceptions import CapacityError, ForbiddenOriginError, IngestError, MisdirectedError, UnauthorizedError
+from ingest.server.audit import AUDIT, AUDIT_PENDING
+from ingest.server.principals import (
+    AUTHORITY,
+    Principal,
+    TokenAuthority,
+    check_route,
+    check_sees,
+    check_session_route,
+)
+from ingest.server.proxies import Proxies, request_secure
 from ingest.server.responses import json_error
+from storage.store import validate_session_id
 
 COOKIE = "camingest_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -47,14 +65,6 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     return frozenset(host_name(name) for name in names)
 
 
-def token_matches(settings: Settings, candidate: object) -> bool:
-    return (
-        settings.token is not None
-        and isinstance(candidate, str)
-        and hmac.compare_digest(candidate.encode(), settings.token.encode())
-    )
-
-
 def _request_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
@@ -69,8 +79,26 @@ def _same_site(request: web.Request, settings: Settings) -> bool:
     return origin == f"{request.scheme}://{request.host}"
 
 
+def route_of(request: web.Request) -> str:
+    """The request's route as registered (``/api/sessions/{session_id}/raw.webm``), or its path
+    when no route matched."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+async def authorize(authority: TokenAuthority, request: web.Request, principal: Principal, route: str) -> None:
+    """Whether ``principal`` may make this request: its role, then (a session's route) whether
+    the session is one it may know of."""
+    if check_route(principal, request.method, route) == "session" and principal.role == "recorder":
+        session_id = validate_session_id(request.match_info.get("session_id"))
+        assert authority.store is not None
+        check_sees(principal, session_id, await asyncio.to_thread(authority.store.session_sub, session_id))
+        check_session_route(principal, request.method, route)
+
+
 def access_middleware(settings: Settings) -> Middleware:
     hosts = allowed_hosts(settings)
+    proxies = Proxies.of(settings.trusted_proxies)
 
     @web.middleware
     async def check_access(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -88,22 +116,59 @@ def access_middleware(settings: Settings) -> Middleware:
                 response.headers["Access-Control-Allow-Origin"] = page_origin
                 response.headers["Vary"] = "Origin"
             return response
-        if settings.token is None or request.path == "/api/health" or request.path.startswith("/socket.io/"):
+        if request.path.startswith("/socket.io/"):  # checked at the connection's CONNECT (events.py)
+            return await handler(request)
+        authority = request.app.get(AUTHORITY)
+        if authority is None:
+            return json_error(CapacityError("the server is starting; retry in a moment"))
+        if request.path == "/api/health":  # liveness for anyone; its figures for a viewer or admin
+            try:
+                request["principal"] = authority.resolve(_request_token(request))
+            except UnauthorizedError:
+                request["principal"] = None
             return await handler(request)
         offered = request.query.get("token")
-        if offered is not None and request.method == "GET" and not request.path.startswith("/api/"):
-            if not token_matches(settings, offered):
-                return json_error(UnauthorizedError("wrong token"))
-            # a page opened with ?token=: the cookie carries it from now on; the URL drops it
+        if offered is not None and request.method == "GET" and not request.path.startswith("/api/") and authority.enabled:
+            try:
+                principal = authority.resolve(offered)
+            except UnauthorizedError as exc:
+                return json_error(exc)
+            # a page opened with ?token=: a cookie of its own carries the principal from now
+            # on (never the token itself); the address drops the token before anything logs it
+            value, max_age = authority.cookie_token(principal)
             query = {k: v for k, v in request.query.items() if k != "token"}
-            response = web.HTTPSeeOther(request.rel_url.with_query(query))
-            response.set_cookie(COOKIE, offered, httponly=True, samesite="Strict", secure=request.secure, path="/")
+            response = web.HTTPSeeOther(request.rel_url.with_query(query), headers={"Referrer-Policy": "no-referrer"})
+            response.set_cookie(COOKIE, value, httponly=True, samesite="Strict", path="/", max_age=max_age,
+                                secure=request_secure(proxies, request))  # fmt: skip
             return response
-        if not token_matches(settings, _request_token(request)):
-            return json_error(UnauthorizedError(
-                "this server needs its access token (Authorization: Bearer, or open a page with ?token=)"
-            ))
-        return await handler(request)
+        audit = request.app.get(AUDIT)
+        route = route_of(request)
+        try:
+            principal = authority.resolve(_request_token(request))
+        except IngestError as exc:
+            return json_error(exc)
+        try:
+            await authorize(authority, request, principal, route)
+        except IngestError as exc:
+            if audit is not None:
+                audit.http(principal, request, route, exc.http_status)
+            return json_error(exc)
+        request["principal"] = principal
+        if audit is not None:
+            # written when the answer starts (a preview streams for as long as it is watched:
+            # its line must not wait for the end), or here if the handler answered otherwise
+            request[AUDIT_PENDING] = (principal, route)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if audit is not None and request.pop(AUDIT_PENDING, None) is not None:
+                audit.http(principal, request, route, status, request.get("audit"))
 
     return check_access
 
@@ -124,12 +189,13 @@ def socketio_origin_check(settings: Settings) -> Callable[[str | None, dict[str,
     return allowed
 
 
-def socketio_allowed(settings: Settings, environ: dict[str, Any], auth: object) -> bool:
-    """Whether a Socket.IO connection may open: with a token configured, ``auth={"token"}`` or
-    the cookie of the HTTP handshake."""
-    if settings.token is None:
-        return True
-    if isinstance(auth, dict) and token_matches(settings, auth.get("token")):
-        return True
-    request = environ.get("aiohttp.request")
-    return request is not None and token_matches(settings, request.cookies.get(COOKIE))
+def socketio_principal(authority: TokenAuthority, environ: dict[str, Any], auth: object) -> Principal:
+    """Who a Socket.IO connection is: ``auth={"token"}``, else the cookie of its HTTP handshake.
+    An expired token still connects (its principal says so): a recording in progress is never
+    cut by its token's expiry, and its client must be able to reconnect and resume; a new
+    session needs a valid one (events.py). UnauthorizedError otherwise."""
+    token = auth.get("token") if isinstance(auth, dict) else None
+    if token is None:
+        request = environ.get("aiohttp.request")
+        token = request.cookies.get(COOKIE) if request is not None else None
+    return authority.resolve(token, allow_expired=True)

@@ -27,9 +27,11 @@ from ingest.exceptions import IngestError
 from ingest.metrics import Metrics
 from ingest.recording.analysis_sink import AnalysisSink, NoAnalysis
 from ingest.recording.lifecycle import SessionLifecycle
+from ingest.recording.retention import Retention
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
+from ingest.server.audit import AUDIT, AuditLog, audit_streamed
 from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
 from ingest.server.emitter import Emitter
@@ -37,9 +39,13 @@ from ingest.server.enrolment import EnrolmentService
 from ingest.server.events import IngestNamespace
 from ingest.server.export_jobs import ExportJobs
 from ingest.server.gallery_routes import ENROLMENT
+from ingest.server.principals import AUTHORITY, TokenAuthority, load_keys
+from ingest.server.proxies import Proxies
 from ingest.server.responses import errors_as_json
 from ingest.server.routes import add_routes
+from ingest.server.session_routes import delete_session_data
 from ingest.server.sio import make_socketio
+from ingest.server.webhooks import Webhooks
 
 log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
@@ -126,6 +132,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
     )
+    app.on_response_prepare.append(audit_streamed)  # a preview's audit line as it starts
     sio = make_socketio(settings)
     sio.attach(app)
 
@@ -135,6 +142,11 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         for note in await asyncio.to_thread(store.open, True, holder, cluster is not None):
             log.warning("recovery: %s", note)
         metrics = Metrics(node=cluster.node if cluster else None)
+        authority = TokenAuthority(settings, await asyncio.to_thread(load_keys, settings), store)
+        await asyncio.to_thread(authority.refresh)  # the denylist as it is, before the first request
+        audit = AuditLog(settings.audit_log, settings.audit_queue, metrics, Proxies.of(settings.trusted_proxies))
+        await asyncio.to_thread(audit.start)  # opens its file
+        webhooks = Webhooks(settings, store, metrics, cluster.node if cluster else f"{socket.gethostname()}-{os.getpid()}")
         emitter = Emitter(sio, settings.max_queued_emits, metrics.emits_dropped)
         emitter.start()
         emit = emitter.emit
@@ -148,7 +160,11 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         if settings.analysis:
             from ingest.live.pipeline import LivePipeline  # imports PyAV and starts worker processes
 
-            live = LivePipeline(settings, store, metrics, emit, registry.mark_failed, refill_at_start=cluster is None)
+            def failed(session_id: str, message: str) -> None:  # a decoding failure, found by the workers
+                registry.mark_failed(session_id, message)
+                webhooks.session_event("session.failed", session_id, {"error": message})
+
+            live = LivePipeline(settings, store, metrics, emit, failed, refill_at_start=cluster is None)
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
             tryon, images_waiting = live.tryon, live.tryon.waiting
         else:
@@ -172,9 +188,24 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
             exports=ExportJobs(store),
             tryon=tryon,
             thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
+            authority=authority,
+            webhooks=webhooks,
+            audit=audit,
         )
         add_gauges(ctx, workers, snapshots_waiting, images_waiting)
+        webhooks.filling = lambda session_id: pipeline.fill_status(session_id) is not None
+
+        def ended(session_id: str, summary: dict[str, Any]) -> None:
+            webhooks.session_event("session.stopped", session_id, summary=summary)
+            webhooks.watch_analysis(session_id)
+
+        ctx.lifecycle.on_ended = ended
+        ctx.exports.on_done = lambda job: webhooks.session_event(
+            "export.done", job.session_id, {"export": job.describe()})
+        retention = Retention(settings, store, metrics, lambda sid, reason: delete_session_data(ctx, sid, reason))
         app[CONTEXT] = ctx
+        app[AUTHORITY] = authority
+        app[AUDIT] = audit
         if cluster is not None:
             app[CLUSTER] = cluster
             cluster.start(node_hooks(ctx, cluster, workers))
@@ -186,9 +217,13 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         ctx.loop_monitor.start()  # after start-up (spawning workers), which happens before serving
         await ctx.lifecycle.recover()
         ctx.lifecycle.start()
+        authority.start()
+        webhooks.start()
+        retention.start()
         try:
             yield
         finally:
+            await retention.close()
             await asyncio.to_thread(enrolment.close)  # its pool's shutdown joins a process
             await ctx.close()
             await emitter.close()
@@ -293,7 +328,7 @@ async def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     site = web.SockSite(runner, sock, ssl_context=ssl_context)
     await site.start()
     print(f"camingest serving {url} (data: {settings.data_dir})", flush=True)
-    if settings.token is None and settings.host not in LOOPBACK_NAMES:
+    if settings.token is None and not (settings.secret or settings.secret_file) and settings.host not in LOOPBACK_NAMES:
         print(
             f"camingest: warning: serving on {settings.host} without an access token: anyone who can reach it can "
             "read and delete every recording (set --token or CAMINGEST_TOKEN)",

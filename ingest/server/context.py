@@ -21,8 +21,11 @@ from ingest.recording.analysis_sink import AnalysisSink
 from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
+from ingest.server.audit import AuditLog
 from ingest.server.classic_images import ImageLane
 from ingest.server.export_jobs import ExportJobs
+from ingest.server.principals import TokenAuthority
+from ingest.server.webhooks import Webhooks
 from storage.store import SessionStore
 
 log = logging.getLogger("camingest")
@@ -76,6 +79,10 @@ class ServerContext:
     exports: ExportJobs
     # thumbnails being decoded (max_thumbnails); others wait
     thumbnail_slots: asyncio.Semaphore
+    # who may do what (tokens, the denylist), what the embedding app is told, what is audited
+    authority: TokenAuthority
+    webhooks: Webhooks
+    audit: AuditLog
     # the try-on pages' images to the analysis workers (ingest/live/tryon_lane.py); None: --no-analysis
     tryon: ImageLane | None = None
 
@@ -102,6 +109,9 @@ class ServerContext:
         await asyncio.to_thread(self.io_pool.shutdown, wait=True)
         await asyncio.to_thread(self.exports.close)
         self.preview_pool.shutdown(wait=False, cancel_futures=True)
+        await self.webhooks.close()  # what is queued goes into the outbox, before the index closes
+        await self.authority.close()
+        await asyncio.to_thread(self.audit.close)
         self.registry.close_all()
         await asyncio.to_thread(self.store.close)
         log.info("shutdown: index closed")

@@ -27,11 +27,12 @@ from ingest.exceptions import (
     InvalidMediaError,
     SessionClosedError,
     TooLargeError,
+    UnauthorizedError,
     UnsupportedError,
     storage_error,
 )
 from ingest.recording.session import LiveSession
-from ingest.server.access import socketio_allowed
+from ingest.server.access import socketio_principal
 from ingest.server.classic import ClassicClients
 from ingest.server.classic_images import ClassicImages
 from ingest.server.context import ServerContext
@@ -44,6 +45,7 @@ from ingest.server.payloads import (
     require_bytes,
     require_dict,
 )
+from ingest.server.principals import Principal, check_may_record, check_sees, session_meta, sessions_left
 from storage.leases import LeaseLostError
 from storage.store import sha256_hex, validate_session_id
 
@@ -64,6 +66,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         self.classic = ClassicClients(self, context.settings.max_chunk_bytes, self._end_classic_session)
         self.images = ClassicImages(self, context.settings, context.tryon, context.snapshots, context.metrics,
                                     self._end_classic_session)  # fmt: skip
+        self.principals: dict[str, Principal] = {}  # who each connection is (resolved at connect)
         self._handling = 0  # events being handled (their acks not yet returned)
         self._drained = asyncio.Event()
 
@@ -140,18 +143,36 @@ class IngestNamespace(socketio.AsyncNamespace):
         await self.context.lifecycle.end(session_id, "client")
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
-        if not socketio_allowed(self.context.settings, environ, auth):
-            raise socketio.exceptions.ConnectionRefusedError("unauthorized: this server needs its access token")
+        try:
+            self.principals[sid] = socketio_principal(self.context.authority, environ, auth)
+        except UnauthorizedError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {exc.message}") from None
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
+        self.principals.pop(sid, None)
         await self.classic.disconnected(sid)  # a classic client's session ends with its connection
         await self.images.disconnected(sid)
         self.context.lifecycle.disconnected(sid)
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _principal(self, sid: str) -> Principal:
+        """Who this connection is, its token not revoked since."""
+        principal = self.principals.get(sid)
+        if principal is None:
+            raise UnauthorizedError("this connection has no principal (connect again)")
+        self.context.authority.check_live(principal)
+        return principal
+
     async def _session(self, sid: str, payload: dict[str, Any]) -> LiveSession:
-        """The session named by the payload, its token checked, this client joined to its room."""
+        """The session named by the payload, its token checked, this client joined to its room.
+        A recorder's principal reaches only its own sessions: another's is unknown to it."""
         session_id = validate_session_id(payload.get("session_id"))
+        principal = self._principal(sid)
+        if principal.role != "admin":
+            loaded = self.context.registry.loaded(session_id)
+            owner = loaded.sub if loaded is not None else await asyncio.to_thread(self.context.store.session_sub, session_id)
+            check_sees(principal, session_id, owner)
+            check_may_record(principal)
         session = await self.context.registry.get(session_id)
         session.check_token(payload.get("token"))
         await self.enter_room(sid, session.id)
@@ -162,6 +183,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         resume = payload.get("resume")
         if resume is not None:
             session = await self._session(sid, require_dict(resume, "resume"))
+            await self._check_resume(sid, session.id)
             if session.state == "stopped":
                 raise SessionClosedError(f"session {session.id} is stopped")
             if session.state == "failed":
@@ -186,12 +208,34 @@ class IngestNamespace(socketio.AsyncNamespace):
         session, token = await self._open(sid, mime, meta)
         return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
 
+    async def _check_resume(self, sid: str, session_id: str) -> None:
+        """A resume with an expired token: only while the recording is live (a chunk within
+        session_idle_s), so that a dropped connection carries on; after that, a valid one."""
+        principal = self._principal(sid)
+        authority = self.context.authority
+        if not principal.expired(time.time(), authority.settings.token_leeway_s):
+            return
+        last = await asyncio.to_thread(self.context.store.last_chunk_at, session_id)
+        if last is None or time.time() - last >= self.context.settings.session_idle_s:
+            authority.check_unexpired(principal)
+
     async def _open(self, sid: str, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
+        principal = self._principal(sid)
+        check_may_record(principal)
+        self.context.authority.check_unexpired(principal)
         self.context.lifecycle.check_room(sid)
-        session, token = await self.context.registry.create(mime, meta)
+        counted = await sessions_left(self.context.store, principal)
+        try:
+            session, token = await self.context.registry.create(mime, session_meta(principal, meta), principal.sub,
+                                                                principal.jti)  # fmt: skip
+        except BaseException:
+            if counted:
+                await asyncio.to_thread(self.context.store.tokens.give_back, counted)
+            raise
         self.context.lifecycle.hold(sid, session.id)
         log.info("session %s started (%s)", session.id, mime)
         await self.enter_room(sid, session.id)
+        self.context.webhooks.session_event("session.started", session.id)
         return session, token
 
     async def open_session(self, sid: str, mime: str, meta: dict[str, Any]) -> str:
@@ -253,6 +297,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             context.registry.count_held(session)
             if staged.error is not None:
                 sessions_log.warning("session %s failed at chunk %d: %s", session.id, seq, staged.error.message)
+                context.webhooks.session_event("session.failed", session.id)
                 context.registry.forget(session.id)
                 await context.pipeline.fail(session.id, staged.error)
                 raise staged.error

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class ExportJobs:
         # the last outcome per (session, overlay, format) while the server runs: failures are
         # shown to the page; finished files are found in the store after a restart too
         self._last: dict[tuple[str, str, str], ExportJob] = {}
+        self.on_done: Callable[[ExportJob], None] | None = None  # an export finished (the webhooks)
 
     def list(self, session_id: str) -> list[dict[str, Any]]:
         """Blocking (the store is read): call it from a thread."""
@@ -134,6 +136,8 @@ class ExportJobs:
             self._running = None
         if job.state == "done":
             self._last.pop((job.session_id, job.overlay, job.format), None)
+            if self.on_done is not None:
+                self.on_done(job)
 
     def forget(self, session_id: str) -> None:
         """The session is being deleted: stop its encoding, drop its state."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import BodyPartReader, web
 
 from ingest.exceptions import BadRequestError, TooLargeError
+from ingest.server.context import CONTEXT
 from ingest.server.enrolment import EnrolmentService
 
 ENROLMENT = web.AppKey("enrolment", EnrolmentService)
@@ -50,11 +51,15 @@ async def enrol(request: web.Request) -> web.StreamResponse:
         else:
             await part.release()
     result = await service.add(name, photos, confirm)
+    request.app[CONTEXT].webhooks.event("gallery.changed", {"change": "added", "person": {
+        "id": result.get("id"), "name": result.get("name"), "images": result.get("images")}})  # fmt: skip
     return web.json_response(result, status=201)
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
     removed = await request.app[ENROLMENT].remove(request.match_info["person"])
+    request.app[CONTEXT].webhooks.event("gallery.changed", {"change": "removed", "person": {
+        "id": removed.get("id"), "name": removed.get("name")}})  # fmt: skip
     return web.json_response({"ok": True, **removed})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ingest.server.access_routes import add_access_routes
 from ingest.server.context import CONTEXT
 from ingest.server.export_routes import add_export_routes
 from ingest.server.gallery_routes import add_gallery_routes
@@ -41,15 +42,21 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.StreamResponse:
+    """Liveness for anyone (``ok`` and the node); the figures only for a viewer or admin (or
+    on a server without tokens)."""
     ctx = request.app[CONTEXT]
+    ownership = ctx.registry.ownership
+    principal = request.get("principal")
+    if principal is None or not principal.may_view:
+        return web.json_response({"ok": True, "node": ownership.node if ownership is not None else None})
     monitor = ctx.loop_monitor
     answer: dict[str, object] = {
         "ok": True,
         "sessions_recording": len(ctx.registry),
         "sessions_loading": ctx.registry.loading(),
         "loop_lag_ms": {"last": round(monitor.last_lag_ms, 2), "max": round(monitor.max_lag_ms, 2)},
+        "node": None,
     }
-    ownership = ctx.registry.ownership
     if ownership is not None:
         answer["node"] = ownership.node
         answer["peers"] = [peer["id"] for peer in await ownership.peers()]
@@ -88,3 +95,4 @@ def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
     add_session_routes(app)
     add_export_routes(app)
     add_gallery_routes(app)
+    add_access_routes(app)

@@ -8,6 +8,7 @@ browsers can seek in recordings.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -21,6 +22,7 @@ from ingest.media.thumbnail import frame_jpeg
 from ingest.media.webm import build_unit
 from ingest.server.context import CONTEXT, ServerContext
 from ingest.server.preview import CONTENT_TYPE, Preview
+from ingest.server.principals import request_principal
 from ingest.server.responses import send_range
 from storage.store import STATES, SessionFilter, SessionStore, decode_cursor, encode_cursor, validate_session_id
 
@@ -95,6 +97,9 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
     on the last); filters in the query (``session_filter``)."""
     ctx = context(request)
     where, cursor, limit = session_filter(request)
+    principal = request_principal(request)
+    if principal.role == "recorder":  # with the read grant (the middleware checked): its own only
+        where = dataclasses.replace(where, sub=principal.sub)
     try:
         sessions, last = await asyncio.to_thread(ctx.store.list_page, where, cursor, limit)
     except ValueError as exc:
@@ -238,12 +243,22 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
         # a session still "recording" but idle this long was abandoned (tab closed without stop)
         if time.time() - (last or 0) < ctx.settings.abandoned_after_s:
             raise ConflictError(f"session {session_id} is recording; stop it first")
+    await delete_session_data(ctx, session_id, "deleted")
+    return web.json_response({"ok": True, "deleted": session_id})
+
+
+async def delete_session_data(ctx: ServerContext, session_id: str, reason: str) -> bool:
+    """Delete a session with everything of it (bytes, landmarks, snapshots, exports) and tell the
+    webhooks (``session.deleted`` with ``reason``); False if it was gone already."""
+    summary = await asyncio.to_thread(ctx.store.summary, session_id)
     ctx.registry.forget(session_id)
     ctx.lifecycle.forget(session_id)
     ctx.exports.forget(session_id)
-    await asyncio.to_thread(ctx.store.delete, session_id)
-    sessions_log.info("session %s deleted", session_id)
-    return web.json_response({"ok": True, "deleted": session_id})
+    deleted = await asyncio.to_thread(ctx.store.delete, session_id)
+    if deleted:
+        sessions_log.info("session %s deleted (%s)", session_id, reason)
+        ctx.webhooks.session_event("session.deleted", session_id, {"reason": reason}, summary)
+    return deleted
 
 
 def add_session_routes(app: web.Application) -> None:

@@ -92,6 +92,9 @@ async def upload_session(request: web.Request) -> web.StreamResponse:
         finally:
             await asyncio.to_thread(incoming.__exit__, None, None, None)
     ctx.pipeline.fill(session_id)
+    ctx.webhooks.session_event("session.started", session_id)
+    ctx.webhooks.session_event("session.stopped", session_id)
+    ctx.webhooks.watch_analysis(session_id)
     summary = await asyncio.to_thread(ctx.store.summary, session_id)
     return web.json_response(ctx.with_fill(summary), status=201)
 
