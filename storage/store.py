@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -118,7 +119,7 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
         result["error"] = row["error"]
     if row["ended_by"]:
         result["ended_by"] = row["ended_by"]
-    meta = json.loads(row["meta"] or "{}")
+    meta = stored_meta(row["meta"])
     if meta:  # what the client said of itself at start (bounded in size there)
         result["meta"] = meta
     if meta.get("imported_from"):  # the user's file name, for the pages
@@ -128,6 +129,19 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
     if row["video"] is not None:  # once its Tracks were read: {"codec", "width", "height"}, null: no video
         result["video"] = json.loads(row["video"])
     return result
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def stored_meta(text: str | None) -> dict[str, Any]:
+    """A session's meta as stored, for its summary: the server takes only strict JSON now, but
+    one stored before (``{"x": NaN}``) must not make a listing unreadable: NaN and infinities
+    read as null."""
+    meta = json.loads(text or "{}", parse_constant=lambda _: None, parse_float=_finite_or_none)
+    return meta if isinstance(meta, dict) else {}
 
 
 def durable_of(row: dict[str, Any], objects: bool) -> int:
@@ -600,7 +614,7 @@ class SessionStore:
         self.index.write(
             lambda c: c.execute(
                 "INSERT INTO sessions (id, created_at, state, mime, meta, token_hash) VALUES (?, ?, 'recording', ?, ?, ?)",
-                (session_id, created, mime, json.dumps(meta), hash_token(token)),
+                (session_id, created, mime, json.dumps(meta, allow_nan=False), hash_token(token)),
             )
         )
         return self.get_row(session_id), token

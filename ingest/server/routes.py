@@ -12,6 +12,7 @@ from aiohttp import web
 from ingest.server.context import CONTEXT
 from ingest.server.export_routes import add_export_routes
 from ingest.server.gallery_routes import add_gallery_routes
+from ingest.server.responses import json_response
 from ingest.server.session_routes import add_session_routes
 from ingest.server.upload_routes import add_upload_routes
 
@@ -53,7 +54,7 @@ async def health(request: web.Request) -> web.StreamResponse:
     if ownership is not None:
         answer["node"] = ownership.node
         answer["peers"] = [peer["id"] for peer in await ownership.peers()]
-    return web.json_response(answer)
+    return json_response(answer)
 
 
 async def client_config(request: web.Request) -> web.StreamResponse:
@@ -61,8 +62,8 @@ async def client_config(request: web.Request) -> web.StreamResponse:
     several nodes serve behind one address: no sticky routing)."""
     ownership = request.app[CONTEXT].registry.ownership
     if ownership is None:
-        return web.json_response({"transports": ["polling", "websocket"], "node": None})
-    return web.json_response({"transports": ["websocket"], "node": ownership.node})
+        return json_response({"transports": ["polling", "websocket"], "node": None})
+    return json_response({"transports": ["websocket"], "node": ownership.node})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, StreamReader, web
 from ingest.exceptions import BadRequestError, CapacityError, TooLargeError, UploadTooSlowError
 from ingest.recording.importer import import_video
 from ingest.server.context import CONTEXT
+from ingest.server.responses import json_response
 
 PIECE = 1024 * 1024
 
@@ -93,7 +94,7 @@ async def upload_session(request: web.Request) -> web.StreamResponse:
             await asyncio.to_thread(incoming.__exit__, None, None, None)
     ctx.pipeline.fill(session_id)
     summary = await asyncio.to_thread(ctx.store.summary, session_id)
-    return web.json_response(ctx.with_fill(summary), status=201)
+    return json_response(ctx.with_fill(summary), status=201)
 
 
 def add_upload_routes(app: web.Application) -> None:
