@@ -256,7 +256,7 @@ def test_events_that_are_not_events_or_nest_too_deep_are_answered(server):
                 ('["start",{"mime":"video/webm"', "the event is not JSON: Expecting ',' delimiter: line 1 column 30 (char 29)"),
                 ('["start",{"mime":"video/\\udc00"}]', "mime holds a lone surrogate (not a character: no UTF-8 encodes it)"),
                 ('["start",{"mime":"video/webm","meta":{"n":' + "9" * 200 + "}}]",
-                 "meta.n is a number of 200 digits; at most 100 are taken"),
+                 "meta.n is an integer of 200 characters; at most 100 are taken"),
             ):  # fmt: skip
                 ack = await sock.call(text)
                 assert ack == [{**error, "error": {**error["error"], "message": message}}], text[:80]

@@ -100,7 +100,14 @@ class IngestNamespace(socketio.AsyncNamespace):
                 await socket.close(wait=False, abort=True)
             eio.sockets = {}
         elif eio.sockets:
-            await asyncio.wait_for(eio.disconnect(), timeout)
+            count = len(eio.sockets)
+            try:
+                await asyncio.wait_for(eio.disconnect(), timeout)
+            except TimeoutError:  # a client gone without its goodbye, packets still queued for it
+                log.warning("shutdown: connections (of %d) not closed after %g s: dropped", count, timeout)
+                for socket in list(eio.sockets.values()):
+                    await socket.close(wait=False, abort=True)
+                eio.sockets = {}
 
     async def on_start(self, sid: str, data: object = None) -> Ack:
         return await self.answer(self.start, sid, data)

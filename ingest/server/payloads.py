@@ -63,6 +63,18 @@ def require_seq(payload: dict[str, Any], field: str = "seq") -> int:
     return seq
 
 
+def find_binary(value: object, where: str) -> str | None:
+    """The first binary attachment inside ``value`` (a field's name: ``meta.photo``), if any."""
+    if isinstance(value, bytes | bytearray):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = find_binary(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
 @dataclass(frozen=True)
 class StartRequest:
     """``start``: a new session (``mime``, ``meta``) or a resumed one (``resume``, unchecked
@@ -80,6 +92,9 @@ def start_request(payload: dict[str, Any], max_meta_bytes: int) -> StartRequest:
     mime = require_str(payload, "mime")
     meta = payload.get("meta")
     meta = {} if meta is None else require_dict(meta, "meta")
+    binary = find_binary(meta, "meta")
+    if binary is not None:
+        raise BadRequestError(f"{binary} is binary data; meta holds JSON values only (it is stored and listed as JSON)")
     size = len(STRICT.dumps(meta))
     if size > max_meta_bytes:
         raise TooLargeError(f"meta of {size} bytes of JSON exceeds {max_meta_bytes} bytes (max_meta_bytes)")

@@ -6,7 +6,7 @@ one ``NaN`` in a session's meta once made ``GET /api/sessions`` unreadable for e
 
 - ``dumps`` always has ``allow_nan=False`` (a non-finite number is a bug: ``ValueError``);
 - ``loads`` refuses ``NaN``/``Infinity``, numbers that overflow to infinity (``1e400``), integers
-  of more than ``MAX_INT_DIGITS`` digits (engine.io's own bound), strings holding a lone
+  written with more than ``MAX_INT_DIGITS`` characters (engine.io's own bound), strings holding a lone
   surrogate (``"\\ud800"``: no UTF-8 encodes it, so SQLite and every writer would fail on it)
   and nesting deeper than ``max_depth`` (checked before parsing: Python's parser recurses, and
   100,000 ``[`` raised ``RecursionError``). The error (``JSONRefusedError``, a ``ValueError``)
@@ -78,8 +78,8 @@ def _checked_float(text: str) -> float:
 
 
 def _checked_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise JSONRefusedError(f"is a number of {len(text)} digits; at most {MAX_INT_DIGITS} are taken")
+    if len(text) > MAX_INT_DIGITS:  # (its sign counted, as engine.io's clients count it)
+        raise JSONRefusedError(f"is an integer of {len(text)} characters; at most {MAX_INT_DIGITS} are taken")
     return int(text)
 
 
