@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ingest.server.context import CONTEXT
 from ingest.server.export_routes import add_export_routes
+from ingest.server.exposure import add_files, protect
 from ingest.server.gallery_routes import add_gallery_routes
 from ingest.server.responses import json_response
 from ingest.server.session_routes import add_session_routes
@@ -74,15 +75,16 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
+    protect(app)  # security headers on every answer
     app.router.add_get("/", index_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions_page)
     app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    add_files(app, "/static/", web_root())
     app.router.add_get("/socket.io/socket.io.js", socketio_client)
     app.router.add_get("/socket.io/socket.io.min.js", socketio_client)
-    if pages_dir is not None:
-        app.router.add_static("/pages/", pages_dir, show_index=True, follow_symlinks=False)
+    if pages_dir is not None:  # files only: no dotfiles (.env), no folder listings
+        add_files(app, "/pages/", pages_dir)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/config", client_config)
     add_upload_routes(app)  # POST /api/sessions, before the session routes
