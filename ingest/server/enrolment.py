@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import unicodedata
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -31,9 +32,10 @@ def check_photo_count(count: int, limit: int) -> None:
 def check_look_alikes(gallery: Gallery, name: str, photos: list[Enrolment], threshold: float, how: str) -> None:
     """Refuse (``LookAlikeError``) an enrolment that would silently merge or split people: a
     new person whose face matches someone already enrolled (recordings would name either), or
-    a name already taken by a face this one does not match (two people, one name). More photos
-    of a person that match them pass. ``how``: what the client does to confirm (blocking: the
-    gallery is read)."""
+    a name already taken by a face this one does not match (two people, one name), or a new
+    name that only looks like an enrolled one ("Аda" with a Cyrillic А beside "Ada": a removal
+    or a filter by the one misses the other). More photos of a person that match them pass.
+    ``how``: what the client does to confirm (blocking: the gallery is read)."""
     matrix = gallery.matrix()
     known = gallery.find(name)
     name = known["name"] if known is not None else name  # as enrolled: "ADA" adds to "Ada"
@@ -59,6 +61,16 @@ def check_look_alikes(gallery: Gallery, name: str, photos: list[Enrolment], thre
                 f"it to {name} anyway",
                 matches, same_name,
             )  # fmt: skip
+    similar = gallery.lookalikes(name) if known is None else []
+    if similar:
+        foreign = ", ".join(f"{c} ({unicodedata.name(c, f'U+{ord(c):04X}').lower()})" for c in dict.fromkeys(name)
+                            if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN"))  # fmt: skip
+        raise LookAlikeError(
+            f"the name {name} looks like {similar[0]}, who is enrolled, but is another name"
+            f"{f' (it holds {foreign})' if foreign else ''}: a search or a removal by one would miss the other; "
+            f"choose another name, or {how} to enrol {name} as another person",
+            [], None, similar,
+        )  # fmt: skip
 
 
 class EnrolmentService:
