@@ -139,6 +139,11 @@ class CapacityError(IngestError):
     retry_after_s = 5  # HTTP answers say when to try again (Retry-After)
 
 
+class HelperCrashedError(CapacityError):
+    """A helper process of the server (the enrolment process) died while it had the request in
+    hand, twice (once it is replaced and the request tried again); a new one is ready."""
+
+
 class UploadTooSlowError(IngestError, TimeoutError):
     """An upload's body did not keep the documented pace; its slot is freed (HTTP 408)."""
 

@@ -38,11 +38,13 @@ from storage import landmarks_meta
 from storage.database import Connection, open_database
 from storage.errors import IndexWriteError, StoreBusyError, UnknownSessionError, UnknownSnapshotError
 from storage.files import (
+    SESSION_ID_RE,
     SNAPSHOT_ID_RE,
     LocalStream,
     SessionFiles,
     StreamWriter,
     fsync_dir,
+    is_leftover,
     replace_atomically,
     replacing,
     validate_session_id,
@@ -279,7 +281,11 @@ class SessionStore:
         for orphan in self.gallery.orphan_photos():  # a crash between a photo and its row
             orphan.unlink(missing_ok=True)
             notes.append(f"removed the gallery photo {orphan.name}, which no person holds")
-        rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state FROM sessions").fetchall())
+        rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state, meta FROM sessions").fetchall())
+        removed = self._remove_unfinished_imports(rows, cluster)
+        notes += removed.values()
+        rows = [row for row in rows if row["id"] not in removed]
+        notes += self._remove_temporary_files([row["id"] for row in rows])
         for row in rows:
             path = self.files(row["id"]).stream
             size = path.stat().st_size if path.exists() else 0
@@ -297,6 +303,55 @@ class SessionStore:
                 self._fail(row["id"], message)
                 notes.append(f"{row['id']}: {message}")
         return notes
+
+    @staticmethod
+    def _import_of(row: dict[str, Any]) -> bool:
+        """Whether the session is (was) an import: an upload or ``camingest import``."""
+        try:
+            meta = json.loads(row["meta"] or "null")
+        except ValueError:
+            return False
+        return isinstance(meta, dict) and "imported_from" in meta
+
+    def _remove_unfinished_imports(self, rows: list[dict[str, Any]], cluster: bool) -> dict[str, str]:
+        """An import still ``recording`` was killed before it ended (it is ``stopped`` before its
+        upload is answered or its command says so: nobody was told it exists), and a session
+        folder without a row was killed between the two: both removed. With several nodes an
+        import in that state may be another node's, running: only folders are looked at."""
+        notes: dict[str, str] = {}
+        if not cluster:
+            for row in rows:
+                if row["state"] == "recording" and self._import_of(row):
+                    self.delete(row["id"])
+                    notes[row["id"]] = f"{row['id']}: removed an import that never completed (never acknowledged)"
+        known = {row["id"] for row in rows}
+        if self.sessions_dir.is_dir():
+            for folder in sorted(self.sessions_dir.iterdir()):
+                if folder.is_dir() and folder.name not in known and SESSION_ID_RE.match(folder.name) \
+                        and not self._row_exists(folder.name):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    notes[folder.name] = f"{folder.name}: removed a session folder the index never held (a crash at its creation)"
+        return notes
+
+    def _remove_temporary_files(self, session_ids: list[str]) -> list[str]:
+        """What writers killed mid-way left in the sessions' folders (a landmark rewrite, an
+        export being encoded, a file being replaced): at start-up nobody writes them."""
+        notes = []
+        for session_id in session_ids:
+            root = self.files(session_id).root
+            if not root.is_dir():
+                continue
+            left = sorted(p for p in root.rglob("*") if p.is_file() and is_leftover(p.name))
+            for path in left:
+                path.unlink(missing_ok=True)
+            if left:
+                names = ", ".join(str(p.relative_to(root)) for p in left[:5]) + (" ..." if len(left) > 5 else "")
+                notes.append(f"{session_id}: removed {len(left)} temporary file(s) a killed writer left: {names}")
+        return notes
+
+    def _row_exists(self, session_id: str) -> bool:
+        row = self.index.read(lambda c: c.execute("SELECT 1 AS one FROM sessions WHERE id=?", (session_id,)).fetchone())
+        return row is not None
 
     def _restore_from_objects(self, session_id: str) -> list[str]:
         """The local copy of a session is gone or short (a lost disk, a new machine): what is in

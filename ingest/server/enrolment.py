@@ -9,17 +9,22 @@ loop or in its threads. This object owns that process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import unicodedata
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ingest.analysis.identity import distances_by_name
 from ingest.analysis.stills import enrol_photos
+from ingest.background import exit_with_parent
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, CapacityError, LookAlikeError
+from ingest.exceptions import BadRequestError, CapacityError, HelperCrashedError, LookAlikeError
 from storage.gallery import Enrolment, Gallery, GalleryError, check_name
+
+log = logging.getLogger("camingest")
 
 
 def check_photo_count(count: int, limit: int) -> None:
@@ -93,15 +98,7 @@ class EnrolmentService:
         if self._busy.locked():
             raise CapacityError("another enrolment is being analysed; try again in a moment")
         async with self._busy:
-            if self._pool is None:  # started on first use: the server need not pay for it
-                self._pool = await asyncio.to_thread(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
-            settings = self.settings
-            # submitted from a thread: the pool spawns its process on the first submit
-            job = await asyncio.to_thread(
-                self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
-                settings.max_enrol_analysis_pixels, settings.descriptor_engine,
-            )  # fmt: skip
-            enrolled, refusal = await asyncio.wrap_future(job)
+            enrolled, refusal = await self._analyse(photos)
         if refusal is not None:
             raise refusal
         if not confirm:
@@ -110,6 +107,30 @@ class EnrolmentService:
         person = await asyncio.to_thread(self.gallery.add, name, enrolled)
         await self.on_change()
         return person
+
+    async def _analyse(self, photos: list[tuple[bytes, str]]) -> tuple[list[Enrolment], Any]:
+        """``enrol_photos`` in the enrolment process. A process that died (killed, out of
+        memory, a crash in native code) breaks its pool: a new one is started and the photos
+        are tried once more there; a second death answers ``busy`` (a new process is ready)."""
+        settings = self.settings
+        for attempt in (1, 2):
+            if self._pool is None:  # started on first use: the server need not pay for it
+                self._pool = await asyncio.to_thread(
+                    ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent
+                )  # fmt: skip
+            try:
+                # submitted from a thread: the pool spawns its process on the first submit
+                job = await asyncio.to_thread(
+                    self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
+                    settings.max_enrol_analysis_pixels, settings.descriptor_engine,
+                )  # fmt: skip
+                return await asyncio.wrap_future(job)
+            except BrokenProcessPool:
+                log.warning("enrolment: its process died; a new one is started (attempt %d of 2)", attempt)
+                broken, self._pool = self._pool, None
+                await asyncio.to_thread(broken.shutdown, False, cancel_futures=True)
+        raise HelperCrashedError("the enrolment process died twice while analysing these photos; "
+                                 "a new one is ready: try again")  # fmt: skip
 
     async def people(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.gallery.people)

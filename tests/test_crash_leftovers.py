@@ -1,0 +1,149 @@
+"""No half-done work after a crash (issue 26, item 4): the server is killed with SIGKILL at each
+crash point, started again, and then nothing is left behind (no partial session nobody
+acknowledged, no temporary folder) and nothing is forgotten (an upload's landmark fill ends);
+recovery logs what it did. The enrolment process dies with its server and is replaced after a
+crash of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.client import http_json, run, wait_until
+from tests.conftest import ffprobe_frames, load_recording
+from tests.test_gallery_names import enrol
+from tests.test_identity import photos  # noqa: F401 -- the identity tests' photos (a fixture)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    """An H.264 MP4 of a webcam fixture looped 8 times (1,432 frames, long enough to be killed
+    during its import and during its fill)."""
+    folder = tmp_path_factory.mktemp("long")
+    source, mp4 = folder / "in.webm", folder / "long.mp4"
+    source.write_bytes(load_recording("webcam_vp8_kf1s_250ms").stream)
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "7", "-i", str(source), "-an", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(mp4)], check=True)  # fmt: skip
+    return mp4
+
+
+async def summary(url: str, session_id: str) -> dict:
+    return (await http_json(f"{url}/api/sessions/{session_id}"))[1]
+
+
+def test_an_upload_killed_during_its_fill_is_filled_after_the_restart(server_factory, tmp_path, long_clip):
+    data = tmp_path / "data"
+    frames = ffprobe_frames(long_clip)
+    server = server_factory(data=data)
+
+    async def upload_then_some_landmarks() -> str:
+        async with aiohttp.ClientSession() as http, http.post(
+            f"{server.url}/api/sessions?filename=long.mp4", data=long_clip.read_bytes()
+        ) as response:
+            created = await response.json()
+            assert response.status == 201, created
+        await wait_until(lambda: summary(server.url, created["id"]), "the session is listed")
+
+        async def filling() -> int:
+            detail = await summary(server.url, created["id"])
+            assert "fill" in detail, f"the fill ended before the kill: make the clip longer ({detail})"
+            return detail["fill"].get("frames_done", 0)
+
+        done = await wait_until(filling, "the fill has begun", interval=0.02)
+        print(f"killed with {done} of {frames} frames filled")
+        return created["id"]
+
+    session_id = run(upload_then_some_landmarks())
+    server.kill()
+    server = server_factory(data=data)
+
+    async def filled() -> dict:
+        async def done() -> dict | None:
+            detail = await summary(server.url, session_id)
+            return detail if detail["analysed_frames"] == frames and "fill" not in detail else None
+
+        return await wait_until(done, f"the {frames} frames' landmarks filled after the restart", 240)
+
+    detail = run(filled())
+    assert (detail["state"], detail["frames"], detail["skipped_frames"]) == ("stopped", frames, 0)
+    assert len((data / "sessions" / session_id / "landmarks.jsonl").read_text().splitlines()) == frames
+    assert not list((data / "sessions" / session_id).glob("*.tmp"))
+    log = server.log.read_text()
+    assert f"recovery: {session_id}: removed 1 temporary file(s) a killed writer left: landmarks.jsonl." in log
+    assert f"filled {frames} frames of {session_id}" in log
+
+
+def test_an_upload_killed_during_its_import_leaves_nothing(server_factory, tmp_path, long_clip):
+    data = tmp_path / "data"
+    server = server_factory("--no-analysis", data=data)
+
+    async def killed_mid_import() -> None:
+        async with aiohttp.ClientSession() as http:
+            upload = asyncio.create_task(http.post(f"{server.url}/api/sessions?filename=long.mp4",
+                                                   data=long_clip.read_bytes()))  # fmt: skip
+            # its session exists (chunks being committed) and was never acknowledged
+            async def importing() -> bool:
+                return bool((await http_json(f"{server.url}/api/sessions"))[1]["sessions"])
+
+            await wait_until(importing, "the import's session is listed", 60, interval=0.01)
+            server.kill()
+            with pytest.raises(aiohttp.ClientError):
+                await upload
+
+    run(killed_mid_import())
+    (partial,) = [p.name for p in (data / "sessions").iterdir()]
+    server = server_factory("--no-analysis", data=data)
+    assert run(http_json(f"{server.url}/api/sessions"))[1]["sessions"] == []
+    assert not (data / "sessions" / partial).exists()
+    for scratch in ("uploads", "tmp"):
+        assert not (data / scratch).exists() or not any((data / scratch).iterdir()), scratch
+    assert f"recovery: {partial}: removed an import that never completed (never acknowledged)" in server.log.read_text()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_enrolment_process_is_replaced_after_a_crash_and_dies_with_its_server(server_factory, photos):  # noqa: F811
+    server = server_factory("--no-analysis")
+    assert server.proc is not None
+    before = set(children(server.proc.pid))
+    assert run(enrol(server.url, "Ada", photos["obama"]))[0] == 201
+    (helper,) = [pid for pid in children(server.proc.pid) if pid not in before and alive(pid)
+                 and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()] or [None]  # fmt: skip
+    assert helper is not None
+    os.kill(helper, signal.SIGKILL)
+    run(wait_until(lambda: not alive(helper), "the enrolment process is gone", 10))
+    # the next enrolment gets a new process (not 500 until a restart)
+    status, body = run(enrol(server.url, "ada", photos["obama"]))
+    assert (status, body["images"]) == (201, 2), body
+    (replaced,) = [pid for pid in children(server.proc.pid) if pid not in before and alive(pid)
+                   and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]  # fmt: skip
+    assert replaced != helper
+    assert "enrolment: its process died" in server.log.read_text()
+    server.kill()
+    run(wait_until(lambda: not alive(replaced), "the enrolment process died with its server", 10))
