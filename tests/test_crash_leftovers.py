@@ -147,3 +147,17 @@ def test_the_enrolment_process_is_replaced_after_a_crash_and_dies_with_its_serve
     assert "enrolment: its process died" in server.log.read_text()
     server.kill()
     run(wait_until(lambda: not alive(replaced), "the enrolment process died with its server", 10))
+
+
+def test_every_child_process_dies_with_a_killed_server(server_factory, photos):  # noqa: F811
+    """kill -9 of a server with analysis workers (and its enrolment process) left them all running."""
+    server = server_factory()
+    assert server.proc is not None
+    assert run(enrol(server.url, "Ada", photos["obama"]))[0] == 201
+    kids = [pid for pid in children(server.proc.pid) if alive(pid)]
+    names = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[3][:40] for pid in kids]
+    print(f"children {kids}: {names}")
+    assert len(kids) >= 3, names  # two analysis workers and the enrolment process at least
+    server.kill()
+    run(wait_until(lambda: not [pid for pid in kids if alive(pid)], "every child process is gone", 10,
+                   seen=lambda: [pid for pid in kids if alive(pid)]))  # fmt: skip
