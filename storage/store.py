@@ -72,6 +72,7 @@ log = logging.getLogger("camingest.storage")
 INDEX_FILE = "index.sqlite3"
 LOCK_FILE = "server.lock"
 UPLOADS_DIR = "uploads"
+EXPORT_WANTED = ".wanted"  # beside an export being encoded: a crash interrupted it if it is still there
 SCRATCH_DIR = "tmp"
 
 __all__ = ["STATES", "SessionFilter", "SessionStore", "utc_now", "validate_session_id"]
@@ -1203,7 +1204,29 @@ class SessionStore:
         folder = self.files(session_id).exports
         if not folder.is_dir():
             return []
-        return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".tmp")]
+        return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir())
+                if p.is_file() and not is_leftover(p.name) and not p.name.endswith(EXPORT_WANTED)]  # fmt: skip
+
+    def want_export(self, session_id: str, name: str) -> None:
+        """An export ``name`` is being encoded: recorded (durably) until ``export_ended``, so
+        that a restart after a crash encodes it again (``wanted_exports``)."""
+        folder = self.files(session_id).exports
+        folder.mkdir(exist_ok=True)
+        replace_atomically(folder / f"{Path(name).name}{EXPORT_WANTED}", b"")
+        fsync_dir(folder)
+
+    def export_ended(self, session_id: str, name: str) -> None:
+        """The export is done, failed or cancelled: no restart encodes it again."""
+        (self.files(session_id).exports / f"{Path(name).name}{EXPORT_WANTED}").unlink(missing_ok=True)
+
+    def wanted_exports(self) -> list[tuple[str, str]]:
+        """(session id, export name) of exports a crash interrupted, oldest first."""
+        found = []
+        for marker in self.sessions_dir.glob(f"*/exports/*{EXPORT_WANTED}"):
+            session_id = marker.parent.parent.name
+            if SESSION_ID_RE.match(session_id) and self._row_exists(session_id):
+                found.append((marker.stat().st_mtime, session_id, marker.name.removesuffix(EXPORT_WANTED)))
+        return [(session_id, name) for _, session_id, name in sorted(found)]
 
     def open_export(self, session_id: str, name: str) -> tuple[BinaryIO, int] | None:
         path = self.files(session_id).exports / Path(name).name

@@ -161,3 +161,51 @@ def test_every_child_process_dies_with_a_killed_server(server_factory, photos): 
     server.kill()
     run(wait_until(lambda: not [pid for pid in kids if alive(pid)], "every child process is gone", 10,
                    seen=lambda: [pid for pid in kids if alive(pid)]))  # fmt: skip
+
+
+def test_an_export_killed_mid_way_is_encoded_again_after_the_restart(server_factory, tmp_path, long_clip):
+    data = tmp_path / "data"
+    frames = ffprobe_frames(long_clip)
+    server = server_factory("--no-analysis", data=data)
+
+    async def export_then_kill() -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.url}/api/sessions?filename=long.mp4", data=long_clip.read_bytes()) as response:
+                session_id = (await response.json())["id"]
+            async with http.post(f"{server.url}/api/sessions/{session_id}/exports",
+                                 json={"overlay": "none", "format": "mp4"}) as response:  # fmt: skip
+                assert response.status == 202, await response.text()
+
+        async def encoding() -> int:
+            (job,) = (await http_json(f"{server.url}/api/sessions/{session_id}/exports"))[1]["exports"]
+            assert job["state"] == "running", f"the export ended before the kill: make the clip longer ({job})"
+            return job["frames_done"] if job["frames_done"] >= 200 else 0  # past x264's lookahead: in the file
+
+        done = await wait_until(encoding, "the export is 200 frames in", 60, interval=0.02)
+        print(f"killed with {done} of {frames} frames encoded")
+        return session_id
+
+    session_id = run(export_then_kill())
+    server.kill()
+    exports = data / "sessions" / session_id / "exports"
+    assert [p.name for p in exports.iterdir() if p.name.endswith(".tmp")], "a partial export was being written"
+    server = server_factory("--no-analysis", data=data)
+
+    async def listed_then_done() -> dict:
+        (job,) = (await http_json(f"{server.url}/api/sessions/{session_id}/exports"))[1]["exports"]
+        assert job["state"] in ("running", "done"), job  # listed, never forgotten
+
+        async def done() -> dict | None:
+            (job,) = (await http_json(f"{server.url}/api/sessions/{session_id}/exports"))[1]["exports"]
+            assert job["state"] != "failed", job
+            return job if job["state"] == "done" else None
+
+        return await wait_until(done, "the export encoded again", 240)
+
+    job = run(listed_then_done())
+    assert job["url"] == f"/api/sessions/{session_id}/exports/none.mp4"
+    assert sorted(p.name for p in exports.iterdir()) == ["none.mp4"]  # no partial file, no marker
+    assert ffprobe_frames(exports / "none.mp4") == frames
+    log = server.log.read_text()
+    assert f"recovery: {session_id}: removed 1 temporary file(s) a killed writer left: exports/none.mp4." in log
+    assert f"recovery: {session_id}: encoding its export none.mp4 again (a restart interrupted it)" in log
