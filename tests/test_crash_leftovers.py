@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -209,3 +210,33 @@ def test_an_export_killed_mid_way_is_encoded_again_after_the_restart(server_fact
     log = server.log.read_text()
     assert f"recovery: {session_id}: removed 1 temporary file(s) a killed writer left: exports/none.mp4." in log
     assert f"recovery: {session_id}: encoding its export none.mp4 again (a restart interrupted it)" in log
+
+
+def test_a_gallery_write_killed_between_photos_and_rows_leaves_no_photo(server_factory, tmp_path, photos):  # noqa: F811
+    """The photos are kept before their rows are committed; the kill comes in between: another
+    process (a backup, say) holds the index's write lock, so the server's commit waits."""
+    data = tmp_path / "data"
+    server = server_factory("--no-analysis", data=data)
+    images = data / "gallery" / "images"
+    locker = sqlite3.connect(data / "index.sqlite3", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # the index's write lock, held
+
+    async def killed_mid_write() -> list[str]:
+        enrolling = asyncio.create_task(enrol(server.url, "Ada", photos["obama"]))
+        kept = await wait_until(lambda: images.is_dir() and [p.name for p in images.iterdir()],
+                                "the photo kept before its row", 60, interval=0.01)  # fmt: skip
+        server.kill()
+        with pytest.raises(aiohttp.ClientError):
+            await enrolling
+        return kept
+
+    kept = run(killed_mid_write())
+    locker.execute("ROLLBACK")
+    assert locker.execute("SELECT COUNT(*) FROM gallery_images").fetchone() == (0,)
+    locker.close()
+    server = server_factory("--no-analysis", data=data)
+    assert run(http_json(f"{server.url}/api/gallery"))[1] == {"people": []}
+    assert list(images.iterdir()) == []  # a biometric file nothing could delete, gone
+    log = server.log.read_text()
+    for name in kept:
+        assert f"recovery: removed the gallery photo {name}, which no person holds" in log
