@@ -4,6 +4,8 @@ An export is the session re-encoded with an overlay (ingest/media/render.py), ke
 beside the session (``<overlay>.<format>``) until the session is deleted. One encoding runs at a
 time (it takes a core for roughly the recording's duration); a second request while one runs is
 answered ``busy``. The encoding runs in this object's one thread; this object owns its state.
+An export being encoded is recorded by the store until it ends, so that one a crash or a
+shutdown interrupted is encoded again at the next start (``resume``).
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ class ExportJobs:
         except Exception:
             log.exception("export of %s failed", job.session_id)
             job.state, job.error = "failed", "the export failed (see the server's log)"
-        if job.state != "failed" or not job.cancel.is_set() or not self._closing:
-            try:  # ended: done, or failed for a reason a restart would not change
+        if not (job.state == "failed" and job.cancel.is_set() and self._closing):
+            try:  # ended: done, failed, or cancelled by a deletion (not by the shutdown)
                 self.store.export_ended(job.session_id, name)
             except OSError as exc:
                 log.warning("export of %s: its marker could not be removed: %s", job.session_id, exc)
