@@ -282,6 +282,19 @@ class Gallery:
         row = self.index.read(lambda c: c.execute("SELECT generation FROM gallery_state WHERE id = 1").fetchone())
         return int(row["generation"]) if row else 0
 
+    def orphan_objects(self) -> list[str]:
+        """Keys of photos in object storage without a row (a crash between the upload of a photo
+        and its row; blocking: lists the bucket). Only a node alone may remove them: on a
+        cluster, another node's enrolment may be between the two."""
+        if self.objects is None:
+            return []
+        known = {r["file"] for r in self.index.read(lambda c: c.execute("SELECT file FROM gallery_images").fetchall())}
+        return [key for key, _ in self.objects.keys(self._photo_key("")) if key.rsplit("/", 1)[-1] not in known]
+
+    def remove_object(self, key: str) -> None:
+        assert self.objects is not None
+        self.objects.delete_prefix(key)  # one key: photo names are unique ids
+
     def orphan_photos(self) -> list[Path]:
         """Photo files without a row (a crash between the file and its row): to be removed."""
         if not self.images.is_dir():

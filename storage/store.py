@@ -282,6 +282,9 @@ class SessionStore:
         for orphan in self.gallery.orphan_photos():  # a crash between a photo and its row
             orphan.unlink(missing_ok=True)
             notes.append(f"removed the gallery photo {orphan.name}, which no person holds")
+        for key in [] if cluster else self.gallery.orphan_objects():
+            self.gallery.remove_object(key)
+            notes.append(f"removed the gallery photo {key.rsplit('/', 1)[-1]} from object storage, which no person holds")
         rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state, meta FROM sessions").fetchall())
         removed = self._remove_unfinished_imports(rows, cluster)
         notes += removed.values()

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+import psycopg
 import pytest
 
 from tests.client import http_json, run, wait_until
@@ -240,3 +241,40 @@ def test_a_gallery_write_killed_between_photos_and_rows_leaves_no_photo(server_f
     log = server.log.read_text()
     for name in kept:
         assert f"recovery: removed the gallery photo {name}, which no person holds" in log
+
+
+@pytest.mark.slow
+def test_a_gallery_write_killed_leaves_no_photo_in_object_storage(tmp_path, postgres, s3, photos):  # noqa: F811
+    """The same kill with the index in PostgreSQL and photos kept in object storage too: the
+    photo in the bucket (a biometric file only an operator with the bucket's keys could find)
+    goes with the local one."""
+    from tests.test_object_store import engine_server
+
+    data = tmp_path / "data"
+    server = engine_server(tmp_path, postgres, s3, "--no-analysis", data=data)
+    locker = psycopg.connect(postgres.dsn)
+    locker.execute("LOCK TABLE gallery_images IN EXCLUSIVE MODE")  # inserts wait; reads do not
+
+    async def killed_mid_write() -> list[str]:
+        enrolling = asyncio.create_task(enrol(server.url, "Ada", photos["obama"]))
+        kept = await wait_until(lambda: s3.keys("gallery/"), "the photo in the bucket before its row", 60,
+                                interval=0.01)  # fmt: skip
+        server.kill()
+        with pytest.raises(aiohttp.ClientError):
+            await enrolling
+        return [key.rsplit("/", 1)[-1] for key in kept]
+
+    try:
+        kept = run(killed_mid_write())
+    finally:
+        locker.rollback()
+        locker.close()
+    server = engine_server(tmp_path, postgres, s3, "--no-analysis", data=data)
+    try:
+        assert run(http_json(f"{server.url}/api/gallery"))[1] == {"people": []}
+        assert s3.keys("gallery/") == []
+        log = server.log.read_text()
+        for name in kept:
+            assert f"recovery: removed the gallery photo {name} from object storage, which no person holds" in log
+    finally:
+        server.stop()
