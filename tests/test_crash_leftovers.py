@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from tests.client import http_json, run, wait_until
-from tests.conftest import ffprobe_frames, load_recording
+from tests.conftest import ROOT, ffprobe_frames, load_recording
 from tests.test_gallery_names import enrol
 from tests.test_identity import photos  # noqa: F401 -- the identity tests' photos (a fixture)
 
@@ -278,3 +279,36 @@ def test_a_gallery_write_killed_leaves_no_photo_in_object_storage(tmp_path, post
             assert f"recovery: removed the gallery photo {name} from object storage, which no person holds" in log
     finally:
         server.stop()
+
+
+def test_a_reprocess_killed_mid_run_takes_its_workers_and_the_server_sweeps_its_file(server_factory, tmp_path):
+    """kill -9 of `camingest reprocess` while its pool writes the new landmarks: its workers go
+    with it, the previous landmarks are kept, and the next server start removes the new file's
+    temporary copy."""
+    from tests.test_batch import NO_SKIP, record_live
+
+    data = tmp_path / "data"
+    server = server_factory(data=data, env=NO_SKIP)
+    session_id = record_live(server, load_recording("scene_vp8_opus_250ms"))
+    server.stop()
+    folder = data / "sessions" / session_id
+    before = (folder / "landmarks.jsonl").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "reprocess", session_id, "--workers", "2", "--data",
+                             str(data)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        run(wait_until(lambda: list(folder.glob("landmarks.jsonl.*.tmp")) and len(children(proc.pid)) >= 2,
+                       "the reprocess writing with its workers", 120, interval=0.02))  # fmt: skip
+        kids = [pid for pid in children(proc.pid) if alive(pid)]
+        proc.kill()
+        proc.wait(10)
+        run(wait_until(lambda: not [pid for pid in kids if alive(pid)], "its workers are gone", 10,
+                       seen=lambda: [pid for pid in kids if alive(pid)]))  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (folder / "landmarks.jsonl").read_bytes() == before
+    (tmp,) = folder.glob("landmarks.jsonl.*.tmp")
+    server = server_factory(data=data)
+    assert not tmp.exists()
+    assert f"recovery: {session_id}: removed 1 temporary file(s) a killed writer left: {tmp.name}" in server.log.read_text()
+    assert (folder / "landmarks.jsonl").read_bytes() == before
