@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -40,3 +43,19 @@ class BackgroundTasks:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def exit_with_parent(interval_s: float = 0.5) -> None:
+    """In a child process (a pool's initializer): exit as soon as the parent is gone, even when
+    it was killed with SIGKILL and could not stop its children (a pool's worker blocked on its
+    queue never notices). A thread watching the parent's pid rather than ``PR_SET_PDEATHSIG``,
+    which fires when the *thread* that started the child ends (a pool starts workers from
+    whichever thread submits) and exists on Linux only."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

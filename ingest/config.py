@@ -179,6 +179,9 @@ class Settings:
     shutdown_grace_s: float = 5.0
     # Bytes of JSON a session's `meta` (from `start`) may take; it is stored and listed with it.
     max_meta_bytes: int = 16 * 1024
+    # How deeply arrays and objects may nest in JSON the server reads (Socket.IO events, request
+    # bodies), checked before parsing: Python's parser recurses (100,000 `[` overflowed its stack).
+    max_json_depth: int = 64
     # Binary attachments one Socket.IO event may carry (ours carry one: a chunk or a snapshot);
     # python-socketio holds all of an event's attachments until the last one arrives.
     max_event_attachments: int = 4

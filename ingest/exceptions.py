@@ -83,17 +83,24 @@ class LookAlikeError(ConflictError):
     """An enrolment that would merge or split people: the face matches someone else, or the name
     belongs to a face this one does not match. Nothing was enrolled; the client may confirm.
     ``matches``: the other people within the threshold; ``same_name``: the distance to the
-    person of that name, when their photos do not match."""
+    person of that name, when their photos do not match; ``lookalike_names``: people whose names
+    only look like this one (letters of another script: "Аda" and "Ada")."""
 
-    def __init__(self, message: str, matches: list[dict[str, object]], same_name: dict[str, object] | None) -> None:
+    def __init__(
+        self, message: str, matches: list[dict[str, object]], same_name: dict[str, object] | None,
+        lookalike_names: list[str] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.matches = matches
         self.same_name = same_name
+        self.lookalike_names = lookalike_names or []
 
     def to_dict(self) -> dict[str, Any]:
         result = {**super().to_dict(), "matches": self.matches}
         if self.same_name is not None:
             result["same_name"] = self.same_name
+        if self.lookalike_names:
+            result["lookalike_names"] = self.lookalike_names
         return result
 
 
@@ -136,6 +143,11 @@ class CapacityError(IngestError):
     code = "busy"
     http_status = 503
     retry_after_s = 5  # HTTP answers say when to try again (Retry-After)
+
+
+class HelperCrashedError(CapacityError):
+    """A helper process of the server (the enrolment process) died while it had the request in
+    hand, twice (once it is replaced and the request tried again); a new one is ready."""
 
 
 class UploadTooSlowError(IngestError, TimeoutError):

@@ -5,11 +5,13 @@ per photo; so every node of a cluster sees one gallery.
     gallery_images  id, person_id, file (the photo, kept by the store), source, box, descriptor
     gallery_state   one row: generation, incremented by every change in the same transaction
 
-People are named by ids in URLs, never by names: any name a person may have can be removed. A
-name is trimmed and NFC-normalised, 1-100 characters of letters, marks, digits, spaces and
-``' - . , ( ) & /``; its key (NFKC, casefolded, spaces collapsed) makes "Ada", "ADA" and the
-fullwidth "Ａｄａ" one person. Names that only look alike ("Аda" with a Cyrillic А) are different
-people: ``lookalikes`` finds them so that enrolment can warn. Nothing here computes descriptors
+People are named by ids in URLs, never by names: any name a person may have can be removed (by
+id, or by its name's key, which takes any stored name, also one enrolled before these rules). A
+new name is trimmed and NFC-normalised, 1-100 characters of letters, marks, digits, spaces and
+``' - . , ( ) & /``, at least one of them a letter or a digit (no "." or ".." alone); its key
+(NFKC, casefolded, spaces collapsed: NFKC rather than NFC, so that compatibility forms fold too)
+makes "Ada", "ADA" and the fullwidth "Ａｄａ" one person. Names that only look alike ("Аda" with
+a Cyrillic А) are different people: ``lookalikes`` finds them so that enrolment can warn. Nothing here computes descriptors
 (ingest/analysis/ does); this module stores them. Removing a person deletes their rows and photos.
 
 Readers in other processes (the analysis workers) get the gallery from their server, which reads
@@ -67,12 +69,17 @@ class Enrolment:
     descriptor: np.ndarray
 
 
+def normal_name(name: str) -> str:
+    """Trimmed, inner spaces collapsed, NFC."""
+    return " ".join(unicodedata.normalize("NFC", name).split())
+
+
 def check_name(name: object) -> str:
-    """A person's name as stored: trimmed, NFC, 1-100 characters of letters, marks, digits,
-    spaces and ``' - . , ( ) & /``."""
+    """A new person's name as stored: trimmed, NFC, 1-100 characters of letters, marks, digits,
+    spaces and ``' - . , ( ) & /``, at least one a letter or a digit."""
     if not isinstance(name, str) or not name.strip():
         raise GalleryError("a person needs a name (1-100 characters)")
-    name = " ".join(unicodedata.normalize("NFC", name).split())
+    name = normal_name(name)
     if len(name) > MAX_NAME_CHARS:
         raise GalleryError(f"the name is {len(name)} characters long; at most {MAX_NAME_CHARS} are allowed")
     for char in name:
@@ -82,6 +89,8 @@ def check_name(name: object) -> str:
             raise GalleryError(
                 f"the name holds {shown!r}; a name may hold letters, digits, spaces and ' - . , ( ) & /"
             )
+    if not any(unicodedata.category(char)[0] in "LN" for char in name):
+        raise GalleryError(f"the name {name!r} has no letter or digit; a name needs at least one")
     return name
 
 
@@ -200,8 +209,11 @@ class Gallery:
         return dict(row)
 
     def find(self, name: str) -> dict[str, Any] | None:
-        """The person whose name has ``name``'s key (the same person), if any."""
-        key = name_key(check_name(name))
+        """The person whose name has ``name``'s key (the same person), if any. Any name is
+        looked for, also one ``check_name`` refuses now (enrolled before it, or imported)."""
+        if not isinstance(name, str):
+            return None
+        key = name_key(normal_name(name))
         row = self.index.read(lambda c: c.execute("SELECT id, name FROM people WHERE key = ?", (key,)).fetchone())
         return None if row is None else dict(row)
 
@@ -269,6 +281,19 @@ class Gallery:
         """Changes whenever the gallery does (one small query); 0 before the first change."""
         row = self.index.read(lambda c: c.execute("SELECT generation FROM gallery_state WHERE id = 1").fetchone())
         return int(row["generation"]) if row else 0
+
+    def orphan_objects(self) -> list[str]:
+        """Keys of photos in object storage without a row (a crash between the upload of a photo
+        and its row; blocking: lists the bucket). Only a node alone may remove them: on a
+        cluster, another node's enrolment may be between the two."""
+        if self.objects is None:
+            return []
+        known = {r["file"] for r in self.index.read(lambda c: c.execute("SELECT file FROM gallery_images").fetchall())}
+        return [key for key, _ in self.objects.keys(self._photo_key("")) if key.rsplit("/", 1)[-1] not in known]
+
+    def remove_object(self, key: str) -> None:
+        assert self.objects is not None
+        self.objects.delete_prefix(key)  # one key: photo names are unique ids
 
     def orphan_photos(self) -> list[Path]:
         """Photo files without a row (a crash between the file and its row): to be removed."""

@@ -61,7 +61,7 @@ def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) 
 
 
 def frame_lines(frames: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(frame, separators=(",", ":")) + "\n" for frame in frames)
+    return "".join(json.dumps(frame, separators=(",", ":"), allow_nan=False) + "\n" for frame in frames)
 
 
 @dataclass(frozen=True)

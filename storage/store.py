@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -37,11 +38,13 @@ from storage import landmarks_meta
 from storage.database import Connection, open_database
 from storage.errors import IndexWriteError, StoreBusyError, UnknownSessionError, UnknownSnapshotError
 from storage.files import (
+    SESSION_ID_RE,
     SNAPSHOT_ID_RE,
     LocalStream,
     SessionFiles,
     StreamWriter,
     fsync_dir,
+    is_leftover,
     replace_atomically,
     replacing,
     validate_session_id,
@@ -71,6 +74,7 @@ log = logging.getLogger("camingest.storage")
 INDEX_FILE = "index.sqlite3"
 LOCK_FILE = "server.lock"
 UPLOADS_DIR = "uploads"
+EXPORT_WANTED = ".wanted"  # beside an export being encoded: a crash interrupted it if it is still there
 SCRATCH_DIR = "tmp"
 
 __all__ = ["STATES", "SessionFilter", "SessionStore", "utc_now", "validate_session_id"]
@@ -122,7 +126,7 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
         result["error"] = row["error"]
     if row["ended_by"]:
         result["ended_by"] = row["ended_by"]
-    meta = json.loads(row["meta"] or "{}")
+    meta = stored_meta(row["meta"])
     if meta:  # what the client said of itself at start (bounded in size there)
         result["meta"] = meta
     if meta.get("imported_from"):  # the user's file name, for the pages
@@ -138,6 +142,19 @@ def summary(row: dict[str, Any], chunks: int, snapshots: int) -> dict[str, Any]:
     if row.get("held"):  # retention keeps it
         result["held"] = True
     return result
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def stored_meta(text: str | None) -> dict[str, Any]:
+    """A session's meta as stored, for its summary: the server takes only strict JSON now, but
+    one stored before (``{"x": NaN}``) must not make a listing unreadable: NaN and infinities
+    read as null."""
+    meta = json.loads(text or "{}", parse_constant=lambda _: None, parse_float=_finite_or_none)
+    return meta if isinstance(meta, dict) else {}
 
 
 def durable_of(row: dict[str, Any], objects: bool) -> int:
@@ -281,7 +298,14 @@ class SessionStore:
         for orphan in self.gallery.orphan_photos():  # a crash between a photo and its row
             orphan.unlink(missing_ok=True)
             notes.append(f"removed the gallery photo {orphan.name}, which no person holds")
-        rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state FROM sessions").fetchall())
+        for key in [] if cluster else self.gallery.orphan_objects():
+            self.gallery.remove_object(key)
+            notes.append(f"removed the gallery photo {key.rsplit('/', 1)[-1]} from object storage, which no person holds")
+        rows = self.index.read(lambda c: c.execute("SELECT id, bytes, state, meta FROM sessions").fetchall())
+        removed = self._remove_unfinished_imports(rows, cluster)
+        notes += removed.values()
+        rows = [row for row in rows if row["id"] not in removed]
+        notes += self._remove_temporary_files([row["id"] for row in rows])
         for row in rows:
             path = self.files(row["id"]).stream
             size = path.stat().st_size if path.exists() else 0
@@ -299,6 +323,55 @@ class SessionStore:
                 self._fail(row["id"], message)
                 notes.append(f"{row['id']}: {message}")
         return notes
+
+    @staticmethod
+    def _import_of(row: dict[str, Any]) -> bool:
+        """Whether the session is (was) an import: an upload or ``camingest import``."""
+        try:
+            meta = json.loads(row["meta"] or "null")
+        except ValueError:
+            return False
+        return isinstance(meta, dict) and "imported_from" in meta
+
+    def _remove_unfinished_imports(self, rows: list[dict[str, Any]], cluster: bool) -> dict[str, str]:
+        """An import still ``recording`` was killed before it ended (it is ``stopped`` before its
+        upload is answered or its command says so: nobody was told it exists), and a session
+        folder without a row was killed between the two: both removed. With several nodes an
+        import in that state may be another node's, running: only folders are looked at."""
+        notes: dict[str, str] = {}
+        if not cluster:
+            for row in rows:
+                if row["state"] == "recording" and self._import_of(row):
+                    self.delete(row["id"])
+                    notes[row["id"]] = f"{row['id']}: removed an import that never completed (never acknowledged)"
+        known = {row["id"] for row in rows}
+        if self.sessions_dir.is_dir():
+            for folder in sorted(self.sessions_dir.iterdir()):
+                if folder.is_dir() and folder.name not in known and SESSION_ID_RE.match(folder.name) \
+                        and not self._row_exists(folder.name):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    notes[folder.name] = f"{folder.name}: removed a session folder the index never held (a crash at its creation)"
+        return notes
+
+    def _remove_temporary_files(self, session_ids: list[str]) -> list[str]:
+        """What writers killed mid-way left in the sessions' folders (a landmark rewrite, an
+        export being encoded, a file being replaced): at start-up nobody writes them."""
+        notes = []
+        for session_id in session_ids:
+            root = self.files(session_id).root
+            if not root.is_dir():
+                continue
+            left = sorted(p for p in root.rglob("*") if p.is_file() and is_leftover(p.name))
+            for path in left:
+                path.unlink(missing_ok=True)
+            if left:
+                names = ", ".join(str(p.relative_to(root)) for p in left[:5]) + (" ..." if len(left) > 5 else "")
+                notes.append(f"{session_id}: removed {len(left)} temporary file(s) a killed writer left: {names}")
+        return notes
+
+    def _row_exists(self, session_id: str) -> bool:
+        row = self.index.read(lambda c: c.execute("SELECT 1 AS one FROM sessions WHERE id=?", (session_id,)).fetchone())
+        return row is not None
 
     def _restore_from_objects(self, session_id: str) -> list[str]:
         """The local copy of a session is gone or short (a lost disk, a new machine): what is in
@@ -620,7 +693,7 @@ class SessionStore:
             lambda c: c.execute(
                 "INSERT INTO sessions (id, created_at, state, mime, meta, token_hash, sub, token_jti)"
                 " VALUES (?, ?, 'recording', ?, ?, ?, ?, ?)",
-                (session_id, created, mime, json.dumps(meta), hash_token(token), sub, jti),
+                (session_id, created, mime, json.dumps(meta, allow_nan=False), hash_token(token), sub, jti),
             )
         )
         return self.get_row(session_id), token
@@ -1191,7 +1264,29 @@ class SessionStore:
         folder = self.files(session_id).exports
         if not folder.is_dir():
             return []
-        return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".tmp")]
+        return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir())
+                if p.is_file() and not is_leftover(p.name) and not p.name.endswith(EXPORT_WANTED)]  # fmt: skip
+
+    def want_export(self, session_id: str, name: str) -> None:
+        """An export ``name`` is being encoded: recorded (durably) until ``export_ended``, so
+        that a restart after a crash encodes it again (``wanted_exports``)."""
+        folder = self.files(session_id).exports
+        folder.mkdir(exist_ok=True)
+        replace_atomically(folder / f"{Path(name).name}{EXPORT_WANTED}", b"")
+        fsync_dir(folder)
+
+    def export_ended(self, session_id: str, name: str) -> None:
+        """The export is done, failed or cancelled: no restart encodes it again."""
+        (self.files(session_id).exports / f"{Path(name).name}{EXPORT_WANTED}").unlink(missing_ok=True)
+
+    def wanted_exports(self) -> list[tuple[str, str]]:
+        """(session id, export name) of exports a crash interrupted, oldest first."""
+        found = []
+        for marker in self.sessions_dir.glob(f"*/exports/*{EXPORT_WANTED}"):
+            session_id = marker.parent.parent.name
+            if SESSION_ID_RE.match(session_id) and self._row_exists(session_id):
+                found.append((marker.stat().st_mtime, session_id, marker.name.removesuffix(EXPORT_WANTED)))
+        return [(session_id, name) for _, session_id, name in sorted(found)]
 
     def open_export(self, session_id: str, name: str) -> tuple[BinaryIO, int] | None:
         path = self.files(session_id).exports / Path(name).name

@@ -323,14 +323,16 @@ async function loadPeople() {
     ui.fPerson.value = chosen;
     ui.people.replaceChildren(...people.map((p) => {
       const item = document.createElement("li");
-      const photo = Object.assign(new Image(), { src: `/api/gallery/${encodeURIComponent(p.name)}/photo`, alt: `photo of ${p.name}`,
+      item.dataset.personId = p.id;
+      // addresses carry the person's id, never the name (any name, "{x}", "." or "a/b", can be removed)
+      const photo = Object.assign(new Image(), { src: `/api/gallery/${encodeURIComponent(p.id)}/photo`, alt: `photo of ${p.name}`,
         className: "face", loading: "lazy" });
       const remove = Object.assign(document.createElement("button"), { type: "button", className: "danger", textContent: "Remove" });
       remove.dataset.testid = "remove-person";
       remove.addEventListener("click", async () => {
         if (!confirm(`Remove ${p.name} from the gallery? Their photos and descriptors are deleted.`)) return;
         try {
-          await api(`/api/gallery/${encodeURIComponent(p.name)}`, { method: "DELETE" });
+          await api(`/api/gallery/${encodeURIComponent(p.id)}`, { method: "DELETE" });
         } catch (err) { return toast(err.message, "error"); }
         toast(`Removed ${p.name} and their photos from the gallery.`);
         await loadPeople();
@@ -367,7 +369,8 @@ async function enrol(name, file, fileName, status = ui.enrolStatus, confirmed = 
       anyway.dataset.testid = "enrol-anyway";
       anyway.addEventListener("click", () => enrol(name, file, fileName, status, true));
       status.append(anyway);
-      const match = err.error.matches?.[0];
+      // the face looks like someone's, or the name looks like an enrolled one ("Аda", "Ada")
+      const match = err.error.matches?.[0] ?? (err.error.lookalike_names?.length ? { name: err.error.lookalike_names[0] } : null);
       if (match) {
         const other = Object.assign(document.createElement("button"), { type: "button", textContent: `Add to ${match.name}` });
         other.dataset.testid = "enrol-as-match";

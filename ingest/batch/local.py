@@ -14,6 +14,7 @@ from typing import Any
 
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
+from ingest.background import exit_with_parent
 from ingest.batch.jobs import Job, finalize_session, landmark_runs_encoded, read_runs, session_jobs
 from ingest.exceptions import IngestError, InvalidMediaError, SessionClosedError, UndecodableError
 from storage.landmarks import EncodedFrames, LandmarkCounts
@@ -30,6 +31,7 @@ _reports: Any = None  # in a pool worker: where it reports frames done
 def _start_worker(engine: str, reports: Any) -> None:
     global _reports
     _reports = reports
+    exit_with_parent()  # a killed command's pool workers do not go on alone
     prepare_analysis_process(engine)
 
 

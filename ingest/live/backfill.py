@@ -50,6 +50,9 @@ def jobs_to_fill(store: SessionStore, session_id: str, settings: TrackerSettings
     if row["state"] != "stopped" or (analysed_only and store.landmarks_meta(session_id) is None):
         return []
     need, counts = store.scan_landmarks(session_id, row["frames"])
+    if need and not analysed_only:
+        # asked for (an upload): recorded first, so that a restart's sweep finishes it too
+        store.start_landmarks_meta(session_id, {"mode": "fill", **settings.describe()})
     if not need:
         # counters are group-committed without waiting: a crash can leave them behind the file
         if (counts.frames, counts.with_faces, counts.skipped) != (

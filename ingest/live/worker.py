@@ -19,6 +19,7 @@ from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.analysis.tryon import recolour_lips
+from ingest.background import exit_with_parent
 from ingest.batch.jobs import run_job
 from ingest.exceptions import IngestError, UndecodableError
 from ingest.live.messages import (
@@ -145,6 +146,7 @@ def worker_main(
     # group; a worker dying of that before the server has shut down would look like a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    exit_with_parent()  # also while it prepares or computes, when it reads no pipe (kill -9 of the server)
     prepare_analysis_process(tracker_settings.engine, tracker_settings.descriptor_engine)
     worker = Worker(tracker_settings, snapshot_upsample)
     while True:

@@ -216,6 +216,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         app[NAMESPACE] = namespace
         ctx.loop_monitor.start()  # after start-up (spawning workers), which happens before serving
         await ctx.lifecycle.recover()
+        await ctx.exports.resume()  # exports a crash interrupted are encoded again
         ctx.lifecycle.start()
         authority.start()
         webhooks.start()

@@ -105,13 +105,18 @@ class ClassicClients:
                 return await self.namespace.emit("session_error", {"session_id": None, **error.to_dict()}, to=sid)
             if "session" not in classic or not isinstance(data.get("data"), bytes):
                 log.warning("classic client %s: an image before any video, or without data: ignored", sid)
-                return
+                error = BadRequestError(
+                    "image must carry its bytes as data, after a video blob opened the session"
+                    if "session" in classic else "an image is a snapshot of the video being sent: send a video blob first"
+                )
+                return await self.namespace.emit("session_error", {"session_id": classic.get("session", {}).get("session_id"),
+                                                                   **error.to_dict()}, to=sid)  # fmt: skip
             payload = {**classic["session"], "mime": image_type(data["data"]) or "image/jpeg", "data": data["data"]}
             if isinstance(data.get("timeMillis"), int | float):
                 payload["t_ms"] = float(data["timeMillis"])
             ack = await ns.answer(ns.snapshot, sid, payload)
             if not ack["ok"]:
-                log.warning("classic client %s: snapshot refused: %s", sid, ack["error"]["message"])
+                await self._refused(sid, classic, ack["error"])
 
     async def disconnected(self, sid: str) -> None:
         """The connection is gone: its classic session ends (blobs still being stored first)."""

@@ -9,16 +9,22 @@ loop or in its threads. This object owns that process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
+import unicodedata
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ingest.analysis.identity import distances_by_name
 from ingest.analysis.stills import enrol_photos
+from ingest.background import exit_with_parent
 from ingest.config import Settings
-from ingest.exceptions import BadRequestError, CapacityError, LookAlikeError
+from ingest.exceptions import BadRequestError, CapacityError, HelperCrashedError, LookAlikeError
 from storage.gallery import Enrolment, Gallery, GalleryError, check_name
+
+log = logging.getLogger("camingest")
 
 
 def check_photo_count(count: int, limit: int) -> None:
@@ -31,9 +37,10 @@ def check_photo_count(count: int, limit: int) -> None:
 def check_look_alikes(gallery: Gallery, name: str, photos: list[Enrolment], threshold: float, how: str) -> None:
     """Refuse (``LookAlikeError``) an enrolment that would silently merge or split people: a
     new person whose face matches someone already enrolled (recordings would name either), or
-    a name already taken by a face this one does not match (two people, one name). More photos
-    of a person that match them pass. ``how``: what the client does to confirm (blocking: the
-    gallery is read)."""
+    a name already taken by a face this one does not match (two people, one name), or a new
+    name that only looks like an enrolled one ("Аda" with a Cyrillic А beside "Ada": a removal
+    or a filter by the one misses the other). More photos of a person that match them pass.
+    ``how``: what the client does to confirm (blocking: the gallery is read)."""
     matrix = gallery.matrix()
     known = gallery.find(name)
     name = known["name"] if known is not None else name  # as enrolled: "ADA" adds to "Ada"
@@ -59,6 +66,16 @@ def check_look_alikes(gallery: Gallery, name: str, photos: list[Enrolment], thre
                 f"it to {name} anyway",
                 matches, same_name,
             )  # fmt: skip
+    similar = gallery.lookalikes(name) if known is None else []
+    if similar:
+        foreign = ", ".join(f"{c} ({unicodedata.name(c, f'U+{ord(c):04X}').lower()})" for c in dict.fromkeys(name)
+                            if c.isalpha() and not unicodedata.name(c, "").startswith("LATIN"))  # fmt: skip
+        raise LookAlikeError(
+            f"the name {name} looks like {similar[0]}, who is enrolled, but is another name"
+            f"{f' (it holds {foreign})' if foreign else ''}: a search or a removal by one would miss the other; "
+            f"choose another name, or {how} to enrol {name} as another person",
+            [], None, similar,
+        )  # fmt: skip
 
 
 class EnrolmentService:
@@ -81,15 +98,7 @@ class EnrolmentService:
         if self._busy.locked():
             raise CapacityError("another enrolment is being analysed; try again in a moment")
         async with self._busy:
-            if self._pool is None:  # started on first use: the server need not pay for it
-                self._pool = await asyncio.to_thread(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
-            settings = self.settings
-            # submitted from a thread: the pool spawns its process on the first submit
-            job = await asyncio.to_thread(
-                self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
-                settings.max_enrol_analysis_pixels, settings.descriptor_engine,
-            )  # fmt: skip
-            enrolled, refusal = await asyncio.wrap_future(job)
+            enrolled, refusal = await self._analyse(photos)
         if refusal is not None:
             raise refusal
         if not confirm:
@@ -98,6 +107,30 @@ class EnrolmentService:
         person = await asyncio.to_thread(self.gallery.add, name, enrolled)
         await self.on_change()
         return person
+
+    async def _analyse(self, photos: list[tuple[bytes, str]]) -> tuple[list[Enrolment], Any]:
+        """``enrol_photos`` in the enrolment process. A process that died (killed, out of
+        memory, a crash in native code) breaks its pool: a new one is started and the photos
+        are tried once more there; a second death answers ``busy`` (a new process is ready)."""
+        settings = self.settings
+        for attempt in (1, 2):
+            if self._pool is None:  # started on first use: the server need not pay for it
+                self._pool = await asyncio.to_thread(
+                    ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent
+                )  # fmt: skip
+            try:
+                # submitted from a thread: the pool spawns its process on the first submit
+                job = await asyncio.to_thread(
+                    self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
+                    settings.max_enrol_analysis_pixels, settings.descriptor_engine,
+                )  # fmt: skip
+                return await asyncio.wrap_future(job)
+            except BrokenProcessPool:
+                log.warning("enrolment: its process died; a new one is started (attempt %d of 2)", attempt)
+                broken, self._pool = self._pool, None
+                await asyncio.to_thread(broken.shutdown, False, cancel_futures=True)
+        raise HelperCrashedError("the enrolment process died twice while analysing these photos; "
+                                 "a new one is ready: try again")  # fmt: skip
 
     async def people(self) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.gallery.people)

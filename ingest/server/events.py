@@ -10,7 +10,6 @@ touches a session; slow work (parsing, fsync, image checks) runs in threads, nev
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +25,6 @@ from ingest.exceptions import (
     IngestError,
     InvalidMediaError,
     SessionClosedError,
-    TooLargeError,
     UnauthorizedError,
     UnsupportedError,
     storage_error,
@@ -38,14 +36,15 @@ from ingest.server.classic_images import ClassicImages
 from ingest.server.context import ServerContext
 from ingest.server.payloads import (
     INTERNAL_ACK,
-    MAX_MIME_CHARS,
     Ack,
+    chunk_request,
     error_ack,
-    optional_time,
-    require_bytes,
     require_dict,
+    snapshot_request,
+    start_request,
 )
 from ingest.server.principals import Principal, check_may_record, check_sees, session_meta, sessions_left
+from ingest.server.sio import REFUSED_EVENT
 from storage.leases import LeaseLostError
 from storage.store import sha256_hex, validate_session_id
 
@@ -104,7 +103,14 @@ class IngestNamespace(socketio.AsyncNamespace):
                 await socket.close(wait=False, abort=True)
             eio.sockets = {}
         elif eio.sockets:
-            await asyncio.wait_for(eio.disconnect(), timeout)
+            count = len(eio.sockets)
+            try:
+                await asyncio.wait_for(eio.disconnect(), timeout)
+            except TimeoutError:  # a client gone without its goodbye, packets still queued for it
+                log.warning("shutdown: connections (of %d) not closed after %g s: dropped", count, timeout)
+                for socket in list(eio.sockets.values()):
+                    await socket.close(wait=False, abort=True)
+                eio.sockets = {}
 
     async def on_start(self, sid: str, data: object = None) -> Ack:
         return await self.answer(self.start, sid, data)
@@ -124,8 +130,21 @@ class IngestNamespace(socketio.AsyncNamespace):
     # -- the classic tutorial clients: `video` and `image` (classic.py), `image` data URLs and
     # `catch-frame` (classic_images.py); no acks -------------------------------------------------
     async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == REFUSED_EVENT:  # its JSON was refused (sio.py): the client is told why
+            return await self.refused(*args)
+        if len(args) > 2 and event not in ("connect", "disconnect"):  # (the connection, one payload)
+            return await self.refused(args[0], {"event": event, "message": f"{event[:40]!r} takes one payload, "
+                                                f"got {len(args) - 1}"})  # fmt: skip
         # python-socketio finds a handler by name, `on_` + the event: `catch-frame` has a dash
         return await super().trigger_event("catch_frame" if event == "catch-frame" else event, *args)
+
+    async def refused(self, sid: str, refusal: dict[str, Any]) -> Ack:
+        """An event refused before any handler saw it: its ack says why (``bad_request``); the
+        classic dialects, which have no acks, get a ``session_error``."""
+        error = BadRequestError(refusal["message"])
+        if refusal.get("event") in ("video", "image", "catch-frame"):
+            await self.emit("session_error", {"session_id": None, **error.to_dict()}, to=sid)
+        return error_ack(error)
 
     async def on_video(self, sid: str, data: object = None) -> None:
         await self.classic.video(sid, data)
@@ -180,9 +199,10 @@ class IngestNamespace(socketio.AsyncNamespace):
 
     # -- events ----------------------------------------------------------------------------------
     async def start(self, sid: str, payload: dict[str, Any]) -> Ack:
-        resume = payload.get("resume")
+        request = start_request(payload, self.context.settings.max_meta_bytes)
+        resume = request.resume
         if resume is not None:
-            session = await self._session(sid, require_dict(resume, "resume"))
+            session = await self._session(sid, resume)
             await self._check_resume(sid, session.id)
             if session.state == "stopped":
                 raise SessionClosedError(f"session {session.id} is stopped")
@@ -194,17 +214,9 @@ class IngestNamespace(socketio.AsyncNamespace):
             return {"ok": True, "session_id": session.id, "token": resume["token"], "next_seq": session.next_seq,
                     "durable_seq": durable}  # fmt: skip
 
-        mime = payload.get("mime")
-        if not isinstance(mime, str) or not mime or len(mime) > MAX_MIME_CHARS:
-            raise BadRequestError(f"mime must be a non-empty string of at most {MAX_MIME_CHARS} characters")
+        mime, meta = request.mime, request.meta
         if not mime.lower().startswith(SUPPORTED_MIME_PREFIXES):
             raise UnsupportedError(f"mime {mime!r} is not supported; send WebM or Matroska (video/webm)")
-        meta = payload.get("meta", {})
-        if not isinstance(meta, dict):
-            raise BadRequestError("meta must be an object")
-        limit = self.context.settings.max_meta_bytes
-        if len(json.dumps(meta)) > limit:
-            raise TooLargeError(f"meta exceeds {limit} bytes of JSON (max_meta_bytes)")
         session, token = await self._open(sid, mime, meta)
         return {"ok": True, "session_id": session.id, "token": token, "next_seq": session.next_seq}
 
@@ -245,11 +257,8 @@ class IngestNamespace(socketio.AsyncNamespace):
         return session.id
 
     async def chunk(self, sid: str, payload: dict[str, Any]) -> Ack:
-        seq = payload.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            raise BadRequestError("seq must be a non-negative integer")
-        t_ms = optional_time(payload)
-        data = require_bytes(payload, self.context.settings.max_chunk_bytes, "chunk")
+        request = chunk_request(payload, self.context.settings.max_chunk_bytes)
+        seq, t_ms, data = request.seq, request.t_ms, request.data
         received = time.monotonic()
         session = await self._session(sid, payload)
         context = self.context
@@ -325,9 +334,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         return {"ok": True, "session": await self.context.lifecycle.end(session.id, "client")}
 
     async def snapshot(self, sid: str, payload: dict[str, Any]) -> Ack:
-        data = require_bytes(payload, self.context.settings.max_snapshot_bytes, "snapshot")
-        mime = payload.get("mime")
-        t_ms = optional_time(payload)
+        request = snapshot_request(payload, self.context.settings.max_snapshot_bytes)
         session = await self._session(sid, payload)
-        snapshot_id = await self.context.snapshots.store_snapshot(session.id, mime, data, t_ms)
+        snapshot_id = await self.context.snapshots.store_snapshot(session.id, request.mime, request.data, request.t_ms)
         return {"ok": True, "snapshot_id": snapshot_id}

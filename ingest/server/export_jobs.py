@@ -4,11 +4,14 @@ An export is the session re-encoded with an overlay (ingest/media/render.py), ke
 beside the session (``<overlay>.<format>``) until the session is deleted. One encoding runs at a
 time (it takes a core for roughly the recording's duration); a second request while one runs is
 answered ``busy``. The encoding runs in this object's one thread; this object owns its state.
+An export being encoded is recorded by the store until it ends, so that one a crash or a
+shutdown interrupted is encoded again at the next start (``resume``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.background import BackgroundTasks
 from ingest.exceptions import CapacityError, IngestError, SessionClosedError
 from ingest.media.overlay import OVERLAYS, check_overlay
 from ingest.media.render import FORMATS, check_format, render
@@ -73,6 +77,10 @@ class ExportJobs:
         # shown to the page; finished files are found in the store after a restart too
         self._last: dict[tuple[str, str, str], ExportJob] = {}
         self.on_done: Callable[[ExportJob], None] | None = None  # an export finished (the webhooks)
+        # exports a crash interrupted, waiting to be encoded again (listed as running)
+        self._interrupted: collections.deque[tuple[str, str, str]] = collections.deque()
+        self._tasks = BackgroundTasks(log)
+        self._closing = False
 
     def list(self, session_id: str) -> list[dict[str, Any]]:
         """Blocking (the store is read): call it from a thread."""
@@ -86,6 +94,9 @@ class ExportJobs:
         for (sid, overlay, fmt), job in list(self._last.items()):
             if sid == session_id and (job.state != "done" or (overlay, fmt) not in found):
                 found[(overlay, fmt)] = job.describe()
+        for sid, overlay, fmt in list(self._interrupted):
+            if sid == session_id:
+                found[(overlay, fmt)] = ExportJob(sid, overlay, fmt, frames_total=0).describe()
         return list(found.values())
 
     async def start(self, session_id: str, overlay: str, fmt: str) -> dict[str, Any]:
@@ -113,8 +124,10 @@ class ExportJobs:
                 raise ExportCancelledError
             job.frames_done += n
 
+        name = export_name(job.overlay, job.format)
         try:
             job.frames_done = 0
+            self.store.want_export(job.session_id, name)  # a restart after a crash encodes it again
             source = self.store.stream_source(job.session_id)
             faces = self.store.landmark_tail(job.session_id).refresh().faces if job.overlay != "none" else {}
             with self.store.export_target(job.session_id, export_name(job.overlay, job.format)) as target:
@@ -130,6 +143,11 @@ class ExportJobs:
         except Exception:
             log.exception("export of %s failed", job.session_id)
             job.state, job.error = "failed", "the export failed (see the server's log)"
+        if not (job.state == "failed" and job.cancel.is_set() and self._closing):
+            try:  # ended: done, failed, or cancelled by a deletion (not by the shutdown)
+                self.store.export_ended(job.session_id, name)
+            except OSError as exc:
+                log.warning("export of %s: its marker could not be removed: %s", job.session_id, exc)
 
     def _finished(self, job: ExportJob) -> None:
         if self._running is job:
@@ -138,6 +156,36 @@ class ExportJobs:
             self._last.pop((job.session_id, job.overlay, job.format), None)
             if self.on_done is not None:
                 self.on_done(job)
+        self._start_interrupted()
+
+    async def resume(self) -> None:
+        """At start-up: exports a crash (or a shutdown) interrupted are encoded again, one after
+        another; they are listed as running meanwhile."""
+        for session_id, name in await asyncio.to_thread(self.store.wanted_exports):
+            overlay, _, fmt = name.partition(".")
+            if overlay in OVERLAYS and fmt in FORMATS:
+                log.info("recovery: %s: encoding its export %s again (a restart interrupted it)", session_id, name)
+                self._interrupted.append((session_id, overlay, fmt))
+            else:
+                await asyncio.to_thread(self.store.export_ended, session_id, name)
+        self._start_interrupted()
+
+    def _start_interrupted(self) -> None:
+        if self._running is not None or self._closing or not self._interrupted:
+            return
+        session_id, overlay, fmt = self._interrupted.popleft()
+        self._tasks.spawn(self._resume_one(session_id, overlay, fmt), f"export {overlay}.{fmt} of {session_id} again")
+
+    async def _resume_one(self, session_id: str, overlay: str, fmt: str) -> None:
+        try:
+            await self.start(session_id, overlay, fmt)
+        except IngestError as exc:  # deleted meanwhile, or another export started first
+            if isinstance(exc, CapacityError):
+                self._interrupted.appendleft((session_id, overlay, fmt))
+                return
+            log.warning("recovery: export %s.%s of %s not encoded again: %s", overlay, fmt, session_id, exc.message)
+            await asyncio.to_thread(self.store.export_ended, session_id, f"{overlay}.{fmt}")
+            self._start_interrupted()
 
     def forget(self, session_id: str) -> None:
         """The session is being deleted: stop its encoding, drop its state."""
@@ -145,8 +193,11 @@ class ExportJobs:
             self._running.cancel.set()
         for key in [k for k in self._last if k[0] == session_id]:
             del self._last[key]
+        for entry in [e for e in self._interrupted if e[0] == session_id]:
+            self._interrupted.remove(entry)
 
     def close(self) -> None:
+        self._closing = True  # an export cancelled by the shutdown stays wanted: the next start encodes it
         if self._running is not None:
             self._running.cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)

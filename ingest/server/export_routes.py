@@ -6,15 +6,16 @@ import asyncio
 
 from aiohttp import web
 
-from ingest.exceptions import BadRequestError, NotFoundError
+from ingest.exceptions import NotFoundError
 from ingest.server.export_jobs import export_name
-from ingest.server.responses import send_range
+from ingest.server.payloads import export_request, json_body
+from ingest.server.responses import json_response, send_range
 from ingest.server.session_routes import context, session_id_of
 
 
 async def list_exports(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    return web.json_response({"exports": await asyncio.to_thread(ctx.exports.list, session_id_of(request))})
+    return json_response({"exports": await asyncio.to_thread(ctx.exports.list, session_id_of(request))})
 
 
 async def start_export(request: web.Request) -> web.StreamResponse:
@@ -22,14 +23,9 @@ async def start_export(request: web.Request) -> web.StreamResponse:
     202 and the export's state; poll ``GET .../exports`` for progress, then download its ``url``."""
     ctx = context(request)
     session_id = session_id_of(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequestError('send a JSON body like {"overlay": "landmarks", "format": "mp4"}') from None
-    if not isinstance(body, dict):
-        raise BadRequestError('send a JSON object like {"overlay": "landmarks", "format": "mp4"}')
-    overlay, fmt = str(body.get("overlay", "landmarks")), str(body.get("format", "mp4"))
-    return web.json_response(await ctx.exports.start(session_id, overlay, fmt), status=202)
+    example = '{"overlay": "landmarks", "format": "mp4"}'
+    body = export_request(json_body(await request.read(), ctx.settings.max_json_depth, example))
+    return json_response(await ctx.exports.start(session_id, body.overlay, body.format), status=202)
 
 
 async def export_file(request: web.Request) -> web.StreamResponse:

@@ -8,13 +8,14 @@ from aiohttp import BodyPartReader, web
 from ingest.exceptions import BadRequestError, TooLargeError
 from ingest.server.context import CONTEXT
 from ingest.server.enrolment import EnrolmentService
+from ingest.server.responses import json_response
 
 ENROLMENT = web.AppKey("enrolment", EnrolmentService)
 CONFIRMED = ("1", "true", "yes")
 
 
 async def list_people(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"people": await request.app[ENROLMENT].people()})
+    return json_response({"people": await request.app[ENROLMENT].people()})
 
 
 async def enrol(request: web.Request) -> web.StreamResponse:
@@ -53,14 +54,14 @@ async def enrol(request: web.Request) -> web.StreamResponse:
     result = await service.add(name, photos, confirm)
     request.app[CONTEXT].webhooks.event("gallery.changed", {"change": "added", "person": {
         "id": result.get("id"), "name": result.get("name"), "images": result.get("images")}})  # fmt: skip
-    return web.json_response(result, status=201)
+    return json_response(result, status=201)
 
 
 async def remove(request: web.Request) -> web.StreamResponse:
     removed = await request.app[ENROLMENT].remove(request.match_info["person"])
     request.app[CONTEXT].webhooks.event("gallery.changed", {"change": "removed", "person": {
         "id": removed.get("id"), "name": removed.get("name")}})  # fmt: skip
-    return web.json_response({"ok": True, **removed})
+    return json_response({"ok": True, **removed})
 
 
 async def photo(request: web.Request) -> web.StreamResponse:

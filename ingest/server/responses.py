@@ -11,11 +11,12 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
 from ingest.exceptions import BadRequestError, CapacityError, IngestError, NotFoundError
+from ingest.server.strict_json import StrictJSON
 
 log = logging.getLogger(__name__)
 READ_PIECE = 256 * 1024
@@ -24,12 +25,18 @@ READ_PIECE = 256 * 1024
 _RANGE_RE = re.compile(r"\Abytes=([0-9]{0,18})-([0-9]{0,18})\Z")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_STRICT = StrictJSON(0)  # (only its dumps)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Every JSON answer: strict JSON (``allow_nan=False``: a browser's JSON.parse refuses NaN)."""
+    return web.json_response(data, status=status, headers=headers, dumps=_STRICT.dumps)
 
 
 def json_error(exc: IngestError) -> web.Response:
     """The one JSON error body, with the status of the error's class."""
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, CapacityError) else None
-    return web.json_response({"error": exc.to_dict()}, status=exc.http_status, headers=headers)
+    return json_response({"error": exc.to_dict()}, status=exc.http_status, headers=headers)
 
 
 @web.middleware

@@ -12,7 +12,9 @@ from aiohttp import web
 from ingest.server.access_routes import add_access_routes
 from ingest.server.context import CONTEXT
 from ingest.server.export_routes import add_export_routes
+from ingest.server.exposure import add_files, protect
 from ingest.server.gallery_routes import add_gallery_routes
+from ingest.server.responses import json_response
 from ingest.server.session_routes import add_session_routes
 from ingest.server.upload_routes import add_upload_routes
 
@@ -60,7 +62,7 @@ async def health(request: web.Request) -> web.StreamResponse:
     if ownership is not None:
         answer["node"] = ownership.node
         answer["peers"] = [peer["id"] for peer in await ownership.peers()]
-    return web.json_response(answer)
+    return json_response(answer)
 
 
 async def client_config(request: web.Request) -> web.StreamResponse:
@@ -68,8 +70,8 @@ async def client_config(request: web.Request) -> web.StreamResponse:
     several nodes serve behind one address: no sticky routing)."""
     ownership = request.app[CONTEXT].registry.ownership
     if ownership is None:
-        return web.json_response({"transports": ["polling", "websocket"], "node": None})
-    return web.json_response({"transports": ["websocket"], "node": ownership.node})
+        return json_response({"transports": ["polling", "websocket"], "node": None})
+    return json_response({"transports": ["websocket"], "node": ownership.node})
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
@@ -80,15 +82,16 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application, pages_dir: str | None = None) -> None:
+    protect(app)  # security headers on every answer
     app.router.add_get("/", index_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/sessions", sessions_page)
     app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/static/", web_root(), show_index=False, follow_symlinks=False)
+    add_files(app, "/static/", web_root())
     app.router.add_get("/socket.io/socket.io.js", socketio_client)
     app.router.add_get("/socket.io/socket.io.min.js", socketio_client)
-    if pages_dir is not None:
-        app.router.add_static("/pages/", pages_dir, show_index=True, follow_symlinks=False)
+    if pages_dir is not None:  # files only: no dotfiles (.env), no folder listings
+        add_files(app, "/pages/", pages_dir)
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/config", client_config)
     add_upload_routes(app)  # POST /api/sessions, before the session routes

@@ -23,7 +23,7 @@ from ingest.media.webm import build_unit
 from ingest.server.context import CONTEXT, ServerContext
 from ingest.server.preview import CONTENT_TYPE, Preview
 from ingest.server.principals import request_principal
-from ingest.server.responses import send_range
+from ingest.server.responses import json_response, send_range
 from storage.store import STATES, SessionFilter, SessionStore, decode_cursor, encode_cursor, validate_session_id
 
 sessions_log = logging.getLogger("camingest.sessions")
@@ -104,7 +104,7 @@ async def list_sessions(request: web.Request) -> web.StreamResponse:
         sessions, last = await asyncio.to_thread(ctx.store.list_page, where, cursor, limit)
     except ValueError as exc:
         raise BadRequestError(str(exc)) from None
-    return web.json_response({
+    return json_response({
         "sessions": [ctx.with_fill(s) for s in sessions],
         "next_cursor": encode_cursor(*last) if last is not None else None,
     })  # fmt: skip
@@ -136,7 +136,7 @@ async def thumbnail(request: web.Request) -> web.StreamResponse:
 
 async def get_session(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
-    return web.json_response(ctx.with_fill(await asyncio.to_thread(ctx.store.detail, session_id_of(request))))
+    return json_response(ctx.with_fill(await asyncio.to_thread(ctx.store.detail, session_id_of(request))))
 
 
 async def raw_webm(request: web.Request) -> web.StreamResponse:

@@ -14,12 +14,37 @@ import socketio
 
 from ingest.config import Settings
 from ingest.server.access import socketio_origin_check
+from ingest.server.strict_json import JSONRefusedError, StrictJSON
 
 log = logging.getLogger("camingest")
+# the name a refused event is handed to the namespace under (ingest/server/events.py answers it)
+REFUSED_EVENT = "\x00refused"
+RESERVED_EVENTS = ("connect", "disconnect", "connect_error", REFUSED_EVENT)
 
 
 class EventTooLargeError(ValueError):
     pass
+
+
+class RefusedEvent(list[Any]):
+    """The data of an event whose JSON was refused (strict_json.py) or that is not an event
+    (``[name, payload...]``): ``[REFUSED_EVENT, {"event": name or None, "message": ...}]``, so that
+    python-socketio hands it to the namespace like any event, and an acked one gets its ack."""
+
+    def __init__(self, event: str | None, message: str) -> None:
+        super().__init__([REFUSED_EVENT, {"event": event, "message": message}])
+
+
+def _refusal(exc: JSONRefusedError) -> RefusedEvent:
+    """Where in the event the refused value is: its payload's field (``meta.x``)."""
+    document = exc.document
+    event = document[0] if isinstance(document, list) and document and isinstance(document[0], str) else None
+    path = exc.path
+    if not path:
+        return RefusedEvent(event, exc.describe(whole="the event's JSON"))
+    if path[0] == 1:
+        return RefusedEvent(event, exc.describe(path[1:], whole="the payload"))
+    return RefusedEvent(event, exc.describe(whole=f"argument {path[0]}" if path[0] else "the event's name"))
 
 
 class _BoundedPacket(socketio.packet.Packet):
@@ -33,7 +58,23 @@ class _BoundedPacket(socketio.packet.Packet):
     max_attachments = 0
 
     def decode(self, encoded_packet: str) -> int:
-        count = super().decode(encoded_packet)
+        try:
+            count = super().decode(encoded_packet)
+        except ValueError as exc:  # the JSON (refused, or not JSON): the event is answered with why
+            if not (isinstance(encoded_packet, str) and encoded_packet[:1] in ("2", "5")):  # EVENT, BINARY_EVENT
+                raise
+            # python-socketio read the type, the namespace and the id before the JSON
+            count = _attachments(encoded_packet)
+            if isinstance(exc, JSONRefusedError):
+                self.data = _refusal(exc)
+            else:
+                self.data = RefusedEvent(None, f"the event is not JSON: {str(exc)[:200]}")
+        if self.packet_type in (socketio.packet.EVENT, socketio.packet.BINARY_EVENT):
+            data = self.data
+            if not (isinstance(data, list) and data and isinstance(data[0], str)):
+                self.data = RefusedEvent(None, "an event is a JSON array: its name (a string), then its payload")
+            elif data[0] in RESERVED_EVENTS and not isinstance(data, RefusedEvent):
+                self.data = RefusedEvent(None, f"{data[0][:40]!r} is not an event a client may send")
         if count > self.max_attachments:
             raise EventTooLargeError(f"an event with {count} binary attachments (at most {self.max_attachments})")
         self._attached_bytes = 0
@@ -46,6 +87,13 @@ class _BoundedPacket(socketio.packet.Packet):
         return super().add_attachment(attachment)
 
 
+def _attachments(encoded_packet: str) -> int:
+    """The attachment count of a binary event's header (``51-...``), as python-socketio reads it."""
+    head = encoded_packet[1:12]
+    dash = head.find("-")
+    return int(head[:dash]) if dash > 0 and head[:dash].isdigit() else 0
+
+
 class BoundedServer(socketio.AsyncServer):
     """Closes the connection of a client whose event is over the limits (nothing of it is
     handled or kept); everything else as python-socketio does it."""
@@ -56,6 +104,10 @@ class BoundedServer(socketio.AsyncServer):
         except EventTooLargeError as exc:
             self._binary_packet.pop(eio_sid, None)
             log.warning("closing a connection that sent %s", exc)
+            await self.eio.disconnect(eio_sid)
+        except ValueError as exc:  # not a Socket.IO packet (python-socketio raises; engine.io logs a traceback)
+            self._binary_packet.pop(eio_sid, None)
+            log.warning("closing a connection that sent a malformed packet: %s", str(exc)[:200])
             await self.eio.disconnect(eio_sid)
 
 
@@ -98,6 +150,7 @@ def make_socketio(settings: Settings) -> socketio.AsyncServer:
         clustered = {"client_manager": CountingRedisManager(settings.redis, redis_options=redis_options()), "transports": ["websocket"]}
     return BoundedServer(
         serializer=packet,
+        json=StrictJSON(settings.max_json_depth),  # no NaN either way, nothing refused reaches a handler
         async_mode="aiohttp",
         **clustered,
         cors_allowed_origins=socketio_origin_check(settings),

@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, StreamReader, web
 from ingest.exceptions import BadRequestError, CapacityError, TooLargeError, UploadTooSlowError
 from ingest.recording.importer import import_video
 from ingest.server.context import CONTEXT
+from ingest.server.responses import json_response
 
 PIECE = 1024 * 1024
 
@@ -96,7 +97,7 @@ async def upload_session(request: web.Request) -> web.StreamResponse:
     ctx.webhooks.session_event("session.stopped", session_id)
     ctx.webhooks.watch_analysis(session_id)
     summary = await asyncio.to_thread(ctx.store.summary, session_id)
-    return web.json_response(ctx.with_fill(summary), status=201)
+    return json_response(ctx.with_fill(summary), status=201)
 
 
 def add_upload_routes(app: web.Application) -> None:
