@@ -60,7 +60,7 @@ from storage.landmarks import (
 )
 from storage.leases import Lease, LeaseLostError, Leases
 from storage.leases import check_sql as lease_check_sql
-from storage.objects import ObjectStore, ObjectStoreSettings, StoreLocation
+from storage.objects import ObjectStore, ObjectStoreSettings, SegmentMap, StoreLocation, segment_chain
 from storage.records import ChunkRecord, decode_runs, encode_runs
 from storage.replication import DERIVED, Replicator
 
@@ -385,19 +385,8 @@ class SessionStore:
         files.root.mkdir(parents=True, exist_ok=True)
         location = self.objects.location
         with replacing(files.stream) as tmp, open(tmp, "wb") as out:
-            expected = 0
-            # the chain of segments from seq 0 to durable_seq: at each seq the one reaching furthest
-            # (an upload a lease change interrupted may have left another one beside it)
-            by_first: dict[int, list[tuple[int, str]]] = {}
-            for first, last, key, _ in self.objects.segments(session_id):
-                by_first.setdefault(first, []).append((last, key))
-            while expected <= row["durable_seq"]:
-                candidates = [(last, key) for last, key in by_first.get(expected, []) if last <= row["durable_seq"]]
-                if not candidates:  # a gap: never serve a stream that is not the one acked
-                    raise IndexWriteError(0, f"object storage has no segment of {session_id} from seq {expected}")
-                last, key = max(candidates)
+            for key, _, _ in self._segment_chain(session_id, row["durable_seq"]):
                 out.write(self.objects.get(key))
-                expected = last + 1
             out.flush()
             if out.tell() < self.durable_length(row):
                 raise IndexWriteError(0, f"object storage holds {out.tell()} of the {row['bytes']} bytes of {session_id}")
@@ -416,6 +405,23 @@ class SessionStore:
                 files.snapshots.mkdir(exist_ok=True)
                 replace_atomically(target, self.objects.get(key))
         log.info("session %s fetched from object storage", session_id)
+
+    def _segment_chain(self, session_id: str, durable_seq: int) -> list[tuple[str, int, int]]:
+        """The segments in object storage that make the raw stream through ``durable_seq``."""
+        assert self.objects is not None
+        if durable_seq < 0:
+            return []
+        extents = {c["seq"]: (int(c["offset"]), int(c["size"])) for c in self.chunks_after(session_id, -1)}
+        return segment_chain(session_id, self.objects.segments(session_id), extents, durable_seq)
+
+    def segment_map(self, session_id: str) -> SegmentMap | None:
+        """Where the session's durable raw stream lies in object storage (one listing), so that
+        readers elsewhere (Dask workers) fetch byte ranges of it themselves; None when the data
+        folder is the store of record. ``IndexWriteError`` if a durable segment is missing."""
+        if self.objects is None:
+            return None
+        row = self.get_row(session_id)
+        return SegmentMap(self.objects.location, tuple(self._segment_chain(session_id, row["durable_seq"])))
 
     def adopt(self, session_id: str) -> list[str]:
         """This node took the session over (from another node, or a dead one): its local copy is
