@@ -200,6 +200,7 @@ class SessionStore:
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
+        self._replicating = False  # this process's replicator uploads (the server; not a command)
 
     @staticmethod
     def found(data_dir: Path, index: str | None = None) -> bool:
@@ -237,6 +238,7 @@ class SessionStore:
             notes += self.recover(cluster)
             if self.replicator is not None:  # the server: it uploads (a command only reads)
                 self.replicator.start()
+                self._replicating = True
         return notes
 
     def lock_holder(self) -> str | None:
@@ -565,6 +567,20 @@ class SessionStore:
                 "UPDATE sessions SET uploaded_gen=? WHERE id=? AND uploaded_gen<?", (generation, session_id, generation)
             )
         )
+
+    def publish(self, session_id: str) -> None:
+        """With object storage, in a process whose replicator does not run (a command such as
+        ``reprocess``, perhaps on a machine of its own): upload the session's derived files now,
+        so what it wrote here reaches the store of record before it exits. A server uploads
+        them itself (``_changed``); without object storage the data folder is the store."""
+        if self.replicator is None or self._replicating:
+            return
+        row = self.index.write(  # after the changes this process submitted
+            lambda c: c.execute("SELECT changed_gen FROM sessions WHERE id=?", (session_id,)).fetchone()
+        )
+        if row is None:
+            raise UnknownSessionError(f"unknown session {session_id!r}")
+        self.replicator.upload_derived(session_id, int(row["changed_gen"]))
 
     def _changed(self, session_id: str) -> None:
         """A derived file of the session changed: upload it (group-committed, not awaited)."""

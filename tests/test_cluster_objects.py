@@ -8,6 +8,7 @@ key; workers without credentials say so."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,14 @@ def test_cluster_jobs_carry_ranges_and_the_client_reads_only_init_segments(engin
     print(f"client bytes per job: {with_bytes} sent with their bytes, {rp.reads.with_ranges} with object ranges")
     assert all("error" not in result for result in results.values()), results
     assert landmarks_of(client_data, ids) == reference
+    # written back through the store: object storage holds what this client wrote
+    _, bucket = engines
+    client = bucket.client()
+    for sid in ids:
+        for name in ("landmarks.jsonl", "landmarks.meta.json"):
+            stored = client.get_object(Bucket=bucket.bucket, Key=f"sessions/{sid}/{name}")["Body"].read()
+            assert stored == (client_data / "sessions" / sid / name).read_bytes(), (sid, name)
+        assert json.loads((client_data / "sessions" / sid / "landmarks.meta.json").read_text())["cluster"] == address
 
 
 def set_durable_seq(dsn: str, session_id: str, seq: int) -> None:
