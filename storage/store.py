@@ -392,14 +392,7 @@ class SessionStore:
             out.flush()
             if out.tell() < self.durable_length(row):
                 raise IndexWriteError(0, f"object storage holds {out.tell()} of the {row['bytes']} bytes of {session_id}")
-        for name in DERIVED:
-            target = files.root / name
-            if not target.exists():
-                try:
-                    data = self.objects.get(location.session_key(session_id, name))
-                except FileNotFoundError:
-                    continue
-                replace_atomically(target, data)
+        self._fetch_derived(session_id, files, DERIVED)
         snapshot_prefix = location.session_key(session_id, "snapshots/")
         for key, _ in self.objects.keys(snapshot_prefix):
             target = files.snapshots / key[len(snapshot_prefix):]
@@ -407,6 +400,34 @@ class SessionStore:
                 files.snapshots.mkdir(exist_ok=True)
                 replace_atomically(target, self.objects.get(key))
         log.info("session %s fetched from object storage", session_id)
+
+    def _fetch_derived(self, session_id: str, files: SessionFiles, names: tuple[str, ...]) -> None:
+        """Those of the session's derived files (``DERIVED``) missing here, from object storage."""
+        assert self.objects is not None
+        for name in names:
+            target = files.root / name
+            if not target.exists():
+                try:
+                    data = self.objects.get(self.objects.location.session_key(session_id, name))
+                except FileNotFoundError:
+                    continue
+                files.root.mkdir(parents=True, exist_ok=True)
+                replace_atomically(target, data)
+
+    def _local_landmarks(self, session_id: str) -> SessionFiles:
+        """As ``_local``, for writing the session's landmarks and their meta: where this machine
+        holds nothing of its stream (a ``reprocess`` on a machine of its own, its jobs planned
+        and run by Dask workers from object storage), only those two files are fetched, not the
+        stream."""
+        files = self.files(session_id)
+        if self.objects is None or self.replicator is None or session_id in self._present or files.stream.exists():
+            return self._local(session_id)
+        self.get_row(session_id)  # an unknown session is said as such
+        files.root.mkdir(parents=True, exist_ok=True)
+        lock = self._fetching.setdefault(session_id, threading.Lock())
+        with lock:
+            self._fetch_derived(session_id, files, ("landmarks.jsonl", "landmarks.meta.json"))
+        return files
 
     def _segment_chain(self, session_id: str, durable_seq: int) -> list[tuple[str, int, int]]:
         """The segments in object storage that make the raw stream through ``durable_seq``."""
@@ -1111,7 +1132,7 @@ class SessionStore:
 
     def landmarks_rewrite(self, session_id: str) -> LandmarkRewrite:
         """A rewrite of some frame ranges (unopened: use ``with`` or ``.__enter__()``)."""
-        return LandmarkRewrite(self._local(session_id).landmarks, on_commit=lambda: self._changed(session_id))
+        return LandmarkRewrite(self._local_landmarks(session_id).landmarks, on_commit=lambda: self._changed(session_id))
 
     def landmark_tail(self, session_id: str) -> LandmarkTail:
         return LandmarkTail(self._local(session_id).landmarks)
@@ -1134,7 +1155,7 @@ class SessionStore:
         self._changed(session_id)
 
     def write_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
-        landmarks_meta.write(self._local(session_id).landmarks_meta, meta)
+        landmarks_meta.write(self._local_landmarks(session_id).landmarks_meta, meta)
         self._changed(session_id)
 
     def update_landmarks_meta(self, session_id: str, **changes: Any) -> None:

@@ -155,8 +155,8 @@ def test_object_ranges_fetch_exactly_each_jobs_blocks(engines, recorded):
     worker fetches are byte for byte the blocks the client would have read, and the whole stream
     through its ranges is what was sent."""
     from ingest.analysis.tracker import TrackerSettings
-    from ingest.batch.cluster import coalesce, fetch_ranges, runs_of
-    from ingest.batch.jobs import plan_jobs, read_runs
+    from ingest.batch.cluster import SegmentStream, coalesce, fetch_ranges, runs_of
+    from ingest.batch.jobs import plan_jobs, read_runs, scan_video_blocks
     from storage.objects import ObjectStore
 
     data, ids, _ = recorded
@@ -171,6 +171,15 @@ def test_object_ranges_fetch_exactly_each_jobs_blocks(engines, recorded):
             objects = ObjectStore(segments.location)
             stream = b"".join(load_recording(name).chunks)
             assert b"".join(fetch_ranges(objects, segments.ranges([(0, len(stream))]) or [])) == stream
+            sizes = (0, 1, 99_999, 400_000, -1, 10)  # across segment ends, the rest, then nothing
+            with SegmentStream(objects, segments).open() as reader:  # what a worker plans from
+                pieces = [reader.read(size) for size in sizes]
+            assert b"".join(pieces) == stream
+            left = len(stream)
+            for size, piece in zip(sizes, pieces, strict=True):
+                assert len(piece) == (left if size < 0 else min(size, left)), (sizes, [len(p) for p in pieces])
+                left -= len(piece)
+            assert scan_video_blocks(SegmentStream(objects, segments)) == scan_video_blocks(store.stream_source(sid))
             jobs = plan_jobs(store.stream_source(sid), settings, None, max_frames=settings.sweep_every)
             assert len(jobs) > 2
             for job in jobs:
@@ -203,34 +212,52 @@ def wipe(data: Path, ids: list[str]) -> None:
         (data / "sessions" / sid / "landmarks.jsonl").write_text("")
 
 
+def what(job) -> tuple:
+    """What a job is, where it was planned aside."""
+    return job.init, job.blocks, job.first_index, job.start, job.end, job.settings
+
+
 def test_cluster_jobs_carry_ranges_and_the_client_reads_only_init_segments(engines, recorded, objects_cluster, tmp_path):
-    """A client on a machine of its own (an empty data folder): every job goes as object ranges,
-    the client's bytes per job are exactly its init segment, the landmarks equal the local
-    reprocess's frame for frame."""
+    """A client on a machine of its own (an empty data folder): a worker plans each session from
+    object storage (the jobs are the ones planned from the stream where it is whole), every job
+    goes as object ranges, the client's bytes per job are exactly its init segment and it never
+    holds a stream; the landmarks equal the local reprocess's frame for frame."""
     from ingest.analysis.tracker import TrackerSettings
     from ingest.batch.cluster import ClientReads, ClusterReprocessor
-    from ingest.batch.jobs import read_runs
+    from ingest.batch.jobs import session_jobs
     from ingest.config import Settings
 
     _, address = objects_cluster
-    _, ids, reference = recorded
+    data, ids, reference = recorded
+    settings = TrackerSettings.from_settings(Settings(data_dir=data))
+    server_store = open_store(engines, data)  # where the streams are whole
+    try:
+        planned_there = {sid: [what(job) for job in session_jobs(server_store, sid, settings)] for sid in ids}
+    finally:
+        server_store.close()
     client_data = tmp_path / "client"
     store = open_store(engines, client_data)
     try:
-        with ClusterReprocessor(store, TrackerSettings.from_settings(Settings(data_dir=client_data)), address) as rp:
+        with ClusterReprocessor(store, settings, address) as rp:
             plan = [(sid, rp.jobs(sid)) for sid in ids]
+            assert {sid: [what(job) for job in jobs_of_session] for sid, jobs_of_session in plan} == planned_there
+            assert all(job.source is None for _, jobs_of_session in plan for job in jobs_of_session)
             jobs = [job for _, jobs_of_session in plan for job in jobs_of_session]
             inits = [store.init_segment(sid) for sid, jobs_of_session in plan for _ in jobs_of_session]
             assert [job.init for job in jobs] == inits  # the init segment planned is the index's
             assert all(rp.object_input(job) is not None for job in jobs)
             results = dict(rp.run_many(plan))
-            assert rp.reads == ClientReads(with_bytes=[], with_ranges=[len(init or b"") for init in inits])
-            with_bytes = [len(job.init) + sum(len(block) for _, block in read_runs(job)) for job in jobs]
+            assert rp.reads == ClientReads(with_bytes=[], with_ranges=[len(init or b"") for init in inits],
+                                           planned=[0] * len(ids))  # fmt: skip
+            with_bytes = [len(job.init) + sum(length for _, _, length in job.blocks) for job in jobs]
     finally:
         store.close()
     print(f"client bytes per job: {with_bytes} sent with their bytes, {rp.reads.with_ranges} with object ranges")
     assert all("error" not in result for result in results.values()), results
     assert landmarks_of(client_data, ids) == reference
+    assert sorted(p.name for p in client_data.rglob("*") if p.is_file() and "sessions" in p.parts) == sorted(
+        name for _ in ids for name in ("landmarks.jsonl", "landmarks.meta.json")
+    )  # no stream, no recording: only what it wrote
     # written back through the store: object storage holds what this client wrote
     _, bucket = engines
     client = bucket.client()
@@ -284,6 +311,7 @@ def test_a_lost_segment_fails_its_session_by_key_and_a_job_not_all_durable_goes_
             expected_reads = ClientReads(
                 with_bytes=[len(job.init) + sum(len(block) for _, block in read_runs(job)) for job in jobs[short]],
                 with_ranges=[len(job.init) for sid in (lost, whole) for job in jobs[sid]],
+                planned=[sum(map(len, load_recording(name).chunks)) for name in NAMES],  # the streams are here
             )
             assert rp.reads == expected_reads
     finally:
@@ -297,6 +325,40 @@ def test_a_lost_segment_fails_its_session_by_key_and_a_job_not_all_durable_goes_
     assert landmarks_of(data, [short, whole]) == {sid: reference[sid] for sid in (short, whole)}
     for sid in (short, whole):
         assert results[sid] == {"frames": len(reference[sid]), "frames_with_faces": sum(1 for f in reference[sid] if f["faces"])}
+
+
+def test_from_an_empty_folder_a_session_missing_a_segment_is_skipped_alone(engines, recorded, objects_cluster, tmp_path):
+    """The command on a machine of its own (an empty --data): one session's last segment is gone
+    from the bucket, so it is skipped at planning, named with the seq; the workers plan and run
+    the others, whose new landmarks reach object storage; exit 1 with the run's summary line."""
+    _, address = objects_cluster
+    _, bucket = engines
+    _, ids, reference = recorded
+    lost, rest = ids[0], ids[1:]
+    client = bucket.client()
+    segments = sorted(bucket.keys(f"sessions/{lost}/segments/"))
+    key = segments[-1]
+    first = int(SEGMENT_RE.findall(key)[0][0])
+    saved = client.get_object(Bucket=bucket.bucket, Key=key)["Body"].read()
+    landmarks_key = f"sessions/{lost}/landmarks.jsonl"
+    kept = client.get_object(Bucket=bucket.bucket, Key=landmarks_key)["Body"].read()
+    for sid in rest:  # emptied in the store: what comes back is what this run wrote
+        client.put_object(Bucket=bucket.bucket, Key=f"sessions/{sid}/landmarks.jsonl", Body=b"")
+    client.delete_object(Bucket=bucket.bucket, Key=key)
+    try:
+        result = cli(engines, "reprocess", "--all", "--cluster", address, data=tmp_path / "client")
+    finally:
+        client.put_object(Bucket=bucket.bucket, Key=key, Body=saved)
+    assert result.returncode == 1, result.stderr
+    assert f"{lost}: skipped: its stored stream cannot be read (object storage has no segment of {lost} from seq {first})" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"camingest reprocess: 1 of {len(ids)} sessions failed ({lost}); {len(rest)} reprocessed"
+    )
+    assert client.get_object(Bucket=bucket.bucket, Key=landmarks_key)["Body"].read() == kept
+    for sid in rest:
+        stored = client.get_object(Bucket=bucket.bucket, Key=f"sessions/{sid}/landmarks.jsonl")["Body"].read()
+        assert [json.loads(line) for line in stored.splitlines()] == reference[sid]
+    assert not list((tmp_path / "client").rglob("stream.webm"))
 
 
 def _take_credentials() -> dict[str, str]:

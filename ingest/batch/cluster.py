@@ -10,7 +10,8 @@ live), run by ``distributed`` instead of local processes:
   (``SessionStore.segment_map``), the init segment and the store's bucket and endpoint; the
   worker fetches the ranges itself (ranged GETs, nearby ranges of one object in one, bounded
   retries) with its own credentials (AWS's standard chain: never in the task), so the client
-  reads no block. The gallery travels in the job as well. A task holds its own input, so when a
+  reads no block. Where the client does not hold a stream at all (a machine of its own), a
+  worker also scans it from the segments to plan its jobs: the client reads none of it. The gallery travels in the job as well. A task holds its own input, so when a
   worker dies the scheduler runs it again elsewhere (``retries`` on top of that for errors).
 - **Bounded.** At most ``window`` jobs are submitted at once (a few per worker thread), so the
   client never reads a whole archive into the cluster's memory; results are consumed in job
@@ -35,11 +36,11 @@ from typing import Any
 from ingest import version
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.tracker import TrackerSettings
-from ingest.batch.jobs import Job, Runs, landmark_runs, read_runs
+from ingest.batch.jobs import Job, Runs, VideoBlock, jobs_of_blocks, landmark_runs, read_runs, scan_video_blocks
 from ingest.batch.local import JobProgress, Reprocessor
 from ingest.exceptions import IngestError
 from storage.errors import StoreUnavailableError
-from storage.objects import ObjectStore, Range, StoreLocation
+from storage.objects import ObjectStore, Range, SegmentMap, StoreLocation
 from storage.store import SessionStore
 
 CONNECT_TIMEOUT_S = 10
@@ -78,6 +79,8 @@ class ClientReads:
 
     with_bytes: list[int] = dataclasses.field(default_factory=list)
     with_ranges: list[int] = dataclasses.field(default_factory=list)
+    # and to plan each session: its stream read here (0: a worker scanned it in object storage)
+    planned: list[int] = dataclasses.field(default_factory=list)
 
 
 def run_remote_job(job: Job, runs: list[tuple[int, bytes]], client_version: str) -> list[dict[str, Any]]:
@@ -91,6 +94,59 @@ def run_object_job(job: Job, source: ObjectInput, client_version: str) -> list[d
     _check_version(client_version)
     pieces = fetch_ranges(worker_object_store(source.location), source.ranges)
     return landmark_runs(job, runs_of(job, b"".join(pieces)))
+
+
+def plan_object_stream(segments: SegmentMap, client_version: str) -> tuple[bytes, list[VideoBlock], str]:
+    """On a Dask worker: ``scan_video_blocks`` of a session's stream read from its segments in
+    object storage (one at a time: a segment is at most ``segment_bytes``), so that a client
+    that does not hold the stream plans its jobs without reading it."""
+    _check_version(client_version)
+    return scan_video_blocks(SegmentStream(worker_object_store(segments.location), segments))
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentStream:
+    """A session's durable stream as its segments in object storage (a ``StreamSource``)."""
+
+    objects: ObjectStore
+    segments: SegmentMap
+
+    @property
+    def length(self) -> int:
+        return self.segments.durable_bytes
+
+    def open(self) -> SegmentReader:
+        return SegmentReader(self)
+
+
+class SegmentReader:
+    """Reads a ``SegmentStream`` front to back, fetching one segment at a time."""
+
+    def __init__(self, stream: SegmentStream) -> None:
+        self._objects = stream.objects
+        self._left = list(stream.segments.segments)
+        self._buffer = memoryview(b"")
+
+    def __enter__(self) -> SegmentReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._left.clear()
+        self._buffer = memoryview(b"")
+
+    def read(self, size: int = -1, /) -> bytes:
+        out = bytearray()
+        while size < 0 or len(out) < size:
+            if not self._buffer:
+                if not self._left:
+                    break
+                key, _, length = self._left.pop(0)
+                self._buffer = memoryview(_get(self._objects, key, 0, length) if length else b"")
+                continue
+            take = len(self._buffer) if size < 0 else min(size - len(out), len(self._buffer))
+            out += self._buffer[:take]
+            self._buffer = self._buffer[take:]
+        return bytes(out)
 
 
 def _check_version(client_version: str) -> None:
@@ -277,15 +333,50 @@ class ClusterReprocessor(Reprocessor):
     def jobs(self, session_id: str, progress: Callable[[int], None] | None = None) -> list[Job]:
         """As the local pool's; with object storage, each job whose blocks are all durable is
         also mapped to the object ranges its worker fetches (one listing of the session's
-        segments). A durable segment missing from the listing fails the session here."""
-        jobs = super().jobs(session_id, progress)
-        segments = self.store.segment_map(session_id) if self.object_ranges else None
+        segments), and a session wholly durable whose stream this machine does not hold is
+        scanned by a worker (``plan_object_stream``) instead of fetched here. A durable segment
+        missing from the listing fails the session here; one a worker cannot read, there."""
+        row = self.store.get_row(session_id)
+        segments = self.store.segment_map(session_id) if self.object_ranges and row["state"] != "recording" else None
+        if (
+            segments is not None and 0 < row["bytes"] == segments.durable_bytes
+            and not self.store.has_local_stream(session_id, row["bytes"])
+        ):  # fmt: skip
+            jobs = self._plan_on_a_worker(segments)  # this machine does not hold the stream: not read here
+            self.reads.planned.append(0)
+        else:
+            read = [0]
+
+            def heard(n: int) -> None:
+                read[0] += n
+                if progress is not None:
+                    progress(n)
+
+            jobs = super().jobs(session_id, heard)
+            self.reads.planned.append(read[0])
         if segments is not None:
             for job in jobs:
                 ranges = segments.ranges((offset, length) for _, offset, length in job.blocks)
                 if ranges is not None:  # else (not all durable yet): its bytes are sent
                     self._inputs[id(job)] = (job, ObjectInput(segments.location, tuple(ranges)))
         return jobs
+
+    def _plan_on_a_worker(self, segments: SegmentMap) -> list[Job]:
+        """The session's jobs, its stream scanned by a worker from object storage (each job then
+        goes as object ranges: every block is durable)."""
+        from distributed import CancelledError
+
+        gallery = self.store.gallery.matrix() if self.settings.identify else None
+        future = self.client.submit(plan_object_stream, segments, version(), retries=RETRIES, pure=False)
+        try:
+            init, blocks, codec = self._wait(future)
+        except CancelledError:
+            raise ClusterError(f"the Dask scheduler at {self.address} cancelled the work (was it restarted?)") from None
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"lost the Dask scheduler at {self.address} ({_reason(exc)})") from None
+        finally:
+            future.release()
+        return jobs_of_blocks(None, init, blocks, codec, self.settings, gallery)
 
     def object_input(self, job: Job) -> ObjectInput | None:
         """The object ranges ``job`` is sent as (None: it is sent with its bytes)."""
@@ -348,7 +439,7 @@ class ClusterReprocessor(Reprocessor):
             if futures:
                 client.cancel(futures, force=True)
 
-    def _wait(self, future: Any) -> list[dict[str, Any]]:
+    def _wait(self, future: Any) -> Any:
         """The future's result; a cluster left without workers (or without its scheduler) for
         ``no_workers_timeout_s`` ends the run instead of waiting for ever."""
         from distributed import TimeoutError as DaskTimeoutError
