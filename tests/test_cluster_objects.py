@@ -1,9 +1,10 @@
 """reprocess on a real Dask cluster with the sessions in object storage (SeaweedFS) and the index
 in PostgreSQL (issue 22, item 4): the jobs carry object keys and byte ranges, the workers fetch
 the blocks themselves with their own credentials, and the client reads only each job's init
-segment. Results equal the local reprocess's frame for frame; a job whose blocks are not all
-durable goes with its bytes; a segment missing from the bucket fails its session alone, by its
-key; workers without credentials say so."""
+segment; a client that holds no stream has a worker plan it from the segments, and its results
+reach object storage. Results equal the local reprocess's frame for frame; a job whose blocks
+are not all durable goes with its bytes; a segment missing from the bucket fails its session
+alone, by its key (in a job) or by its seq (at planning); workers without credentials say so."""
 
 from __future__ import annotations
 
