@@ -2,12 +2,18 @@
 
     python bench/storage_bench.py acks --clients 50 200 --seconds 30
     python bench/storage_bench.py uploads --sessions 20
+    python bench/storage_bench.py dask --repeat 2
 
 ``acks``: N real-time recorders (the 640x480 VP8 fixture's blobs at 4 per second, through the
 package's client) against ``camingest serve --no-analysis`` on the embedded default (data folder
 + SQLite) and then on PostgreSQL + SeaweedFS (started here, on loopback, by tests/engines.py),
 for the same N and duration: ack p50/p95/p99 and how far durable_seq lags. ``uploads``: segment
-upload throughput (bytes/s) of the replicator for a burst of stopped sessions.
+upload throughput (bytes/s) of the replicator for a burst of stopped sessions. ``dask``: the
+Dask reprocess client's bytes read per job, before and after jobs carry object ranges (the four
+webcam fixtures recorded ``--repeat`` times into PostgreSQL + SeaweedFS, a 2-worker
+``LocalCluster``): jobs sent with their bytes from the server's folder (before), as object
+ranges from the server's folder (planning still reads the stream here), and as object ranges
+from an empty folder (a worker plans).
 """
 
 from __future__ import annotations
@@ -125,6 +131,64 @@ def uploads(sessions: int) -> None:
         postgres.stop()
 
 
+def dask(repeat: int) -> None:
+    from distributed import LocalCluster
+
+    from bench.cluster_bench import store_sessions
+    from ingest.analysis.tracker import TrackerSettings
+    from ingest.batch.cluster import ClusterReprocessor
+    from ingest.config import Settings
+
+    postgres, weed, dsn, store_url, env = engines()
+    os.environ.update(env)  # this client's and the workers' credentials (AWS's standard chain)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            server = Path(tmp) / "server"
+            proc, url = start_server(server, "--no-analysis", "--index", dsn, "--store", store_url,
+                                     "--s3-endpoint", weed.endpoint, env=env)  # fmt: skip
+            try:
+                ids = asyncio.run(store_sessions(url, repeat))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            try:
+                modes = [("before: jobs with their bytes", server, False), ("after: object ranges, server's folder", server, True),
+                         ("after: object ranges, empty folder", Path(tmp) / "client", True)]  # fmt: skip
+                for i, (mode, folder, ranges) in enumerate([modes[0], *modes]):  # the first: warm-up
+                    settings = Settings(data_dir=folder, index=dsn, store=store_url, s3_endpoint=weed.endpoint)
+                    store = settings.open_store()
+                    store.open(recover=False)
+                    try:
+                        tracker = TrackerSettings.from_settings(settings)
+                        with ClusterReprocessor(store, tracker, cluster.scheduler_address, object_ranges=ranges) as rp:
+                            started = time.perf_counter()
+                            sessions = ids[:1] if i == 0 else ids
+                            plan = [(sid, rp.jobs(sid)) for sid in sessions]
+                            results = dict(rp.run_many(plan))
+                            seconds = time.perf_counter() - started
+                    finally:
+                        store.close()
+                    if i == 0:
+                        continue
+                    assert all("error" not in r for r in results.values()), results
+                    jobs = sum(len(j) for _, j in plan)
+                    frames = sum(r["frames"] for r in results.values())
+                    sent = sum(rp.reads.with_bytes) + sum(rp.reads.with_ranges)
+                    print(json.dumps({
+                        "mode": mode, "sessions": len(ids), "jobs": jobs, "frames": frames,
+                        "client_planning_bytes_per_job": round(sum(rp.reads.planned) / jobs),
+                        "client_sent_bytes_per_job": round(sent / jobs),
+                        "jobs_with_bytes": len(rp.reads.with_bytes), "jobs_with_ranges": len(rp.reads.with_ranges),
+                        "seconds": round(seconds, 2), "frames_per_s": round(frames / seconds, 1),
+                    }), flush=True)  # fmt: skip
+            finally:
+                cluster.close()
+    finally:
+        weed.stop()
+        postgres.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="what", required=True)
@@ -133,10 +197,14 @@ def main() -> None:
     a.add_argument("--seconds", type=float, default=30)
     u = sub.add_parser("uploads")
     u.add_argument("--sessions", type=int, default=20)
+    d = sub.add_parser("dask")
+    d.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     print(f"# {machine_notes()}")
     if args.what == "acks":
         acks(args.clients, args.seconds)
+    elif args.what == "dask":
+        dask(args.repeat)
     else:
         uploads(args.sessions)
 

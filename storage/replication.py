@@ -182,7 +182,7 @@ class Replicator:
                 else:
                     wait = min(wait, self.segment_s - age)
             if row["uploaded_gen"] < row["changed_gen"] and (row["state"] != "recording" or session_id in self._urgent):
-                self._upload_derived(session_id, row["changed_gen"])
+                self.upload_derived(session_id, row["changed_gen"])
         self.stats.backlog_bytes, self.stats.backlog_sessions, self.stats.oldest_pending_s = backlog, sessions, oldest
         self._evict()
         return max(0.05, wait)
@@ -221,7 +221,10 @@ class Replicator:
             if self.on_durable is not None:
                 self.on_durable(session_id, last)
 
-    def _upload_derived(self, session_id: str, generation: int) -> None:
+    def upload_derived(self, session_id: str, generation: int) -> None:
+        """The session's derived files (and snapshots) as they are on the local disk, then the
+        index told that ``generation`` of them is in object storage (also called by a command
+        whose replicator does not run: ``SessionStore.publish``)."""
         files = self.store.files(session_id)
         for name in DERIVED:
             path = files.root / name

@@ -63,7 +63,7 @@ from storage.landmarks import (
 )
 from storage.leases import Lease, LeaseLostError, Leases
 from storage.leases import check_sql as lease_check_sql
-from storage.objects import ObjectStore, ObjectStoreSettings, StoreLocation
+from storage.objects import ObjectStore, ObjectStoreSettings, SegmentMap, StoreLocation, segment_chain
 from storage.outbox import Outbox
 from storage.records import ChunkRecord, decode_runs, encode_runs
 from storage.replication import DERIVED, Replicator
@@ -233,6 +233,7 @@ class SessionStore:
         self._present: set[str] = set()  # sessions whose files are known to be on the local disk
         self._fetching: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
+        self._replicating = False  # this process's replicator uploads (the server; not a command)
 
     @staticmethod
     def found(data_dir: Path, index: str | None = None) -> bool:
@@ -270,6 +271,7 @@ class SessionStore:
             notes += self.recover(cluster)
             if self.replicator is not None:  # the server: it uploads (a command only reads)
                 self.replicator.start()
+                self._replicating = True
         return notes
 
     def lock_holder(self) -> str | None:
@@ -474,30 +476,12 @@ class SessionStore:
         files.root.mkdir(parents=True, exist_ok=True)
         location = self.objects.location
         with replacing(files.stream) as tmp, open(tmp, "wb") as out:
-            expected = 0
-            # the chain of segments from seq 0 to durable_seq: at each seq the one reaching furthest
-            # (an upload a lease change interrupted may have left another one beside it)
-            by_first: dict[int, list[tuple[int, str]]] = {}
-            for first, last, key, _ in self.objects.segments(session_id):
-                by_first.setdefault(first, []).append((last, key))
-            while expected <= row["durable_seq"]:
-                candidates = [(last, key) for last, key in by_first.get(expected, []) if last <= row["durable_seq"]]
-                if not candidates:  # a gap: never serve a stream that is not the one acked
-                    raise IndexWriteError(0, f"object storage has no segment of {session_id} from seq {expected}")
-                last, key = max(candidates)
+            for key, _, _ in self._segment_chain(session_id, row["durable_seq"]):
                 out.write(self.objects.get(key))
-                expected = last + 1
             out.flush()
             if out.tell() < self.durable_length(row):
                 raise IndexWriteError(0, f"object storage holds {out.tell()} of the {row['bytes']} bytes of {session_id}")
-        for name in DERIVED:
-            target = files.root / name
-            if not target.exists():
-                try:
-                    data = self.objects.get(location.session_key(session_id, name))
-                except FileNotFoundError:
-                    continue
-                replace_atomically(target, data)
+        self._fetch_derived(session_id, files, DERIVED)
         snapshot_prefix = location.session_key(session_id, "snapshots/")
         for key, _ in self.objects.keys(snapshot_prefix):
             target = files.snapshots / key[len(snapshot_prefix):]
@@ -505,6 +489,51 @@ class SessionStore:
                 files.snapshots.mkdir(exist_ok=True)
                 replace_atomically(target, self.objects.get(key))
         log.info("session %s fetched from object storage", session_id)
+
+    def _fetch_derived(self, session_id: str, files: SessionFiles, names: tuple[str, ...]) -> None:
+        """Those of the session's derived files (``DERIVED``) missing here, from object storage."""
+        assert self.objects is not None
+        for name in names:
+            target = files.root / name
+            if not target.exists():
+                try:
+                    data = self.objects.get(self.objects.location.session_key(session_id, name))
+                except FileNotFoundError:
+                    continue
+                files.root.mkdir(parents=True, exist_ok=True)
+                replace_atomically(target, data)
+
+    def _local_landmarks(self, session_id: str) -> SessionFiles:
+        """As ``_local``, for writing the session's landmarks and their meta: where this machine
+        holds nothing of its stream (a ``reprocess`` on a machine of its own, its jobs planned
+        and run by Dask workers from object storage), only those two files are fetched, not the
+        stream."""
+        files = self.files(session_id)
+        if self.objects is None or self.replicator is None or session_id in self._present or files.stream.exists():
+            return self._local(session_id)
+        self.get_row(session_id)  # an unknown session is said as such
+        files.root.mkdir(parents=True, exist_ok=True)
+        lock = self._fetching.setdefault(session_id, threading.Lock())
+        with lock:
+            self._fetch_derived(session_id, files, ("landmarks.jsonl", "landmarks.meta.json"))
+        return files
+
+    def _segment_chain(self, session_id: str, durable_seq: int) -> list[tuple[str, int, int]]:
+        """The segments in object storage that make the raw stream through ``durable_seq``."""
+        assert self.objects is not None
+        if durable_seq < 0:
+            return []
+        extents = {c["seq"]: (int(c["offset"]), int(c["size"])) for c in self.chunks_after(session_id, -1)}
+        return segment_chain(session_id, self.objects.segments(session_id), extents, durable_seq)
+
+    def segment_map(self, session_id: str) -> SegmentMap | None:
+        """Where the session's durable raw stream lies in object storage (one listing), so that
+        readers elsewhere (Dask workers) fetch byte ranges of it themselves; None when the data
+        folder is the store of record. ``IndexWriteError`` if a durable segment is missing."""
+        if self.objects is None:
+            return None
+        row = self.get_row(session_id)
+        return SegmentMap(self.objects.location, tuple(self._segment_chain(session_id, row["durable_seq"])))
 
     def adopt(self, session_id: str) -> list[str]:
         """This node took the session over (from another node, or a dead one): its local copy is
@@ -648,6 +677,20 @@ class SessionStore:
                 "UPDATE sessions SET uploaded_gen=? WHERE id=? AND uploaded_gen<?", (generation, session_id, generation)
             )
         )
+
+    def publish(self, session_id: str) -> None:
+        """With object storage, in a process whose replicator does not run (a command such as
+        ``reprocess``, perhaps on a machine of its own): upload the session's derived files now,
+        so what it wrote here reaches the store of record before it exits. A server uploads
+        them itself (``_changed``); without object storage the data folder is the store."""
+        if self.replicator is None or self._replicating:
+            return
+        row = self.index.write(  # after the changes this process submitted
+            lambda c: c.execute("SELECT changed_gen FROM sessions WHERE id=?", (session_id,)).fetchone()
+        )
+        if row is None:
+            raise UnknownSessionError(f"unknown session {session_id!r}")
+        self.replicator.upload_derived(session_id, int(row["changed_gen"]))
 
     def _changed(self, session_id: str) -> None:
         """A derived file of the session changed: upload it (group-committed, not awaited)."""
@@ -1219,7 +1262,7 @@ class SessionStore:
 
     def landmarks_rewrite(self, session_id: str) -> LandmarkRewrite:
         """A rewrite of some frame ranges (unopened: use ``with`` or ``.__enter__()``)."""
-        return LandmarkRewrite(self._local(session_id).landmarks, on_commit=lambda: self._changed(session_id))
+        return LandmarkRewrite(self._local_landmarks(session_id).landmarks, on_commit=lambda: self._changed(session_id))
 
     def landmark_tail(self, session_id: str) -> LandmarkTail:
         return LandmarkTail(self._local(session_id).landmarks)
@@ -1242,7 +1285,7 @@ class SessionStore:
         self._changed(session_id)
 
     def write_landmarks_meta(self, session_id: str, meta: dict[str, Any]) -> None:
-        landmarks_meta.write(self._local(session_id).landmarks_meta, meta)
+        landmarks_meta.write(self._local_landmarks(session_id).landmarks_meta, meta)
         self._changed(session_id)
 
     def update_landmarks_meta(self, session_id: str, **changes: Any) -> None:

@@ -6,12 +6,14 @@ unreadable stream end as documented, with the previous landmarks kept."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +29,14 @@ DASK = shutil.which("dask") or str(Path(sys.executable).parent / "dask")
 NAMES = ["webcam_vp8_opus_250ms", "webcam_vp8_kf1s_250ms", "webcam_h264_250ms", "two_people_720p_vp8"]
 
 
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory):
-    """A scheduler and 2 workers (1 process, 1 thread each, under a nanny that restarts them)."""
-    folder = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def dask_processes(folder: Path, env: dict[str, str] | None = None) -> Iterator[tuple[distributed.Client, str]]:
+    """A scheduler and 2 workers (1 process, 1 thread each, under a nanny that restarts them),
+    with ``env`` added to their environment; a client of it and its address."""
     scheduler_file = folder / "scheduler.json"
     log = open(folder / "dask.log", "w")  # noqa: SIM115 -- closed at teardown
     # the workers import this tree's camingest, whatever is installed
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     common = {"cwd": ROOT, "stdout": log, "stderr": subprocess.STDOUT, "env": env}
     procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                                "--scheduler-file", str(scheduler_file)], **common)]  # fmt: skip
@@ -58,6 +60,13 @@ def dask_cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A scheduler and 2 workers (1 process, 1 thread each, under a nanny that restarts them)."""
+    with dask_processes(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster
 
 
 def wait_for_file(path: Path, log: Path, timeout: float = 60) -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ingest.analysis.identity import FixedGallery
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
@@ -66,13 +67,29 @@ def stored_reader() -> WebMReader:
     return WebMReader(max_bytes_before_tracks=None)
 
 
-def scan_video_blocks(source: LocalStream, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock], str]:
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class StreamSource(Protocol):
+    """What a stored stream is scanned from: a ``LocalStream`` (a file here), or the stream's
+    segments in object storage read by a Dask worker (cluster.py)."""
+
+    @property
+    def length(self) -> int: ...
+
+    def open(self) -> AbstractContextManager[Readable]: ...
+
+
+def scan_video_blocks(source: StreamSource, progress: Progress | None = None) -> tuple[bytes, list[VideoBlock], str]:
     """Init segment, the video blocks of a stored stream (locations only, not the bytes) and
     the video codec ("" without video); ``progress`` hears the bytes read."""
     reader = stored_reader()
     blocks: list[VideoBlock] = []
+    done = 0
     with source.open() as f:
-        while piece := f.read(min(READ_PIECE, max(0, source.length - f.tell()))):
+        while piece := f.read(min(READ_PIECE, max(0, source.length - done))):
+            done += len(piece)
             if progress is not None:
                 progress(len(piece))
             unit = reader.feed(piece)
@@ -94,6 +111,15 @@ def plan_jobs(
     gallery when planned: it travels with the jobs, so every worker uses the same);
     ``progress`` hears the bytes of the stream read."""
     init, blocks, codec = scan_video_blocks(source, progress)
+    return jobs_of_blocks(source, init, blocks, codec, settings, gallery, max_frames)
+
+
+def jobs_of_blocks(
+    source: LocalStream | None, init: bytes, blocks: list[VideoBlock], codec: str, settings: TrackerSettings,
+    gallery: GalleryMatrix | None, max_frames: int = MAX_JOB_FRAMES_DEFAULT,
+) -> list[Job]:  # fmt: skip
+    """``plan_jobs`` from a scan's result (``source`` None: the stream was scanned elsewhere,
+    the jobs are sent as where their blocks lie)."""
     before = list(itertools.accumulate((b.frames for b in blocks), initial=0))  # frames before each block
     total = before[-1]
     # a job must start on a sweep (the tracker's reset point): its range is whole sweep periods

@@ -174,4 +174,5 @@ class Reprocessor:
         self.store.set_landmarks_error(session_id, None)  # complete now, whatever a fill said before
         if not self.store.is_finalized(session_id) and self.store.get_row(session_id)["state"] == "stopped":
             finalize_session(self.store, session_id)
+        self.store.publish(session_id)  # with object storage: the results reach it before this command ends
         return {"frames": counts.frames, "frames_with_faces": counts.with_faces}
