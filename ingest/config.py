@@ -175,6 +175,14 @@ class Settings:
     # Units (chunks) waiting for analysis per session; when full, the oldest unit's frames are
     # decoded but not landmarked (sent as skipped) so live results never lag behind.
     live_queue_units: int = 8
+    # A session whose analysis falls further behind than this many units (chunks; never fewer
+    # than live_queue_units) or bytes of them waiting lets them go: they are stored already, their
+    # frames are sent skipped without being decoded, decoding starts again at the next keyframe
+    # and the fill after stop landmarks the range. All sessions' waiting units together are held
+    # to max_live_backlog_bytes the same way, so memory stays flat whatever the load.
+    live_backlog_units: int = 32
+    live_backlog_bytes: int = 16 * 1024 * 1024
+    max_live_backlog_bytes: int = 256 * 1024 * 1024
     # Landmark engine: "numba" (dlib's model re-implemented: the same points, ~4x faster) or
     # "dlib" (dlib's own shape_predictor). See ingest/analysis/engine/predictor.py.
     landmark_engine: str = "numba"

@@ -258,7 +258,7 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise staged.error
             if staged.unit_bytes is not None:
                 try:
-                    await context.pipeline.submit_chunk(session.id, seq, staged.record.frames_before, staged.unit_bytes)
+                    await context.pipeline.submit_chunk(session.id, staged.record, staged.unit_bytes)
                 except Exception:  # the chunk is stored: its frames are filled after stop
                     log.exception("chunk %d of %s stored but not queued for analysis", seq, session.id)
             context.lifecycle.hold(sid, session.id)
