@@ -164,6 +164,10 @@ class Settings:
     max_sessions_page: int = 500
     # Photos one enrolment request (POST /api/gallery, `camingest gallery add`) may carry.
     max_photos_per_request: int = 10
+    # Bytes one enrolment request's photos may take together (each at most max_snapshot_bytes).
+    # The one enrolment slot is taken before the body is read, so this is also the most that
+    # enrolments hold in memory at once; a declared Content-Length beyond it is refused unread.
+    max_enrol_bytes: int = 64 * 1024 * 1024
     # Enrolment photos are analysed at most this large (width x height), decoded reduced and
     # resized like snapshots: a face needs no more, and a 40 MP photo would cost seconds.
     max_enrol_analysis_pixels: int = 4_000_000

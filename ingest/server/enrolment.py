@@ -3,14 +3,17 @@ ingest/analysis/stills.py), listing, removal. Storage is storage/gallery.py.
 
 A descriptor holds the GIL and detection on a large photo takes a while, so the server enrols in
 a separate process (one at a time; another request meanwhile is ``busy``), never on its event
-loop or in its threads. This object owns that process.
+loop or in its threads. This object owns that process. The one slot is taken before a request's
+body is read (``slot``): a request that would wait is answered ``busy`` without its photos
+being received, so parallel enrolments cost one body's memory at most (``max_enrol_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -73,23 +76,30 @@ class EnrolmentService:
         """No I/O: on the loop."""
         return check_name(name)
 
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """The one enrolment slot, for receiving a request's photos and analysing them; ``busy``
+        at once if it is taken (nothing of the request is read then)."""
+        if self._busy.locked():
+            raise CapacityError("another enrolment is being received or analysed (one runs at a time); try again in a moment")
+        async with self._busy:
+            yield
+
     async def add(self, name: str, photos: list[tuple[bytes, str]], confirm: bool = False) -> dict[str, Any]:
-        """Enrol ``photos`` of ``name``; one that would merge or split people is refused with
-        the match (409) unless ``confirm``."""
+        """Enrol ``photos`` of ``name`` (in the ``slot``, taken by the caller); one that would
+        merge or split people is refused with the match (409) unless ``confirm``."""
         check_photo_count(len(photos), self.settings.max_photos_per_request)
         name = self.checked_name(name)
-        if self._busy.locked():
-            raise CapacityError("another enrolment is being analysed; try again in a moment")
-        async with self._busy:
-            if self._pool is None:  # started on first use: the server need not pay for it
-                self._pool = await asyncio.to_thread(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
-            settings = self.settings
-            # submitted from a thread: the pool spawns its process on the first submit
-            job = await asyncio.to_thread(
-                self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
-                settings.max_enrol_analysis_pixels, settings.descriptor_engine,
-            )  # fmt: skip
-            enrolled, refusal = await asyncio.wrap_future(job)
+        assert self._busy.locked(), "enrolments run in the slot"
+        if self._pool is None:  # started on first use: the server need not pay for it
+            self._pool = await asyncio.to_thread(ProcessPoolExecutor, 1, mp_context=multiprocessing.get_context("spawn"))
+        settings = self.settings
+        # submitted from a thread: the pool spawns its process on the first submit
+        job = await asyncio.to_thread(
+            self._pool.submit, enrol_photos, photos, settings.landmark_engine, settings.max_snapshot_pixels,
+            settings.max_enrol_analysis_pixels, settings.descriptor_engine,
+        )  # fmt: skip
+        enrolled, refusal = await asyncio.wrap_future(job)
         if refusal is not None:
             raise refusal
         if not confirm:
