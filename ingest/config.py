@@ -130,6 +130,27 @@ class Settings:
     session_idle_s: float = 120.0
     # Sessions one Socket.IO connection may hold in `recording` state; `start` beyond it: busy.
     max_sessions_per_connection: int = 4
+    # Capacity per client (ingest/server/clients.py's key: its address, behind trusted proxies
+    # the one they saw): sessions recording that it started or resumed, its connections or not
+    # (sessions its vanished connections left count until they end), and Socket.IO connections.
+    # The last `sessions_reserved` of max_open_sessions (at most a tenth of it) go only to
+    # clients recording none yet: a few clients cannot lock everyone else out.
+    max_sessions_per_client: int = 64
+    sessions_reserved: int = 50
+    max_connections_per_client: int = 64
+    # Before a Socket.IO connection has authenticated (its CONNECT accepted): the bytes it may
+    # send (WebSocket bytes counted before they are parsed, long-polling bodies by length), the
+    # seconds it has, and how many such connections one client may have at once.
+    max_unauthenticated_bytes: int = 64 * 1024
+    auth_timeout_s: float = 10.0
+    max_unauthenticated_per_client: int = 8
+    # Events of one connection being handled at once, and their bytes; past them nothing more
+    # is read from its socket until one is answered (TCP pushes back on the sender).
+    max_events_in_flight: int = 8
+    max_event_bytes_in_flight: int = 32 * 1024 * 1024
+    # A client's bad input (malformed packets, refused connections, ...) is logged once per
+    # client and this long, with the count of those left out; never with a traceback.
+    log_repeat_s: float = 10.0
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
     # Bytes of JSON a session's `meta` (from `start`) may take; it is stored and listed with it.
@@ -249,6 +270,12 @@ class Settings:
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
         if self.classic_image_upsample not in (0, 1, 2):
             raise ValueError(f"classic_image_upsample is {self.classic_image_upsample}; allowed: 0, 1, 2")
+        for name in ("max_sessions_per_client", "max_connections_per_client", "max_unauthenticated_per_client",
+                     "max_events_in_flight", "max_event_bytes_in_flight", "max_unauthenticated_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; allowed: 1 or more")
+        if self.sessions_reserved < 0:
+            raise ValueError(f"sessions_reserved is {self.sessions_reserved}; allowed: 0 or more")
         if self.max_classic_images < 0:
             raise ValueError(f"max_classic_images is {self.max_classic_images}; allowed: 0 (store none) or more")
 
@@ -267,6 +294,11 @@ class Settings:
     def reader_limits(self) -> dict[str, int]:
         """The WebM reader's limits for streams coming in (live chunks, imports, uploads)."""
         return {"max_frame_pixels": self.max_frame_pixels, "max_bytes_before_tracks": self.max_bytes_before_tracks}
+
+    @property
+    def reserved_sessions(self) -> int:
+        """The last sessions of ``max_open_sessions``, for clients recording none yet."""
+        return min(self.sessions_reserved, self.max_open_sessions // 10)
 
     @property
     def worker_count(self) -> int:

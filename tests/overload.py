@@ -115,12 +115,13 @@ class Honest:
 
 
 async def honest_recorder(url: str, recording: Recording, out: Honest, pace: float = 0.25,
-                          client: Client | None = None, live: bool = True) -> None:  # fmt: skip
+                          client: Client | None = None, live: bool = True, token: str | None = None) -> None:  # fmt: skip
     """Send ``recording`` chunk by chunk ``pace`` s apart (a browser's 250 ms slices), each
     acknowledged, then stop; ``out`` gets its acks, their latencies and its live frames (once
-    every frame has one, unless not ``live``: a server without analysis)."""
+    every frame has one, unless not ``live``: a server without analysis); ``token``: the
+    server's access token."""
     own = client is None
-    client = client or Client(url)
+    client = client or Client(url, token=token)
     if own:
         await client.connect()
     try:

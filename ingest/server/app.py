@@ -30,6 +30,7 @@ from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
+from ingest.server.clients import Clients
 from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
 from ingest.server.emitter import Emitter
@@ -126,7 +127,8 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
     )
-    sio = make_socketio(settings)
+    clients = Clients(settings.trusted_proxies)  # who a client is, for every per-client limit
+    sio = make_socketio(settings, clients)
     sio.attach(app)
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -172,6 +174,7 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
             exports=ExportJobs(store),
             tryon=tryon,
             thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
+            clients=clients,
         )
         add_gauges(ctx, workers, snapshots_waiting, images_waiting)
         app[CONTEXT] = ctx

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.classic_images import ImageLane
+from ingest.server.clients import Clients
 from ingest.server.export_jobs import ExportJobs
 from storage.store import SessionStore
 
@@ -78,6 +79,8 @@ class ServerContext:
     thumbnail_slots: asyncio.Semaphore
     # the try-on pages' images to the analysis workers (ingest/live/tryon_lane.py); None: --no-analysis
     tryon: ImageLane | None = None
+    # who a client is, for the per-client limits (ingest/server/clients.py)
+    clients: Clients = field(default_factory=lambda: Clients(()))
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

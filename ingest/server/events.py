@@ -142,6 +142,7 @@ class IngestNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
         if not socketio_allowed(self.context.settings, environ, auth):
             raise socketio.exceptions.ConnectionRefusedError("unauthorized: this server needs its access token")
+        self.context.lifecycle.connected(sid, self.context.clients.environ_key(environ))
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         await self.classic.disconnected(sid)  # a classic client's session ends with its connection
@@ -154,7 +155,8 @@ class IngestNamespace(socketio.AsyncNamespace):
         session_id = validate_session_id(payload.get("session_id"))
         session = await self.context.registry.get(session_id)
         session.check_token(payload.get("token"))
-        await self.enter_room(sid, session.id)
+        if self.server.manager.is_connected(sid, "/"):  # (gone meanwhile: what it sent is still stored)
+            await self.enter_room(sid, session.id)
         return session
 
     # -- events ----------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ class IngestNamespace(socketio.AsyncNamespace):
 
     async def _open(self, sid: str, mime: str, meta: dict[str, Any]) -> tuple[LiveSession, str]:
         self.context.lifecycle.check_room(sid)
-        session, token = await self.context.registry.create(mime, meta)
+        session, token = await self.context.registry.create(mime, meta, self.context.lifecycle.client_of(sid))
         self.context.lifecycle.hold(sid, session.id)
         log.info("session %s started (%s)", session.id, mime)
         await self.enter_room(sid, session.id)
