@@ -176,6 +176,14 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
+    # ... of them one client may hold (ingest/server/clients.py's key); more get 503 busy.
+    max_previews_per_client: int = 2
+    # A viewer that has not taken a part within this many seconds (it does not read) is dropped.
+    preview_write_timeout_s: float = 10.0
+    # A preview following a recording session that received nothing for this long ends.
+    preview_idle_s: float = 30.0
+    # An export's encoding taking longer than this is cancelled (it fails saying so).
+    max_export_s: float = 3600.0
     # Thumbnails (GET /api/sessions/{id}/thumbnail.jpg) decoded at once, each in a thread (a
     # frame of the first ~15 s: up to ~0.5 s); more wait for a slot. Made once, then stored.
     max_thumbnails: int = 2
@@ -270,10 +278,13 @@ class Settings:
             raise ValueError(f"detect_upsample is {self.detect_upsample}; allowed: 0, 1, 2")
         if self.classic_image_upsample not in (0, 1, 2):
             raise ValueError(f"classic_image_upsample is {self.classic_image_upsample}; allowed: 0, 1, 2")
-        for name in ("max_sessions_per_client", "max_connections_per_client", "max_unauthenticated_per_client",
+        for name in ("max_previews_per_client", "max_sessions_per_client", "max_connections_per_client", "max_unauthenticated_per_client",
                      "max_events_in_flight", "max_event_bytes_in_flight", "max_unauthenticated_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is {getattr(self, name)}; allowed: 1 or more")
+        for name in ("preview_write_timeout_s", "preview_idle_s", "max_export_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} is {getattr(self, name)}; allowed: more than 0 (seconds)")
         if self.sessions_reserved < 0:
             raise ValueError(f"sessions_reserved is {self.sessions_reserved}; allowed: 0 or more")
         if self.max_classic_images < 0:

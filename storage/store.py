@@ -1136,6 +1136,14 @@ class SessionStore:
             return []
         return [(p.name, p.stat().st_size) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".tmp")]
 
+    def delete_export(self, session_id: str, name: str) -> bool:
+        """Remove the session's finished export ``name``; whether there was one."""
+        try:
+            (self.files(session_id).exports / Path(name).name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def open_export(self, session_id: str, name: str) -> tuple[BinaryIO, int] | None:
         path = self.files(session_id).exports / Path(name).name
         try:

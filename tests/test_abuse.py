@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import socketio
 
-from tests.client import run, wait_until
+from tests.client import Client, run, wait_until
 from tests.conftest import load_recording
-from tests.overload import MB, Honest, honest_recorder, sampled
+from tests.overload import MB, Honest, honest_recorder, looped_stream, sampled
 
 HONEST = load_recording("webcam_vp8_kf1s_250ms")
 ATTACKER = "127.0.0.3"  # one client, seen by the server as this address
@@ -268,5 +268,129 @@ def test_capacity_is_per_client(server_factory):
             assert body["error"] == {"code": "busy", "message": (
                 f"this client ({ATTACKER}) holds 6 connections, the limit (max_connections_per_client) is 6; "
                 "close one first")}
+
+    run(scenario())
+
+
+async def non_reader(url: str, path: str, address: str) -> asyncio.StreamWriter:
+    """A viewer that sends its request and never reads (a receive buffer of 4 KiB)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind((address, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+    _, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+    await writer.drain()
+    return writer
+
+
+def test_preview_slots_cannot_be_held(server_factory, tmp_path):
+    """Four viewers (four addresses) that never read held every MJPEG slot: 503 for everyone
+    else for as long as they liked. Now a viewer that takes no part within
+    preview_write_timeout_s is dropped and its slot freed; a preview following a recording
+    that receives nothing ends after preview_idle_s; and one client holds at most
+    max_previews_per_client viewers (busy naming the limit)."""
+    server = server_factory("--no-analysis", env={"CAMINGEST_PREVIEW_WRITE_TIMEOUT_S": "2",
+                                                  "CAMINGEST_PREVIEW_IDLE_S": "2"})  # fmt: skip
+    long_recording = load_recording("webcam_vp8_opus_250ms")
+    stream = looped_stream(long_recording, 12, tmp_path, 36 * 1024)  # 94 s: its replay outlasts the test
+
+    async def scenario() -> None:
+        async with Client(server.url) as client:
+            long = await client.start(long_recording.meta["mime"])
+            await client.send_all(long, stream)
+            assert (await client.stop(long))["ok"]
+            idle = await client.start(HONEST.meta["mime"])
+            await client.send_all(idle, HONEST.chunks[:8])  # recording, then nothing more
+        path = f"/api/sessions/{long['session_id']}/preview.mjpg"
+        url = server.url + path
+
+        writers = [await non_reader(server.url, path, f"127.0.0.{5 + i}") for i in range(4)]
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url) as response:  # every slot is held now
+                    assert response.status == 503
+                    assert (await response.json())["error"] == {
+                        "code": "busy", "message": "too many preview viewers (max_previews); try again later"}
+
+                async def admitted() -> bool:
+                    async with http.get(url) as response:
+                        if response.status != 200:
+                            return False
+                        await response.content.readuntil(b"\r\n\r\n")  # its first part's headers
+                        return True
+
+                await wait_until(admitted, "a slot freed by dropping the viewers that do not read")
+            log = server_log(server)
+            assert "took no part for 2 s (preview_write_timeout_s); dropped" in log
+        finally:
+            for writer in writers:
+                writer.close()
+
+        # one client: at most max_previews_per_client (2) viewers
+        async with http_from(ATTACKER) as http, http.get(url) as first, http.get(url) as second:
+            for response in (first, second):
+                assert response.status == 200
+                await response.content.readuntil(b"\r\n\r\n")
+            async with http.get(url) as third:
+                assert third.status == 503
+                assert (await third.json())["error"] == {"code": "busy", "message": (
+                    f"this client ({ATTACKER}) holds 2 preview viewers, the limit (max_previews_per_client) is 2; "
+                    "close one first")}
+
+        # a recording that receives nothing: its preview ends
+        async with aiohttp.ClientSession() as http, http.get(
+            f"{server.url}/api/sessions/{idle['session_id']}/preview.mjpg"
+        ) as response:
+            assert response.status == 200
+            body = await asyncio.wait_for(response.read(), 60)  # the end of the response
+            assert body.count(b"Content-Type: image/jpeg") > 0
+
+    run(scenario())
+
+
+def test_exports_are_cancellable_and_bounded_in_time(server_factory, tmp_path):
+    """The one export slot could be held for hours, released only by deleting the session.
+    Now DELETE on the export cancels its encoding (answered once it stopped), the slot is free
+    for the next, and an encoding longer than max_export_s is cancelled by itself."""
+    server = server_factory("--no-analysis", env={"CAMINGEST_MAX_EXPORT_S": "3"})
+    long_recording = load_recording("webcam_vp8_opus_250ms")
+    stream = looped_stream(long_recording, 12, tmp_path, 36 * 1024)
+
+    async def scenario() -> None:
+        async with Client(server.url) as client:
+            session = await client.start(long_recording.meta["mime"])
+            await client.send_all(session, stream)
+            assert (await client.stop(session))["ok"]
+        base = f"{server.url}/api/sessions/{session['session_id']}/exports"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base, json={"overlay": "landmarks", "format": "webm"}) as response:
+                assert response.status == 202
+                assert (await response.json())["state"] == "running"
+            async with http.delete(f"{base}/landmarks.webm") as response:
+                assert response.status == 200
+                cancelled = await response.json()
+            assert (cancelled["state"], cancelled["error"]) == ("failed", "the export was cancelled"), cancelled
+            async with http.post(base, json={"overlay": "none", "format": "webm"}) as response:
+                assert response.status == 202, await response.text()  # the slot is free at once
+
+            async def finished() -> dict | None:
+                async with http.get(base) as response:
+                    exports = {e["overlay"]: e for e in (await response.json())["exports"]}
+                return exports["none"] if exports["none"]["state"] != "running" else None
+
+            outcome = await wait_until(finished, "the second export's end")
+            assert outcome["state"] == "failed", outcome
+            assert outcome["error"].startswith("the export took longer than 3 s (max_export_s) and was cancelled "
+                                               "after "), outcome  # fmt: skip
+            assert outcome["frames_done"] < outcome["frames_total"]
+            async with http.delete(f"{base}/none.webm") as response:
+                assert response.status == 404
+                assert (await response.json())["error"]["code"] == "not_found"
 
     run(scenario())

@@ -30,7 +30,7 @@ from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
-from ingest.server.clients import Clients
+from ingest.server.clients import Clients, PerClient
 from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
 from ingest.server.emitter import Emitter
@@ -166,12 +166,13 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
             loop_monitor=LoopMonitor(),
             preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
             preview_slots=asyncio.Semaphore(settings.max_previews),
+            previews=PerClient(settings.max_previews_per_client, "preview viewers", "max_previews_per_client"),
             upload_slots=asyncio.Semaphore(settings.max_uploads),
             lifecycle=SessionLifecycle(
                 settings, store, registry, pipeline, metrics, take=cluster.take_unowned if cluster else None
             ),
             metrics=metrics,
-            exports=ExportJobs(store),
+            exports=ExportJobs(store, settings.max_export_s),
             tryon=tryon,
             thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
             clients=clients,

@@ -22,7 +22,7 @@ from ingest.recording.lifecycle import SessionLifecycle
 from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.classic_images import ImageLane
-from ingest.server.clients import Clients
+from ingest.server.clients import Clients, PerClient
 from ingest.server.export_jobs import ExportJobs
 from storage.store import SessionStore
 
@@ -81,6 +81,8 @@ class ServerContext:
     tryon: ImageLane | None = None
     # who a client is, for the per-client limits (ingest/server/clients.py)
     clients: Clients = field(default_factory=lambda: Clients(()))
+    # MJPEG viewers per client (max_previews_per_client)
+    previews: PerClient = field(default_factory=lambda: PerClient(2, "preview viewers", "max_previews_per_client"))
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the
