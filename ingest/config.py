@@ -175,6 +175,27 @@ class Settings:
     session_idle_s: float = 120.0
     # Sessions one Socket.IO connection may hold in `recording` state; `start` beyond it: busy.
     max_sessions_per_connection: int = 4
+    # Capacity per client (ingest/server/clients.py's key: its address, behind trusted proxies
+    # the one they saw): sessions recording that it started or resumed, its connections or not
+    # (sessions its vanished connections left count until they end), and Socket.IO connections.
+    # The last `sessions_reserved` of max_open_sessions (at most a tenth of it) go only to
+    # clients recording none yet: a few clients cannot lock everyone else out.
+    max_sessions_per_client: int = 64
+    sessions_reserved: int = 50
+    max_connections_per_client: int = 64
+    # Before a Socket.IO connection has authenticated (its CONNECT accepted): the bytes it may
+    # send (WebSocket bytes counted before they are parsed, long-polling bodies by length), the
+    # seconds it has, and how many such connections one client may have at once.
+    max_unauthenticated_bytes: int = 64 * 1024
+    auth_timeout_s: float = 10.0
+    max_unauthenticated_per_client: int = 8
+    # Events of one connection being handled at once, and their bytes; past them nothing more
+    # is read from its socket until one is answered (TCP pushes back on the sender).
+    max_events_in_flight: int = 8
+    max_event_bytes_in_flight: int = 32 * 1024 * 1024
+    # A client's bad input (malformed packets, refused connections, ...) is logged once per
+    # client and this long, with the count of those left out; never with a traceback.
+    log_repeat_s: float = 10.0
     # Seconds a client has to stop before SIGTERM shutdown closes its connection anyway.
     shutdown_grace_s: float = 5.0
     # Bytes of JSON a session's `meta` (from `start`) may take; it is stored and listed with it.
@@ -203,6 +224,14 @@ class Settings:
     upload_min_bytes_per_s: int = 16 * 1024
     # MJPEG preview viewers at once (each decodes in its own thread); more get HTTP 503.
     max_previews: int = 4
+    # ... of them one client may hold (ingest/server/clients.py's key); more get 503 busy.
+    max_previews_per_client: int = 2
+    # A viewer that has not taken a part within this many seconds (it does not read) is dropped.
+    preview_write_timeout_s: float = 10.0
+    # A preview following a recording session that received nothing for this long ends.
+    preview_idle_s: float = 30.0
+    # An export's encoding taking longer than this is cancelled (it fails saying so).
+    max_export_s: float = 3600.0
     # Thumbnails (GET /api/sessions/{id}/thumbnail.jpg) decoded at once, each in a thread (a
     # frame of the first ~15 s: up to ~0.5 s); more wait for a slot. Made once, then stored.
     max_thumbnails: int = 2
@@ -212,6 +241,10 @@ class Settings:
     max_sessions_page: int = 500
     # Photos one enrolment request (POST /api/gallery, `camingest gallery add`) may carry.
     max_photos_per_request: int = 10
+    # Bytes one enrolment request's photos may take together (each at most max_snapshot_bytes).
+    # The one enrolment slot is taken before the body is read, so this is also the most that
+    # enrolments hold in memory at once; a declared Content-Length beyond it is refused unread.
+    max_enrol_bytes: int = 64 * 1024 * 1024
     # Enrolment photos are analysed at most this large (width x height), decoded reduced and
     # resized like snapshots: a face needs no more, and a 40 MP photo would cost seconds.
     max_enrol_analysis_pixels: int = 4_000_000
@@ -223,6 +256,14 @@ class Settings:
     # Units (chunks) waiting for analysis per session; when full, the oldest unit's frames are
     # decoded but not landmarked (sent as skipped) so live results never lag behind.
     live_queue_units: int = 8
+    # A session whose analysis falls further behind than this many units (chunks; never fewer
+    # than live_queue_units) or bytes of them waiting lets them go: they are stored already, their
+    # frames are sent skipped without being decoded, decoding starts again at the next keyframe
+    # and the fill after stop landmarks the range. All sessions' waiting units together are held
+    # to max_live_backlog_bytes the same way, so memory stays flat whatever the load.
+    live_backlog_units: int = 32
+    live_backlog_bytes: int = 16 * 1024 * 1024
+    max_live_backlog_bytes: int = 256 * 1024 * 1024
     # Landmark engine: "numba" (dlib's model re-implemented: the same points, ~4x faster) or
     # "dlib" (dlib's own shape_predictor). See ingest/analysis/engine/predictor.py.
     landmark_engine: str = "numba"
@@ -295,6 +336,15 @@ class Settings:
             raise ValueError(f"retention_days is {self.retention_days:g}; allowed: 0 (keep for ever) or more")
         if self.webhook_concurrency < 1 or self.webhook_max_outbox < 1 or self.webhook_queue < 1:
             raise ValueError("webhook_concurrency, webhook_max_outbox and webhook_queue must be at least 1")
+        for name in ("max_previews_per_client", "max_sessions_per_client", "max_connections_per_client", "max_unauthenticated_per_client",
+                     "max_events_in_flight", "max_event_bytes_in_flight", "max_unauthenticated_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; allowed: 1 or more")
+        for name in ("preview_write_timeout_s", "preview_idle_s", "max_export_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} is {getattr(self, name)}; allowed: more than 0 (seconds)")
+        if self.sessions_reserved < 0:
+            raise ValueError(f"sessions_reserved is {self.sessions_reserved}; allowed: 0 or more")
         if self.max_classic_images < 0:
             raise ValueError(f"max_classic_images is {self.max_classic_images}; allowed: 0 (store none) or more")
 
@@ -314,6 +364,11 @@ class Settings:
     def reader_limits(self) -> dict[str, int]:
         """The WebM reader's limits for streams coming in (live chunks, imports, uploads)."""
         return {"max_frame_pixels": self.max_frame_pixels, "max_bytes_before_tracks": self.max_bytes_before_tracks}
+
+    @property
+    def reserved_sessions(self) -> int:
+        """The last sessions of ``max_open_sessions``, for clients recording none yet."""
+        return min(self.sessions_reserved, self.max_open_sessions // 10)
 
     @property
     def worker_count(self) -> int:

@@ -1331,6 +1331,14 @@ class SessionStore:
                 found.append((marker.stat().st_mtime, session_id, marker.name.removesuffix(EXPORT_WANTED)))
         return [(session_id, name) for _, session_id, name in sorted(found)]
 
+    def delete_export(self, session_id: str, name: str) -> bool:
+        """Remove the session's finished export ``name``; whether there was one."""
+        try:
+            (self.files(session_id).exports / Path(name).name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def open_export(self, session_id: str, name: str) -> tuple[BinaryIO, int] | None:
         path = self.files(session_id).exports / Path(name).name
         try:

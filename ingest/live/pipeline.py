@@ -1,10 +1,18 @@
 """Live analysis: committed chunks -> worker processes -> landmarks back to the page and to disk.
 
-Per session, units wait in a queue of at most ``live_queue_units``; one unit per session is in
-flight at a time, so sessions share the workers fairly (a worker serves its sessions in arrival
-order). When a session's queue is over the limit, the unit sent next is decoded but not
-landmarked: its frames come back ``skipped`` at once instead of lag and memory growing; the fill
-after stop (backfill.py) landmarks them. Decoding never skips: every frame is needed for the next.
+Per session, units wait in a queue; one unit per session is in flight at a time, so sessions
+share the workers fairly (a worker serves its sessions in arrival order). While more than
+``live_queue_units`` wait, the unit sent next is decoded but not landmarked: its frames come back
+``skipped`` at once instead of lag growing; the fill after stop (backfill.py) landmarks them.
+
+Decoding costs too, so memory and lag are bounded in bytes as well: once a session has more than
+``live_backlog_units`` units or ``live_backlog_bytes`` waiting (or all sessions together
+``max_live_backlog_bytes``), its waiting units are let go (they are stored already) and their
+frames are sent ``skipped`` at once, written by the server itself (their times from the chunks'
+timestamps), without decoding them. The worker's decoder of the session gives its last frames and
+is dropped; decoding starts again at the next keyframe (the frames before it are ``skipped``
+too), and the fill after stop landmarks the whole range. Every frame gets exactly one result, in
+index order, whatever the load.
 
 After a restart, a session's decoder is rebuilt from the last keyframe at or before the first
 frame without landmarks, from the stored stream; frames already landmarked are decoded for state
@@ -48,7 +56,8 @@ from ingest.live.snapshot_lane import SnapshotLane
 from ingest.live.tryon_lane import TryOnLane
 from ingest.media.webm import build_unit
 from ingest.metrics import Metrics
-from storage.landmarks import LandmarkCounts
+from storage.landmarks import LandmarkCounts, frame_result
+from storage.records import ChunkRecord
 from storage.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +68,48 @@ MAX_CRASHES_PER_SESSION = 2
 # node reach this node's workers within this long
 GALLERY_POLL_S = 0.25
 
+# seqs of the replies that are not a unit's: the end of a session (Flush), a decoder reset after a
+# dropped backlog (Flush), frames the server itself sends as skipped
+FINISHED_SEQ, RESET_SEQ, SKIPPED_SEQ = -1, -2, -3
+
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
+
+
+def spread(start_ms: float | None, end_ms: float | None, count: int) -> list[float]:
+    """Times for ``count`` frames after ``start_ms`` up to ``end_ms``, evenly spaced: the times of
+    frames sent ``skipped`` without being decoded (the fill after stop writes their own)."""
+    if count <= 0:
+        return []
+    if end_ms is None:
+        return [start_ms or 0.0] * count
+    if start_ms is None or start_ms >= end_ms:
+        return [end_ms] * count
+    step = (end_ms - start_ms) / count
+    return [start_ms + step * (i + 1) for i in range(count)]
+
+
+@dataclass
+class Waiting:
+    """A unit waiting for a worker: a committed chunk's frames, its bytes (None: read back from
+    the store when its turn comes) and what sending its frames ``skipped`` needs."""
+
+    seq: int
+    frames_before: int
+    frames: int
+    keyframe: int | None  # index of the last keyframe it completes
+    start_ms: float | None  # the times its frames lie after (exclusive) and up to (inclusive)
+    end_ms: float | None
+    unit: bytes | None
+
+    @property
+    def size(self) -> int:
+        return len(self.unit) if self.unit is not None else 0
+
+    def skipped(self, from_index: int, to_index: int) -> list[dict[str, Any]]:
+        """Results ``skipped`` for its frames in [from_index, to_index)."""
+        times = spread(self.start_ms, self.end_ms, self.frames)
+        first = max(from_index, self.frames_before)
+        return [frame_result(i, times[i - self.frames_before], None) for i in range(first, to_index)]
 
 
 @dataclass
@@ -67,7 +117,8 @@ class SessionPipe:
     session_id: str
     worker: WorkerHandle
     decoder_opts: dict[str, Any]
-    pending: collections.deque[tuple[int, bytes]] = field(default_factory=collections.deque)
+    pending: collections.deque[Waiting] = field(default_factory=collections.deque)
+    pending_bytes: int = 0  # of the units in ``pending`` held in memory
     acked_at: dict[int, float] = field(default_factory=dict)  # seq -> when it was acked (pending + in flight)
     in_flight: bool = False
     started: bool = False
@@ -76,6 +127,14 @@ class SessionPipe:
     crashes: int = 0  # workers that died while analysing this session
     primed_through: int = -1  # units up to this seq came from the store, not from submit_chunk
     delivering: asyncio.Task[None] | None = None
+    # every frame below this index has its result on the way (from the worker, or as skipped)
+    covered: int = 0
+    last_ms: float | None = None  # the last video time of the units seen so far
+    init: bytes = b""  # the init segment, for units read back from the store
+    # the backlog was let go: units are sent ``skipped`` until one with a keyframe comes
+    to_keyframe: bool = False
+    reset: bool = False  # the worker's decoder is to give its last frames and forget the session
+    placeholders: list[dict[str, Any]] = field(default_factory=list)  # skipped results not yet sent
 
 
 class LivePipeline:
@@ -108,6 +167,11 @@ class LivePipeline:
         self.snapshots = SnapshotLane(self.workers, settings.max_snapshot_queue, settings.max_snapshot_analysis_pixels)
         self.tryon = TryOnLane(self.workers, settings.classic_image_upsample, settings.max_snapshot_analysis_pixels,
                                metrics.classic_frames_dropped.inc)  # fmt: skip
+        self.backlog_bytes = 0  # units held in memory by every session's queue
+        # never fewer than live_queue_units: those wait to be decoded, not to be let go
+        self.backlog_units = max(settings.live_backlog_units, settings.live_queue_units)
+        metrics.gauge("camingest_live_backlog_bytes", "Units held in memory waiting for analysis, all sessions "
+                      "(max_live_backlog_bytes bounds it)", lambda: self.backlog_bytes)  # fmt: skip
         self._tasks = BackgroundTasks(log)
         self.filler = Filler(store, self.tracker_settings, self.workers, self._filled)
         self.filler.start()
@@ -181,18 +245,93 @@ class LivePipeline:
         self._dispatch(pipe)
 
     # -- chunks ----------------------------------------------------------------------------------
-    async def submit_chunk(self, session_id: str, seq: int, frames_before: int, unit: bytes) -> None:
+    async def submit_chunk(self, session_id: str, record: ChunkRecord, unit: bytes) -> None:
         """A committed chunk's standalone unit (the blocks it completed), to be analysed."""
         if session_id in self._failing:
             return
-        pipe = self.pipes.get(session_id) or await self._open(session_id, seq, frames_before)
+        seq = record.seq
+        pipe = self.pipes.get(session_id) or await self._open(session_id, seq, record.frames_before)
         if pipe is None:
             return  # its video stopped decoding: it is failed
         if seq <= pipe.primed_through:
             return  # already queued from the store (a pipe re-opened after a worker crash)
-        pipe.pending.append((seq, unit))
+        start_ms = pipe.last_ms  # (None for the first unit: its frames' times would all be its last)
+        pipe.last_ms = record.last_ts_ms
+        waiting = Waiting(seq, record.frames_before, record.frames, record.keyframe, start_ms, record.last_ts_ms, unit)
         pipe.acked_at[seq] = time.monotonic()  # acked right after this: the lag's start
+        self._admit(pipe, waiting)
         self._dispatch(pipe)
+
+    def _admit(self, pipe: SessionPipe, waiting: Waiting) -> None:
+        """Queue a unit, or send its frames skipped if the session is waiting for a keyframe; a
+        backlog over the bounds is let go."""
+        if pipe.to_keyframe:
+            self._to_keyframe(pipe, waiting)
+            return
+        self._queue(pipe, waiting)
+        if len(pipe.pending) > self.backlog_units or pipe.pending_bytes > self.settings.live_backlog_bytes:
+            self._let_go(pipe)
+        while self.backlog_bytes > self.settings.max_live_backlog_bytes:  # all sessions: the largest backlog goes
+            self._let_go(max(self.pipes.values(), key=lambda p: p.pending_bytes), keep_tail=False)
+
+    def _queue(self, pipe: SessionPipe, waiting: Waiting) -> None:
+        pipe.pending.append(waiting)
+        pipe.pending_bytes += waiting.size
+        self.backlog_bytes += waiting.size
+
+    def _unqueue(self, pipe: SessionPipe) -> Waiting:
+        waiting = pipe.pending.popleft()
+        pipe.pending_bytes -= waiting.size
+        self.backlog_bytes -= waiting.size
+        return waiting
+
+    def _let_go(self, pipe: SessionPipe, keep_tail: bool = True) -> None:
+        """The session fell too far behind: its waiting units are let go (they are stored), their
+        frames sent skipped; decoding starts again, on a new decoder, at the last keyframe
+        waiting if few units come after it (``keep_tail``), else at the next keyframe to come."""
+        waiting = [self._unqueue(pipe) for _ in range(len(pipe.pending))]
+        keyed = [i for i, unit in enumerate(waiting) if unit.keyframe is not None]
+        resume = None
+        if keyed and keep_tail:
+            tail = waiting[keyed[-1] :]
+            if len(tail) <= self.backlog_units // 2 and sum(u.size for u in tail) <= self.settings.live_backlog_bytes // 2:
+                resume = keyed[-1]
+        log.debug("session %s: %d units waiting for analysis let go (their frames are skipped, filled after stop)",
+                  pipe.session_id, len(waiting) if resume is None else resume)  # fmt: skip
+        pipe.to_keyframe = True
+        pipe.reset = pipe.reset or pipe.started  # the worker holds a decoder of it: flushed, then dropped
+        for i, unit in enumerate(waiting):
+            if resume is None or i < resume:
+                self._skip(pipe, unit)
+            elif i == resume:
+                self._resume(pipe, unit)
+            else:
+                self._queue(pipe, unit)
+
+    def _to_keyframe(self, pipe: SessionPipe, waiting: Waiting) -> None:
+        """While waiting for a keyframe: a unit without one is sent skipped, the first with one
+        is where decoding starts again."""
+        if waiting.keyframe is None:
+            self._skip(pipe, waiting)
+        else:
+            self._resume(pipe, waiting)
+
+    def _skip(self, pipe: SessionPipe, waiting: Waiting) -> None:
+        """The unit's frames are sent skipped, without decoding."""
+        end = waiting.frames_before + waiting.frames
+        pipe.placeholders += waiting.skipped(pipe.covered, end)
+        pipe.covered = max(pipe.covered, end)
+        pipe.acked_at.pop(waiting.seq, None)
+
+    def _resume(self, pipe: SessionPipe, waiting: Waiting) -> None:
+        """Decoding starts again at this unit's keyframe, on a new decoder (after the reset, if
+        one is due); its frames before the keyframe are sent skipped."""
+        assert waiting.keyframe is not None
+        pipe.placeholders += waiting.skipped(pipe.covered, waiting.keyframe)
+        pipe.covered = max(pipe.covered, waiting.keyframe)
+        pipe.to_keyframe = False
+        pipe.decoder_opts = {"first_index": waiting.frames_before, "skip_until": pipe.covered, "wait_key": True}
+        self._queue(pipe, waiting)
 
     async def _open(self, session_id: str, seq: int | None, frames_before: int) -> SessionPipe | None:
         lock = self._opening.setdefault(session_id, asyncio.Lock())
@@ -225,27 +364,82 @@ class LivePipeline:
         pipe.primed_through = rows[-1]["seq"]
         keyed = [r for r in rows if r["keyframe"] is not None and r["keyframe"] <= done]
         start = keyed[-1] if keyed else rows[0]
-        init = self.store.init_segment(session_id) or b""
+        pipe.init = self.store.init_segment(session_id) or b""
+        # the stored units are read back one at a time when their turn comes (none held here);
+        # should they be let go, their frames' times are the session's, spread by index
+        session = self.store.get_row(session_id)
+        first, last, total = session["first_ts_ms"], session["last_ts_ms"], max(1, session["frames"] - 1)
+
+        def at(index: int) -> float | None:
+            return None if first is None or last is None else first + (last - first) * min(index, total) / total
+
         for row in rows[rows.index(start) :]:
             if self.store.has_blocks(row):
-                pipe.pending.append((row["seq"], build_unit(init, self.store.chunk_runs(session_id, row))))
+                before, frames = row["frames_before"], row["frames"]
+                start_ms = at(before - 1) if before else None
+                pipe.pending.append(Waiting(row["seq"], before, frames, row["keyframe"], start_ms,
+                                            at(before + frames - 1), None))  # fmt: skip
+        pipe.covered = done
+        pipe.last_ms = last
         pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
         return pipe
 
+    def _stored_unit(self, pipe: SessionPipe, seq: int) -> bytes | None:
+        """A stored chunk's unit, read back (blocking: a thread)."""
+        row = self.store.chunk_row(pipe.session_id, seq)
+        if row is None or not self.store.has_blocks(row):
+            return None
+        return build_unit(pipe.init, self.store.chunk_runs(pipe.session_id, row))
+
     def _dispatch(self, pipe: SessionPipe) -> None:
+        """The session's next step, one at a time and in index order: a decoder reset after its
+        backlog was let go, then the frames sent skipped, then the next unit, then the end."""
         if pipe.in_flight or self.pipes.get(pipe.session_id) is not pipe:
+            return
+        if pipe.reset:  # its last frames come back, then the worker forgets the session
+            pipe.reset = pipe.started = False
+            pipe.in_flight = True
+            pipe.worker.send(Flush(pipe.session_id, RESET_SEQ))
+            return
+        if pipe.placeholders:
+            frames, pipe.placeholders = pipe.placeholders, []
+            pipe.in_flight = True
+            reply = Frames(pipe.session_id, SKIPPED_SEQ, frames)
+            pipe.delivering = self._tasks.spawn(self._deliver(pipe, reply), f"deliver {pipe.session_id}")
             return
         if not pipe.pending:
             if pipe.finishing:
                 pipe.in_flight = True
-                pipe.worker.send(Flush(pipe.session_id))
+                pipe.worker.send(Flush(pipe.session_id, FINISHED_SEQ))
             return
-        seq, unit = pipe.pending.popleft()
+        waiting = self._unqueue(pipe)
         analyse = len(pipe.pending) < self.settings.live_queue_units
         opts = {} if pipe.started else pipe.decoder_opts
         pipe.started = True
         pipe.in_flight = True
-        pipe.worker.send(AnalyseUnit(pipe.session_id, seq, unit, analyse, opts))
+        pipe.covered = max(pipe.covered, waiting.frames_before + waiting.frames)
+        if waiting.unit is None:  # stored, not in memory: read back first
+            self._tasks.spawn(self._send_stored(pipe, waiting, analyse, opts), f"read back {pipe.session_id}")
+        else:
+            pipe.worker.send(AnalyseUnit(pipe.session_id, waiting.seq, waiting.unit, analyse, opts))
+
+    async def _send_stored(self, pipe: SessionPipe, waiting: Waiting, analyse: bool, opts: dict[str, Any]) -> None:
+        try:
+            unit = await asyncio.to_thread(self._stored_unit, pipe, waiting.seq)
+        except (IngestError, OSError) as exc:  # the store away, the session deleted: filled after stop
+            log.warning("a stored unit of %s could not be read back for analysis: %s", pipe.session_id, exc)
+            unit = None
+        if self.pipes.get(pipe.session_id) is not pipe:
+            return  # closed meanwhile (deleted, its worker died: re-primed)
+        if unit is None:  # its frames skipped; the decoder cannot go on past it: a keyframe is waited for
+            pipe.in_flight = False
+            pipe.placeholders += waiting.skipped(waiting.frames_before, waiting.frames_before + waiting.frames)
+            pipe.acked_at.pop(waiting.seq, None)
+            if not pipe.to_keyframe:  # (the units after it as well, up to a keyframe)
+                self._let_go(pipe)
+            self._dispatch(pipe)
+            return
+        pipe.worker.send(AnalyseUnit(pipe.session_id, waiting.seq, unit, analyse, opts))
 
     def _on_message(self, worker: WorkerHandle, reply: Reply) -> None:
         worker.outstanding -= 1
@@ -287,7 +481,7 @@ class LivePipeline:
         if acked is not None:
             self.metrics.landmark_lag.observe(time.monotonic() - acked)
         pipe.in_flight = False
-        if seq == -1:  # flushed: the session is complete
+        if seq == FINISHED_SEQ:  # flushed: the session is complete
             await asyncio.to_thread(self.store.landmarks_finished, session_id)  # (may wait for room to commit)
             # (a pipe already closed was replaced after a worker crash: its successor finishes)
             if self._close_pipe(pipe) and pipe.skipped:
@@ -320,6 +514,8 @@ class LivePipeline:
         if self.pipes.get(pipe.session_id) is not pipe:
             return False
         del self.pipes[pipe.session_id]
+        while pipe.pending:  # its units are let go (stored: a successor reads them back)
+            self._unqueue(pipe)
         pipe.worker.sessions -= 1
         self.filler.poke()
         return True

@@ -7,11 +7,13 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ingest.exceptions import IngestError
+from storage.records import ChunkRecord
 
 
 class AnalysisSink(Protocol):
-    async def submit_chunk(self, session_id: str, seq: int, frames_before: int, unit: bytes) -> None:
-        """A committed chunk's standalone unit (the blocks it completed)."""
+    async def submit_chunk(self, session_id: str, record: ChunkRecord, unit: bytes) -> None:
+        """A committed chunk's standalone unit (the blocks it completed), with its record (its
+        frames, keyframe and times: what sending its frames ``skipped`` needs)."""
         ...
 
     async def finish(self, session_id: str) -> None:
@@ -44,7 +46,7 @@ class AnalysisSink(Protocol):
 class NoAnalysis:
     """Ingest only (``--no-analysis``): chunks are stored and served, frames are not analysed."""
 
-    async def submit_chunk(self, session_id: str, seq: int, frames_before: int, unit: bytes) -> None:
+    async def submit_chunk(self, session_id: str, record: ChunkRecord, unit: bytes) -> None:
         return None
 
     async def finish(self, session_id: str) -> None:

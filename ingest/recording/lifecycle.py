@@ -55,6 +55,7 @@ class SessionLifecycle:
         self.metrics = metrics
         self.background = BackgroundTasks(log)  # finalizes under way
         self._held: dict[str, set[str]] = {}  # connection (sid) -> recording sessions it holds
+        self._clients: dict[str, str] = {}  # connection (sid) -> its client key (ingest/server/clients.py)
         self._holder: dict[str, str] = {}  # session id -> the connection holding it
         self._active: dict[str, float] = {}  # session id -> unix time of its last chunk or (re)start
         self._reaper: asyncio.Task[None] | None = None
@@ -64,6 +65,13 @@ class SessionLifecycle:
         self.on_ended: Callable[[str, dict[str, Any]], None] | None = None
 
     # -- connections ----------------------------------------------------------------------------
+    def connected(self, sid: str, client: str) -> None:
+        """A connection opened; ``client`` is who it is, for the capacity per client."""
+        self._clients[sid] = client
+
+    def client_of(self, sid: str) -> str:
+        return self._clients.get(sid, "")
+
     def check_room(self, sid: str) -> None:
         """Before a connection starts another session: ``busy`` beyond the per-connection limit."""
         held = len(self._held.get(sid, ()))
@@ -74,16 +82,24 @@ class SessionLifecycle:
             )
 
     def hold(self, sid: str, session_id: str) -> None:
-        """``sid`` started, resumed or sent to ``session_id``: it holds the session now."""
+        """``sid`` started, resumed or sent to ``session_id``: it holds the session now (unless
+        the connection is gone meanwhile: an event of it finished after its disconnect)."""
+        self._active[session_id] = time.time()
+        if sid not in self._clients:
+            return
         previous = self._holder.get(session_id)
         if previous is not None and previous != sid:
             self._held.get(previous, set()).discard(session_id)
         self._holder[session_id] = sid
         self._held.setdefault(sid, set()).add(session_id)
-        self._active[session_id] = time.time()
+        session = self.registry.loaded(session_id)
+        if session is not None:  # its capacity is counted against who holds it now
+            session.client = self._clients[sid]
 
     def disconnected(self, sid: str) -> None:
-        """The connection is gone: its sessions expire ``session_idle_s`` after their last chunk."""
+        """The connection is gone: its sessions expire ``session_idle_s`` after their last chunk
+        (and count against its client until then)."""
+        self._clients.pop(sid, None)
         for session_id in self._held.pop(sid, set()):
             if self._holder.get(session_id) == sid:
                 del self._holder[session_id]

@@ -52,6 +52,7 @@ class LiveSession:
         self.last_ts_ms: float | None = row["last_ts_ms"]
         self.reader = reader
         self.held = reader.held_bytes  # as last counted in the registry's total
+        self.client = ""  # the client key that started or last resumed it (capacity per client)
         self.lock = asyncio.Lock()
         self._writer = store.stream_writer(self.id)
 
@@ -158,19 +159,44 @@ class SessionRegistry:
         return WebMReader(self.settings.max_element_bytes, max_blocks_per_feed=self.settings.max_blocks_per_chunk,
                           **self.settings.reader_limits())  # fmt: skip
 
-    async def create(
-        self, mime: str, meta: dict[str, Any], sub: str | None = None, jti: str | None = None
-    ) -> tuple[LiveSession, str]:
-        if len(self._live) >= self.settings.max_open_sessions:
+    def held_by(self, client: str) -> int:
+        """Sessions recording that ``client`` started or last resumed (its connections gone or not)."""
+        return sum(1 for session in self._live.values() if session.client == client)
+
+    def check_capacity(self, client: str) -> None:
+        """Before ``client`` opens a session: ``busy`` beyond ``max_open_sessions``, beyond
+        ``max_sessions_per_client``, or in the reserve (the last ``sessions_reserved``) unless
+        the client records none yet."""
+        settings, open_now = self.settings, len(self._live)
+        if open_now >= settings.max_open_sessions:
             raise CapacityError(
-                f"{len(self._live)} sessions are recording, the limit (max_open_sessions) is "
-                f"{self.settings.max_open_sessions}; try again later"
+                f"{open_now} sessions are recording, the limit (max_open_sessions) is "
+                f"{settings.max_open_sessions}; try again later"
             )
+        held = self.held_by(client) if client else 0
+        if held >= settings.max_sessions_per_client:
+            raise CapacityError(
+                f"this client ({client}) is recording {held} sessions, the limit (max_sessions_per_client) is "
+                f"{settings.max_sessions_per_client}; stop one first"
+            )
+        reserve = settings.reserved_sessions
+        if held and open_now >= settings.max_open_sessions - reserve:
+            raise CapacityError(
+                f"{open_now} sessions are recording; the last {reserve} of max_open_sessions "
+                f"({settings.max_open_sessions}) are kept for clients recording none (sessions_reserved), and this "
+                f"client ({client}) records {held}; try again later"
+            )
+
+    async def create(
+        self, mime: str, meta: dict[str, Any], sub: str | None = None, jti: str | None = None, client: str = ""
+    ) -> tuple[LiveSession, str]:
+        self.check_capacity(client)
         row, token = await asyncio.to_thread(self.store.create, mime, meta, sub, jti)
         self.store.remember(row)
         if self.ownership is not None:
             await self.ownership.claim(row["id"], new=True)
         session = LiveSession(self.store, row, self._reader())
+        session.client = client
         self._live[session.id] = session
         return session, token
 

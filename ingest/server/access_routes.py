@@ -13,6 +13,7 @@ from aiohttp import web
 from ingest.exceptions import BadRequestError
 from ingest.server.context import CONTEXT
 from ingest.server.principals import request_principal
+from ingest.server.responses import json_response
 from storage.store import validate_session_id
 
 
@@ -23,7 +24,7 @@ def _iso(unix: float) -> str:
 async def me(request: web.Request) -> web.StreamResponse:
     """Who this request is (the pages show or hide what the role may not do)."""
     principal = request_principal(request)
-    return web.json_response({
+    return json_response({
         "role": principal.role, "sub": principal.sub, "jti": principal.jti, "read": principal.read,
         "expires_at": _iso(principal.exp) if principal.exp is not None else None,
         "auth": request.app[CONTEXT].authority.enabled,
@@ -52,7 +53,7 @@ async def create_token(request: web.Request) -> web.StreamResponse:
                                    body.get("max_sessions"), body.get("read", False))  # fmt: skip
     request["audit"] = {"minted": {"jti": claims["jti"], "sub": claims["sub"], "role": claims["role"],
                                    "expires_at": _iso(claims["exp"])}}  # fmt: skip
-    return web.json_response({"token": token, "jti": claims["jti"], "role": claims["role"], "sub": claims["sub"],
+    return json_response({"token": token, "jti": claims["jti"], "role": claims["role"], "sub": claims["sub"],
                               "expires_at": _iso(claims["exp"])}, status=201)  # fmt: skip
 
 
@@ -62,13 +63,13 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
     authority = request.app[CONTEXT].authority
     added = await asyncio.to_thread(authority.revoke, jti, request_principal(request))
     request["audit"] = {"revoked": jti}
-    return web.json_response({"ok": True, "revoked": jti, "already": not added})
+    return json_response({"ok": True, "revoked": jti, "already": not added})
 
 
 async def _hold(request: web.Request, held: bool) -> web.StreamResponse:
     session_id = validate_session_id(request.match_info["session_id"])
     await asyncio.to_thread(request.app[CONTEXT].store.set_hold, session_id, held)
-    return web.json_response({"ok": True, "session_id": session_id, "held": held})
+    return json_response({"ok": True, "session_id": session_id, "held": held})
 
 
 async def put_hold(request: web.Request) -> web.StreamResponse:

@@ -32,6 +32,7 @@ from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.access import LOOPBACK_NAMES, access_middleware
 from ingest.server.audit import AUDIT, AuditLog, audit_streamed
+from ingest.server.clients import Clients, PerClient
 from ingest.server.cluster import Cluster, NodeHooks
 from ingest.server.context import CONTEXT, LoopMonitor, ServerContext
 from ingest.server.emitter import Emitter
@@ -133,7 +134,8 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
         middlewares=[access_middleware(settings), errors_as_json], client_max_size=settings.max_message_bytes
     )
     app.on_response_prepare.append(audit_streamed)  # a preview's audit line as it starts
-    sio = make_socketio(settings)
+    clients = Clients(settings.trusted_proxies)  # who a client is, for every per-client limit
+    sio = make_socketio(settings, clients)
     sio.attach(app)
 
     async def context_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -180,17 +182,19 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
             loop_monitor=LoopMonitor(),
             preview_pool=ThreadPoolExecutor(settings.max_previews, thread_name_prefix="preview"),
             preview_slots=asyncio.Semaphore(settings.max_previews),
+            previews=PerClient(settings.max_previews_per_client, "preview viewers", "max_previews_per_client"),
             upload_slots=asyncio.Semaphore(settings.max_uploads),
             lifecycle=SessionLifecycle(
                 settings, store, registry, pipeline, metrics, take=cluster.take_unowned if cluster else None
             ),
             metrics=metrics,
-            exports=ExportJobs(store),
+            exports=ExportJobs(store, settings.max_export_s),
             tryon=tryon,
             thumbnail_slots=asyncio.Semaphore(settings.max_thumbnails),
             authority=authority,
             webhooks=webhooks,
             audit=audit,
+            clients=clients,
         )
         add_gauges(ctx, workers, snapshots_waiting, images_waiting)
         webhooks.filling = lambda session_id: pipeline.fill_status(session_id) is not None

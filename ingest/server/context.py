@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +23,7 @@ from ingest.recording.session import SessionRegistry
 from ingest.recording.snapshots import SnapshotService
 from ingest.server.audit import AuditLog
 from ingest.server.classic_images import ImageLane
+from ingest.server.clients import Clients, PerClient
 from ingest.server.export_jobs import ExportJobs
 from ingest.server.principals import TokenAuthority
 from ingest.server.webhooks import Webhooks
@@ -85,6 +86,10 @@ class ServerContext:
     audit: AuditLog
     # the try-on pages' images to the analysis workers (ingest/live/tryon_lane.py); None: --no-analysis
     tryon: ImageLane | None = None
+    # who a client is, for the per-client limits (ingest/server/clients.py)
+    clients: Clients = field(default_factory=lambda: Clients(()))
+    # MJPEG viewers per client (max_previews_per_client)
+    previews: PerClient = field(default_factory=lambda: PerClient(2, "preview viewers", "max_previews_per_client"))
 
     def with_fill(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A session summary plus ``fill`` (queued, or filling with frames done/total) while the

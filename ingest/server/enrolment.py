@@ -3,16 +3,19 @@ ingest/analysis/stills.py), listing, removal. Storage is storage/gallery.py.
 
 A descriptor holds the GIL and detection on a large photo takes a while, so the server enrols in
 a separate process (one at a time; another request meanwhile is ``busy``), never on its event
-loop or in its threads. This object owns that process.
+loop or in its threads. This object owns that process. The one slot is taken before a request's
+body is read (``slot``): a request that would wait is answered ``busy`` without its photos
+being received, so parallel enrolments cost one body's memory at most (``max_enrol_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -90,15 +93,22 @@ class EnrolmentService:
         """No I/O: on the loop."""
         return check_name(name)
 
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """The one enrolment slot, for receiving a request's photos and analysing them; ``busy``
+        at once if it is taken (nothing of the request is read then)."""
+        if self._busy.locked():
+            raise CapacityError("another enrolment is being received or analysed (one runs at a time); try again in a moment")
+        async with self._busy:
+            yield
+
     async def add(self, name: str, photos: list[tuple[bytes, str]], confirm: bool = False) -> dict[str, Any]:
-        """Enrol ``photos`` of ``name``; one that would merge or split people is refused with
-        the match (409) unless ``confirm``."""
+        """Enrol ``photos`` of ``name`` (in the ``slot``, taken by the caller); one that would
+        merge or split people is refused with the match (409) unless ``confirm``."""
         check_photo_count(len(photos), self.settings.max_photos_per_request)
         name = self.checked_name(name)
-        if self._busy.locked():
-            raise CapacityError("another enrolment is being analysed; try again in a moment")
-        async with self._busy:
-            enrolled, refusal = await self._analyse(photos)
+        assert self._busy.locked(), "enrolments run in the slot"
+        enrolled, refusal = await self._analyse(photos)
         if refusal is not None:
             raise refusal
         if not confirm:

@@ -166,6 +166,7 @@ class IngestNamespace(socketio.AsyncNamespace):
             self.principals[sid] = socketio_principal(self.context.authority, environ, auth)
         except UnauthorizedError as exc:
             raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {exc.message}") from None
+        self.context.lifecycle.connected(sid, self.context.clients.environ_key(environ))
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         self.principals.pop(sid, None)
@@ -194,7 +195,8 @@ class IngestNamespace(socketio.AsyncNamespace):
             check_may_record(principal)
         session = await self.context.registry.get(session_id)
         session.check_token(payload.get("token"))
-        await self.enter_room(sid, session.id)
+        if self.server.manager.is_connected(sid, "/"):  # (gone meanwhile: what it sent is still stored)
+            await self.enter_room(sid, session.id)
         return session
 
     # -- events ----------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class IngestNamespace(socketio.AsyncNamespace):
         counted = await sessions_left(self.context.store, principal)
         try:
             session, token = await self.context.registry.create(mime, session_meta(principal, meta), principal.sub,
-                                                                principal.jti)  # fmt: skip
+                                                                principal.jti, self.context.lifecycle.client_of(sid))  # fmt: skip
         except BaseException:
             if counted:
                 await asyncio.to_thread(self.context.store.tokens.give_back, counted)
@@ -312,7 +314,7 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise staged.error
             if staged.unit_bytes is not None:
                 try:
-                    await context.pipeline.submit_chunk(session.id, seq, staged.record.frames_before, staged.unit_bytes)
+                    await context.pipeline.submit_chunk(session.id, staged.record, staged.unit_bytes)
                 except Exception:  # the chunk is stored: its frames are filled after stop
                     log.exception("chunk %d of %s stored but not queued for analysis", seq, session.id)
             context.lifecycle.hold(sid, session.id)

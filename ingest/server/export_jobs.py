@@ -1,11 +1,13 @@
 """Exports made by the server for the sessions page (``/api/sessions/{id}/exports``).
 
 An export is the session re-encoded with an overlay (ingest/media/render.py), kept by the store
-beside the session (``<overlay>.<format>``) until the session is deleted. One encoding runs at a
-time (it takes a core for roughly the recording's duration); a second request while one runs is
-answered ``busy``. The encoding runs in this object's one thread; this object owns its state.
-An export being encoded is recorded by the store until it ends, so that one a crash or a
-shutdown interrupted is encoded again at the next start (``resume``).
+beside the session (``<overlay>.<format>``) until it or the session is deleted. One encoding runs
+at a time (it takes a core for roughly the recording's duration); a second request while one runs
+is answered ``busy``. An encoding is cancelled by ``DELETE`` on its export, and after
+``max_export_s`` by itself, so no one can hold the one slot for long. The encoding runs in this
+object's one thread; this object owns its state. An export being encoded is recorded by the store
+until it ends, so that one a crash or a shutdown interrupted is encoded again at the next start
+(``resume``).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.background import BackgroundTasks
-from ingest.exceptions import CapacityError, IngestError, SessionClosedError
+from ingest.exceptions import CapacityError, IngestError, NotFoundError, SessionClosedError
 from ingest.media.overlay import OVERLAYS, check_overlay
 from ingest.media.render import FORMATS, check_format, render
 from storage.store import SessionStore
@@ -30,6 +33,10 @@ MAX_REMEMBERED = 256  # outcomes of exports kept for the pages (failures mostly)
 
 
 class ExportCancelledError(Exception):
+    pass
+
+
+class ExportTimeoutError(Exception):
     pass
 
 
@@ -69,8 +76,9 @@ def export_name(overlay: str, fmt: str) -> str:
 
 
 class ExportJobs:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, max_s: float = 3600.0) -> None:
         self.store = store
+        self.max_s = max_s  # max_export_s
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="export")
         self._running: ExportJob | None = None
         # the last outcome per (session, overlay, format) while the server runs: failures are
@@ -81,6 +89,7 @@ class ExportJobs:
         self._interrupted: collections.deque[tuple[str, str, str]] = collections.deque()
         self._tasks = BackgroundTasks(log)
         self._closing = False
+        self._stopped_waiters: list[asyncio.Event] = []  # DELETEs waiting for the encoding to stop
 
     def list(self, session_id: str) -> list[dict[str, Any]]:
         """Blocking (the store is read): call it from a thread."""
@@ -119,9 +128,13 @@ class ExportJobs:
         return job.describe()
 
     def _encode(self, job: ExportJob) -> None:
+        deadline = time.monotonic() + self.max_s
+
         def progress(n: int) -> None:
             if job.cancel.is_set():
                 raise ExportCancelledError
+            if time.monotonic() > deadline:
+                raise ExportTimeoutError
             job.frames_done += n
 
         name = export_name(job.overlay, job.format)
@@ -135,6 +148,9 @@ class ExportJobs:
             job.state = "done"
         except ExportCancelledError:
             job.state, job.error = "failed", "the export was cancelled"
+        except ExportTimeoutError:
+            job.state, job.error = "failed", (f"the export took longer than {self.max_s:g} s (max_export_s) and was "
+                                              f"cancelled after {job.frames_done} of {job.frames_total} frames")  # fmt: skip
         except IngestError as exc:
             job.state, job.error = "failed", exc.message
         except OSError as exc:  # the operator gets the path, the page the reason
@@ -152,6 +168,9 @@ class ExportJobs:
     def _finished(self, job: ExportJob) -> None:
         if self._running is job:
             self._running = None
+        for waiter in self._stopped_waiters:
+            waiter.set()
+        self._stopped_waiters.clear()
         if job.state == "done":
             self._last.pop((job.session_id, job.overlay, job.format), None)
             if self.on_done is not None:
@@ -186,6 +205,23 @@ class ExportJobs:
             log.warning("recovery: export %s.%s of %s not encoded again: %s", overlay, fmt, session_id, exc.message)
             await asyncio.to_thread(self.store.export_ended, session_id, f"{overlay}.{fmt}")
             self._start_interrupted()
+
+    async def cancel(self, session_id: str, overlay: str, fmt: str) -> dict[str, Any]:
+        """``DELETE`` on an export: its encoding cancelled (answered once it stopped), or its
+        finished file removed; ``unknown`` if there is neither."""
+        name = export_name(overlay, fmt)
+        await asyncio.to_thread(self.store.get_row, session_id)  # unknown_session
+        running = self._running
+        if running is not None and (running.session_id, running.overlay, running.format) == (session_id, overlay, fmt):
+            running.cancel.set()
+            stopped = asyncio.Event()
+            self._stopped_waiters.append(stopped)
+            await stopped.wait()  # (the encoder looks at its flag every frame)
+            return running.describe()
+        if await asyncio.to_thread(self.store.delete_export, session_id, name):
+            self._last.pop((session_id, overlay, fmt), None)
+            return {"overlay": overlay, "format": fmt, "state": "deleted"}
+        raise NotFoundError(f"no {overlay} export as {fmt} of session {session_id} is being encoded or kept")
 
     def forget(self, session_id: str) -> None:
         """The session is being deleted: stop its encoding, drop its state."""

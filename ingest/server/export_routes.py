@@ -1,4 +1,5 @@
-"""HTTP routes of a session's exports: start one, follow its progress, download the file."""
+"""HTTP routes of a session's exports: start one, follow its progress, download the file,
+cancel or delete it."""
 
 from __future__ import annotations
 
@@ -41,8 +42,17 @@ async def export_file(request: web.Request) -> web.StreamResponse:
     return await send_range(request, source, size, f"video/{fmt}", f"{session_id}-{overlay}.{fmt}")
 
 
+async def delete_export(request: web.Request) -> web.StreamResponse:
+    """``DELETE .../exports/OVERLAY.FORMAT``: cancel its encoding (200 with its state, once it
+    stopped) or remove its file (200 ``deleted``)."""
+    ctx = context(request)
+    overlay, fmt = request.match_info["overlay"], request.match_info["format"]
+    return json_response(await ctx.exports.cancel(session_id_of(request), overlay, fmt))
+
+
 def add_export_routes(app: web.Application) -> None:
     base = "/api/sessions/{session_id}/exports"
     app.router.add_get(base, list_exports)
     app.router.add_post(base, start_export)
     app.router.add_get(base + "/{overlay:[a-z]+}.{format:[a-z0-9]+}", export_file)
+    app.router.add_delete(base + "/{overlay:[a-z]+}.{format:[a-z0-9]+}", delete_export)

@@ -5,6 +5,9 @@ at its last stored keyframe and continues as chunks arrive, each frame drawn wit
 stored for it so far. Frames are decoded in the server process here (a viewer costs about one
 decode, ~1-2 ms per frame), in a small dedicated thread pool whose size bounds the viewers.
 
+A followed recording that receives nothing for ``idle_s`` (``preview_idle_s``) ends its preview:
+a viewer of an idle session does not hold a slot for ever.
+
 ``Preview`` is an async iterator of MJPEG parts (``async for part in preview``, then
 ``await preview.aclose()``): the decoding generator runs in the pool, the pacing on the loop.
 """
@@ -82,9 +85,12 @@ def part(jpeg: bytes) -> bytes:
 class Preview:
     """The MJPEG parts of a session's annotated frames, paced like the recording."""
 
-    def __init__(self, store: SessionStore, session_id: str, overlay: str, pool: Executor) -> None:
+    def __init__(self, store: SessionStore, session_id: str, overlay: str, pool: Executor,
+                 idle_s: float = 30.0) -> None:  # fmt: skip
         self._frames = annotated_frames(store, session_id, overlay)
         self._pool = pool
+        self._idle_s = idle_s
+        self._waiting_since: float | None = None  # a followed recording with nothing new since
         self._started: float | None = None
         self._first_pts: float | None = None
 
@@ -98,8 +104,13 @@ class Preview:
             if item is _END:
                 raise StopAsyncIteration
             if item is WAIT:
+                if self._waiting_since is None:
+                    self._waiting_since = loop.time()
+                elif loop.time() - self._waiting_since > self._idle_s:
+                    raise StopAsyncIteration  # the session receives nothing: its preview ends
                 await asyncio.sleep(POLL_S)
                 continue
+            self._waiting_since = None
             pts_ms, jpeg = item
             if self._started is None or self._first_pts is None:
                 self._started, self._first_pts = loop.time(), pts_ms

@@ -50,7 +50,7 @@ async def health(request: web.Request) -> web.StreamResponse:
     ownership = ctx.registry.ownership
     principal = request.get("principal")
     if principal is None or not principal.may_view:
-        return web.json_response({"ok": True, "node": ownership.node if ownership is not None else None})
+        return json_response({"ok": True, "node": ownership.node if ownership is not None else None})
     monitor = ctx.loop_monitor
     answer: dict[str, object] = {
         "ok": True,

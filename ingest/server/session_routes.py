@@ -212,25 +212,40 @@ async def snapshot_landmarks(request: web.Request) -> web.StreamResponse:
 
 
 async def preview_mjpg(request: web.Request) -> web.StreamResponse:
-    """multipart/x-mixed-replace JPEGs of annotated frames; ends when the client goes away."""
+    """multipart/x-mixed-replace JPEGs of annotated frames; ends when the client goes away, when
+    it does not take a part within ``preview_write_timeout_s``, or when the recording it follows
+    receives nothing for ``preview_idle_s``. At most ``max_previews`` viewers, and
+    ``max_previews_per_client`` of one client."""
     ctx = context(request)
+    settings = ctx.settings
     session_id = session_id_of(request)
     await asyncio.to_thread(ctx.store.get_row, session_id)
     overlay = check_overlay(request.query.get("overlay", "landmarks"))
+    client = ctx.clients.key(request)
+    ctx.previews.check(client)
     if ctx.preview_slots.locked():
         raise CapacityError("too many preview viewers (max_previews); try again later")
-    async with ctx.preview_slots:
-        preview = Preview(ctx.store, session_id, overlay, ctx.preview_pool)
-        response = web.StreamResponse(headers={"Cache-Control": "no-store"})
-        response.content_type = CONTENT_TYPE
-        try:
-            await response.prepare(request)
-            async for part in preview:
-                await response.write(part)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass  # the viewer went away
-        finally:
-            await preview.aclose()
+    ctx.previews.add(client)
+    try:
+        async with ctx.preview_slots:
+            preview = Preview(ctx.store, session_id, overlay, ctx.preview_pool, settings.preview_idle_s)
+            response = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            response.content_type = CONTENT_TYPE
+            try:
+                await response.prepare(request)
+                async for part in preview:
+                    await asyncio.wait_for(response.write(part), settings.preview_write_timeout_s)
+            except TimeoutError:  # the viewer does not read: dropped, its slot freed
+                sessions_log.info("preview of %s: a viewer (%s) took no part for %g s (preview_write_timeout_s); "
+                                  "dropped", session_id, client, settings.preview_write_timeout_s)  # fmt: skip
+                if request.transport is not None:
+                    request.transport.abort()
+            except (ConnectionResetError, asyncio.CancelledError):
+                pass  # the viewer went away
+            finally:
+                await preview.aclose()
+    finally:
+        ctx.previews.remove(client)
     return response
 
 
@@ -244,7 +259,7 @@ async def delete_session(request: web.Request) -> web.StreamResponse:
         if time.time() - (last or 0) < ctx.settings.abandoned_after_s:
             raise ConflictError(f"session {session_id} is recording; stop it first")
     await delete_session_data(ctx, session_id, "deleted")
-    return web.json_response({"ok": True, "deleted": session_id})
+    return json_response({"ok": True, "deleted": session_id})
 
 
 async def delete_session_data(ctx: ServerContext, session_id: str, reason: str) -> bool:
