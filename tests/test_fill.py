@@ -80,7 +80,7 @@ def test_fill_resumes_after_a_crash(server_factory, tmp_path, live_reference):
             # the last live results (all skipped) are out: the fill starts now (looked at every
             # 5 ms: the kill must come before the fill ends)
             await wait_until(lambda: len(live_frames(client)) == frames, f"live results (skipped) of {frames} frames",
-                             3, seen=lambda: len(live_frames(client)), interval=0.005)  # fmt: skip
+                             60, seen=lambda: len(live_frames(client)), interval=0.005)  # fmt: skip
             return session["session_id"]
 
     session_id = run(stopped_with_every_frame_skipped())
