@@ -342,7 +342,7 @@ class ClusterReprocessor(Reprocessor):
             segments is not None and 0 < row["bytes"] == segments.durable_bytes
             and not self.store.has_local_stream(session_id, row["bytes"])
         ):  # fmt: skip
-            jobs = self._plan_on_a_worker(segments)  # this machine does not hold the stream: not read here
+            jobs = self._plan_on_a_worker(session_id, segments)  # this machine does not hold the stream: not read here
             self.reads.planned.append(0)
         else:
             read = [0]
@@ -361,9 +361,9 @@ class ClusterReprocessor(Reprocessor):
                     self._inputs[id(job)] = (job, ObjectInput(segments.location, tuple(ranges)))
         return jobs
 
-    def _plan_on_a_worker(self, segments: SegmentMap) -> list[Job]:
+    def _plan_on_a_worker(self, session_id: str, segments: SegmentMap) -> list[Job]:
         """The session's jobs, its stream scanned by a worker from object storage (each job then
-        goes as object ranges: every block is durable)."""
+        goes as object ranges: every block is durable); its own sweep offset, as session_jobs'."""
         from distributed import CancelledError
 
         gallery = self.store.gallery.matrix() if self.settings.identify else None
@@ -376,7 +376,7 @@ class ClusterReprocessor(Reprocessor):
             raise ClusterError(f"lost the Dask scheduler at {self.address} ({_reason(exc)})") from None
         finally:
             future.release()
-        return jobs_of_blocks(None, init, blocks, codec, self.settings, gallery)
+        return jobs_of_blocks(None, init, blocks, codec, self.settings.for_session(session_id), gallery)
 
     def object_input(self, job: Job) -> ObjectInput | None:
         """The object ranges ``job`` is sent as (None: it is sent with its bytes)."""
