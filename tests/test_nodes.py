@@ -371,3 +371,31 @@ def test_clients_and_pages_through_nginx_listed_on_every_node(tmp_path, postgres
     finally:
         thread.shutdown()
         cluster.stop()
+
+
+def test_a_node_without_analysis_leaves_stopped_sessions_fill_to_one_with_it(tmp_path, postgres, s3, redis, nginx):
+    """A session recorded on a ``--no-analysis`` node and stopped has every frame still to fill:
+    that node cannot fill it, so it never takes the session's lease back for its fill (it used to,
+    at every ``lease_s``, adopting it each time, and kept it from the nodes that can); a node with
+    analysis started afterwards takes it and fills every frame."""
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx, nodes=1, extra=("--no-analysis",))
+
+    async def scenario() -> None:
+        node0 = cluster.nodes["node0"]
+        session_id, sent, stopped = await record(node0.url, "webcam_vp8_opus_250ms", 0)
+        assert not complete(stopped) and stopped["chunks"] == len(load_recording_of(sent)), stopped
+        cluster.extra = ()  # the next node analyses
+        node1 = cluster.start("node1", free_port())
+        summary = await wait_for_summary(f"{node1.url}/api/sessions/{session_id}", complete,
+                                         f"every frame of {session_id} landmarked by node1", timeout=180)  # fmt: skip
+        assert summary["frames"] == load_recording("webcam_vp8_opus_250ms").expected["video_frames"], summary
+        history = cluster.history(session_id)
+        acquired = [node for node, _, what, _ in history if what == "acquired"]
+        assert acquired == ["node0", "node1"], history  # recorded on node0, filled on node1: nothing between
+        assert "taking over its unfinished fill" not in node0.log.read_text()
+        assert no_overlap(history), history
+
+    try:
+        run(scenario())
+    finally:
+        cluster.stop()
