@@ -390,7 +390,7 @@ class Session:
             try:
                 if self.resume_needed or not client.connected.is_set():
                     await asyncio.wait_for(client.connected.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
-                    await self._resume()
+                    await self._resume_before(event)
                 ack = await client.call(event, payload)
             except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError,
                     socketio.exceptions.DisconnectedError) as exc:  # fmt: skip
@@ -413,6 +413,17 @@ class Session:
                 raise CamingestError(code, message)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    async def _resume_before(self, event: str) -> None:
+        """The resume before a retried ``event``. Before a stop, a session already stopped is no
+        error: that stop (or another client's) got through and its ack was lost; the stop sent
+        again answers the summary (a stop is idempotent)."""
+        try:
+            await self._resume()
+        except CamingestError as exc:
+            if event != "stop" or exc.code != "session_closed":
+                raise
+            self.resume_needed = False
 
     async def _resume(self) -> None:
         if not self.resume_needed:
