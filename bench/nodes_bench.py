@@ -1,8 +1,8 @@
 """The nodes issue's figures (issue 23), each configuration side by side in one run:
 
-    python3 -m bench.nodes_bench ingest  --clients 200 400 --nodes 1 2 --seconds 15
+    python3 -m bench.nodes_bench ingest  --clients 200 400 --nodes 1 2 --seconds 8
     python3 -m bench.nodes_bench live    --sessions 20 --nodes 1 2 3
-    python3 -m bench.nodes_bench hop     --sessions 4
+    python3 -m bench.nodes_bench hop     --sessions 4 --rounds 1
     python3 -m bench.nodes_bench kill    --kills 10 --recorders 6
     python3 -m bench.nodes_bench sigterm --runs 5 --recorders 6
     python3 -m bench.nodes_bench enrol   --runs 3

@@ -12,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 
 def main(source: str, out: str) -> None:
@@ -54,10 +55,11 @@ def distributions(panels: dict[str, dict[str, list[float]]], out: str | object, 
             ax.step(ordered, ranks, where="post", label=f"{label} (n={len(ordered)})")
         if spread and max(spread) / max(min(spread), 1e-9) > 20:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: the minor ones overlap
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("percentile")
-        ax.set_yticks([0, 25, 50, 75, 90, 95, 99, 100])
+        ax.set_yticks([0, 25, 50, 75, 90, 95, 99])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

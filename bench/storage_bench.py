@@ -109,7 +109,7 @@ async def _burst(url: str, sessions: int) -> list[str]:
             for data in chunks:
                 await session.send(data)
             ids.append(session.session_id)
-            await client.call("stop", session.ids(), timeout=120)
+            await client.call("stop", session.ids, timeout=120)
     return ids
 
 
