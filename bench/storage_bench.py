@@ -1,19 +1,28 @@
 """The storage issue's figures, side by side in one run (issue 22):
 
-    python bench/storage_bench.py acks --clients 50 200 --seconds 30
-    python bench/storage_bench.py uploads --sessions 20
-    python bench/storage_bench.py dask --repeat 2
+    python3 -m bench.storage_bench acks --clients 50 200 --seconds 10
+    python3 -m bench.storage_bench uploads --sessions 20
+    python3 -m bench.storage_bench dask --repeat 2
 
 ``acks``: N real-time recorders (the 640x480 VP8 fixture's blobs at 4 per second, through the
-package's client) against ``camingest serve --no-analysis`` on the embedded default (data folder
-+ SQLite) and then on PostgreSQL + SeaweedFS (started here, on loopback, by tests/engines.py),
-for the same N and duration: ack p50/p95/p99 and how far durable_seq lags. ``uploads``: segment
-upload throughput (bytes/s) of the replicator for a burst of stopped sessions. ``dask``: the
-Dask reprocess client's bytes read per job, before and after jobs carry object ranges (the four
-webcam fixtures recorded ``--repeat`` times into PostgreSQL + SeaweedFS, a 2-worker
-``LocalCluster``): jobs sent with their bytes from the server's folder (before), as object
-ranges from the server's folder (planning still reads the stream here), and as object ranges
-from an empty folder (a worker plans).
+package's client, spread over 2 client processes: bench/recorders.py) against one
+``camingest serve --no-analysis`` on each of the four stores, for the same N and duration:
+the index on SQLite (``DATA/index.sqlite3``) or PostgreSQL 15, the session bytes in the data
+folder or on SeaweedFS (S3), the engines started here on loopback by tests/engines.py
+(bench/rig.py). Per configuration: ack p50/p95/p99, how many chunks ``durable_seq`` trailed the
+acked ``seq`` at each ack (0 for the local store: the disk is the store of record), the node's
+own ``camingest_durable_lag_seconds`` and upload backlog (its /metrics, sampled every 0.5 s), and
+CPU of every process. ``uploads``: segment upload throughput (bytes/s) of the replicator for a
+burst of stopped sessions.
+
+Output: JSON lines on stdout and in bench/results/storage_<part>.txt, the ack latency CDFs in
+bench/results/storage_acks.png.
+
+``dask``: the Dask reprocess client's bytes read per job, before and after jobs carry object ranges
+(the four webcam fixtures recorded ``--repeat`` times into PostgreSQL + SeaweedFS, a 2-worker
+``LocalCluster``): jobs sent with their bytes from the server's folder (before), as object ranges
+from the server's folder (planning still reads the stream here), and as object ranges from an
+empty folder (a worker plans).
 """
 
 from __future__ import annotations
@@ -27,14 +36,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import chunks_of, machine_notes, percentile, start_server
-from bench.ingest_bench import recorder
+from bench.recorders import run_recorders
+from bench.rig import CpuMeter, Rig, Sampler, load
 from ingest.client import CamingestClient
 from tests.engines import PostgresServer, SeaweedFS
+
+OUT = Path(__file__).resolve().parent / "results"
+BACKENDS = ("sqlite+local", "postgresql+local", "sqlite+s3", "postgresql+s3")
 
 
 def engines() -> tuple[PostgresServer, SeaweedFS, str, str, dict[str, str]]:
@@ -45,38 +57,54 @@ def engines() -> tuple[PostgresServer, SeaweedFS, str, str, dict[str, str]]:
     return postgres, weed, postgres.dsn, f"s3://{bucket}/", weed.env
 
 
-async def _acks(url: str, clients: int, seconds: float) -> dict[str, Any]:
-    chunks = chunks_of("webcam_vp8_opus_250ms")
-    latencies: list[float] = []
-    errors: list[str] = []
-    deadline = time.monotonic() + seconds
-    await asyncio.gather(*(recorder(url, chunks, deadline, latencies, errors) for _ in range(clients)))
-    return {
-        "clients": clients, "acks": len(latencies), "errors": len(errors),
-        "p50_ms": round(percentile(latencies, 50), 2), "p95_ms": round(percentile(latencies, 95), 2),
-        "p99_ms": round(percentile(latencies, 99), 2),
-    }  # fmt: skip
+def _ms(values: list[float], q: float) -> float:
+    return round(percentile(values, q), 1)
 
 
-def acks(clients: list[int], seconds: float) -> None:
-    postgres, weed, dsn, store, env = engines()
-    try:
+def acks(clients: list[int], seconds: float, backends: list[str], client_procs: int) -> None:
+    lines = [f"# {machine_notes()}", f"# started {time.strftime('%Y-%m-%d %H:%M:%S')}, load {load()}"]
+    print("\n".join(lines), flush=True)
+    samples: dict[str, dict[str, list[float]]] = {}
+    with Rig() as rig:
         for n in clients:
-            for backend in ("embedded", "postgresql+seaweedfs"):
-                with tempfile.TemporaryDirectory() as data:
-                    extra = [] if backend == "embedded" else ["--index", dsn, "--store", store, "--s3-endpoint", weed.endpoint]
-                    proc, url = start_server(Path(data), "--no-analysis", *extra, env=env)
-                    try:
-                        result = asyncio.run(_acks(url, n, seconds))
-                    finally:
-                        proc.send_signal(signal.SIGTERM)
-                        proc.wait(60)
-                print(json.dumps({"backend": backend, "seconds": seconds, **result}), flush=True)
-                if backend != "embedded":  # a fresh database for the next round
-                    postgres.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public", dbname="camingest")
-    finally:
-        weed.stop()
-        postgres.stop()
+            for backend in backends:
+                index, store = backend.split("+")
+                dsn, bucket = rig.fresh(f"acks{n}{index}{store}")
+                extra = (["--index", dsn] if index == "postgresql" else []) + (
+                    ["--store", bucket, "--s3-endpoint", rig.weed.endpoint] if store == "s3" else [])
+                node = rig.node(f"{backend.replace('+', '-')}-{n}", "--no-analysis", *extra)
+                meter = CpuMeter({"node": lambda node=node: node.pid, **rig.pids()})
+                try:
+                    with Sampler([node.url], ("camingest_upload_backlog_bytes", "camingest_durable_lag_seconds",
+                                              "camingest_event_loop_lag_seconds")) as sampler:  # fmt: skip
+                        result = run_recorders(node.url, n, seconds, client_procs, meter.start, meter.stop)
+                finally:
+                    rig.stop_nodes()
+                latencies, lag = result["acks"], result["durable_lag"]
+                samples.setdefault(f"{n} recorders: ack latency (ms)", {})[backend] = latencies
+                record = {
+                    "part": "acks", "backend": backend, "clients": n, "seconds": seconds,
+                    "offered_acks_per_s": n * 4, "acks_per_s": round(len(latencies) / seconds, 1),
+                    "errors": result["errors"], "late_blobs": result["late"],
+                    "ack_p50_ms": _ms(latencies, 50), "ack_p95_ms": _ms(latencies, 95), "ack_p99_ms": _ms(latencies, 99),
+                    "ack_max_ms": round(max(latencies), 1) if latencies else None,
+                    "durable_lag_chunks_p50": percentile(lag, 50), "durable_lag_chunks_p99": percentile(lag, 99),
+                    "durable_lag_chunks_max": max(lag) if lag else None,
+                    "durable_lag_s_max": round(max(sampler.samples["camingest_durable_lag_seconds"] or [0]), 2),
+                    "upload_backlog_MB_max": round(max(sampler.samples["camingest_upload_backlog_bytes"] or [0]) / 1e6, 1),
+                    "loop_lag_ms_max": round(1000 * max(sampler.samples["camingest_event_loop_lag_seconds"] or [0]), 1),
+                    "cpu_pct_of_one_core": {**meter.result, "recorders": result["clients_cpu_pct_of_one_core"]},
+                    "load_after": load(),
+                }  # fmt: skip
+                line = json.dumps(record)
+                lines.append(line)
+                print(line, flush=True)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "storage_acks.txt").write_text("\n".join(lines) + "\n")
+    from bench.plot import distributions
+
+    distributions(samples, OUT / "storage_acks.png", f"ack latency, real-time recorders (--no-analysis), {seconds:g} s each",
+                  "ms from emit to ack")  # fmt: skip
 
 
 async def _burst(url: str, sessions: int) -> list[str]:
@@ -88,7 +116,7 @@ async def _burst(url: str, sessions: int) -> list[str]:
             for data in chunks:
                 await session.send(data)
             ids.append(session.session_id)
-            await client.call("stop", session.ids(), timeout=120)
+            await client.call("stop", session.ids, timeout=120)
     return ids
 
 
@@ -194,18 +222,20 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     a = sub.add_parser("acks")
     a.add_argument("--clients", type=int, nargs="+", default=[50, 200])
-    a.add_argument("--seconds", type=float, default=30)
+    a.add_argument("--seconds", type=float, default=10)
+    a.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    a.add_argument("--client-procs", type=int, default=2, help="processes the recorders are spread over")
     u = sub.add_parser("uploads")
     u.add_argument("--sessions", type=int, default=20)
     d = sub.add_parser("dask")
     d.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    print(f"# {machine_notes()}")
     if args.what == "acks":
-        acks(args.clients, args.seconds)
+        acks(args.clients, args.seconds, args.backends, args.client_procs)
     elif args.what == "dask":
         dask(args.repeat)
     else:
+        print(f"# {machine_notes()}")
         uploads(args.sessions)
 
 

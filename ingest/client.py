@@ -99,6 +99,7 @@ class CamingestClient:
             http_session=lambda: aiohttp.ClientSession(timeout=handshake),
         )  # fmt: skip
         self.connected = asyncio.Event()
+        self._dropped = asyncio.Event()  # set when the current connection drops (a new one per connection)
         self.sessions: dict[str, Session] = {}
         # every server event as received (tests and tools read them); bounded per event name
         self.events: dict[str, deque[Any]] = {name: deque(maxlen=10_000) for name in SERVER_EVENTS}
@@ -137,8 +138,22 @@ class CamingestClient:
                 sock.shutdown(socket.SHUT_RDWR)
 
     async def call(self, event: str, payload: Any, timeout: float | None = None) -> dict[str, Any]:
-        """Emit ``event`` and return its ack (a dict with ``ok``), as the server sent it."""
-        return await self.sio.call(event, payload, timeout=timeout or self.ack_timeout)
+        """Emit ``event`` and return its ack (a dict with ``ok``), as the server sent it. If the
+        connection drops before the ack came, ``socketio.exceptions.DisconnectedError`` at once:
+        that ack can no longer come (python-socketio alone would wait out the whole timeout, and a
+        recorder whose node died would send nothing for ``ack_timeout``)."""
+        dropped = self._dropped
+        answer = asyncio.ensure_future(self.sio.call(event, payload, timeout=timeout or self.ack_timeout))
+        gone = asyncio.ensure_future(dropped.wait())
+        try:
+            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not answer.done():  # the connection dropped (or this call was cancelled)
+                answer.cancel()
+        if answer.done():
+            return answer.result()
+        raise socketio.exceptions.DisconnectedError(f"the connection dropped before {event!r} was answered")
 
     async def start(self, mime: str = "video/webm;codecs=vp8", meta: dict[str, Any] | None = None) -> Session:
         """Open a new session."""
@@ -160,6 +175,7 @@ class CamingestClient:
         return session
 
     async def _on_connect(self) -> None:
+        self._dropped = asyncio.Event()
         self.connected.set()
         for session in list(self.sessions.values()):
             if not session.stopped:
@@ -167,6 +183,7 @@ class CamingestClient:
 
     async def _on_disconnect(self, *reason: object) -> None:
         self.connected.clear()
+        self._dropped.set()  # the acks awaited over it: not coming
 
     def _dispatcher(self, name: str):
         async def dispatch(data: Any) -> None:
@@ -373,12 +390,14 @@ class Session:
             try:
                 if self.resume_needed or not client.connected.is_set():
                     await asyncio.wait_for(client.connected.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
-                    await self._resume()
+                    await self._resume_before(event)
                 ack = await client.call(event, payload)
-            except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            except (TimeoutError, socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError,
+                    socketio.exceptions.DisconnectedError) as exc:  # fmt: skip
                 ack = {"ok": False, "error": {"code": "timeout", "message": "no answer from the server"}}
                 self.resume_needed = True
-                if not isinstance(exc, socketio.exceptions.BadNamespaceError) and client.connected.is_set():
+                stalled = isinstance(exc, (TimeoutError, socketio.exceptions.TimeoutError))
+                if stalled and client.connected.is_set():
                     client.drop_stalled()  # connected, yet no answer: a stalled connection
             except CamingestError as exc:  # the resume (or a resend in it) was refused
                 if exc.code not in RETRYABLE:
@@ -394,6 +413,17 @@ class Session:
                 raise CamingestError(code, message)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    async def _resume_before(self, event: str) -> None:
+        """The resume before a retried ``event``. Before a stop, a session already stopped is no
+        error: that stop (or another client's) got through and its ack was lost; the stop sent
+        again answers the summary (a stop is idempotent)."""
+        try:
+            await self._resume()
+        except CamingestError as exc:
+            if event != "stop" or exc.code != "session_closed":
+                raise
+            self.resume_needed = False
 
     async def _resume(self) -> None:
         if not self.resume_needed:

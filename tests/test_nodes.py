@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import socketio
 
 from ingest.client import CamingestClient
 from ingest.client import _complete as complete
@@ -27,10 +28,11 @@ class Cluster:
     """Three nodes, their engines and the load balancer in front of them."""
 
     def __init__(self, tmp_path: Path, postgres: Any, s3: Any, redis: Any, nginx: Any, nodes: int = 3,
-                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.tmp_path, self.postgres, self.s3, self.redis = tmp_path, postgres, s3, redis
         self.ports = [free_port() for _ in range(nodes)]
         self.extra = extra
+        self.env = env or {}
         self.nodes: dict[str, ServerProcess] = {}
         for i, port in enumerate(self.ports):
             self.start(f"node{i}", port)
@@ -41,7 +43,8 @@ class Cluster:
             self.tmp_path / f"data-{name}", "--redis", self.redis.url, "--index", self.postgres.dsn,
             "--store", self.s3.store_url, "--s3-endpoint", self.s3.endpoint, "--node-id", name, "--workers", "1",
             *self.extra, port=port,
-            env={**self.s3.env, "CAMINGEST_SEGMENT_S": "1", "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600"},
+            env={**self.s3.env, "CAMINGEST_SEGMENT_S": "1", "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600",
+                 **self.env},
         ).start()  # fmt: skip
         self.nodes[name] = node
         return node
@@ -412,6 +415,90 @@ def test_redis_restarted_while_recording(tmp_path, postgres, s3, redis, nginx):
                 await session.send(chunk)
             await session.landmarks(10, timeout=60)
             await session.stop()
+
+    try:
+        run(scenario())
+    finally:
+        cluster.stop()
+
+
+def test_a_node_without_analysis_leaves_stopped_sessions_fill_to_one_with_it(tmp_path, postgres, s3, redis, nginx):
+    """A session recorded on a ``--no-analysis`` node and stopped has every frame still to fill:
+    that node cannot fill it, so it never takes the session's lease back for its fill (it used to,
+    at every ``lease_s``, adopting it each time, and kept it from the nodes that can); a node with
+    analysis started afterwards takes it and fills every frame."""
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx, nodes=1, extra=("--no-analysis",))
+
+    async def scenario() -> None:
+        node0 = cluster.nodes["node0"]
+        session_id, sent, stopped = await record(node0.url, "webcam_vp8_opus_250ms", 0)
+        assert not complete(stopped) and stopped["chunks"] == len(load_recording_of(sent)), stopped
+        cluster.extra = ()  # the next node analyses
+        node1 = cluster.start("node1", free_port())
+        summary = await wait_for_summary(f"{node1.url}/api/sessions/{session_id}", complete,
+                                         f"every frame of {session_id} landmarked by node1", timeout=180)  # fmt: skip
+        assert summary["frames"] == load_recording("webcam_vp8_opus_250ms").expected["video_frames"], summary
+        history = cluster.history(session_id)
+        acquired = [node for node, _, what, _ in history if what == "acquired"]
+        assert acquired == ["node0", "node1"], history  # recorded on node0, filled on node1: nothing between
+        assert "taking over its unfinished fill" not in node0.log.read_text()
+        assert no_overlap(history), history
+
+    try:
+        run(scenario())
+    finally:
+        cluster.stop()
+
+
+def test_a_chunk_held_at_the_lock_during_a_hand_over_is_not_committed_by_the_old_node(
+    tmp_path, postgres, s3, redis, nginx
+):
+    """A session recorded on node0 is resumed on node1: node0 hands it over under the session's
+    lock (its tail to object storage: held here for ``stop_durable_wait_s`` by a frozen
+    SeaweedFS). A chunk that reached node0 meanwhile waits for that lock; once the session is
+    handed over it is refused (``busy``), never committed by node0, which no longer owns the
+    session (it was: the commit went on without a lease to check). The session goes on on node1
+    and its stored stream is the recording, one owner at a time."""
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx, nodes=2, env={"CAMINGEST_STOP_DURABLE_WAIT_S": "3"})
+    recording = load_recording("webcam_vp8_opus_250ms")
+    weed = s3.server.proc
+    assert weed is not None
+
+    async def scenario() -> None:
+        node0, node1 = cluster.nodes["node0"], cluster.nodes["node1"]
+        a, b = socketio.AsyncClient(reconnection=False), socketio.AsyncClient(reconnection=False)
+        await a.connect(node0.url, transports=["websocket"])
+        await b.connect(node1.url, transports=["websocket"])
+        try:
+            ack = await a.call("start", {"mime": recording.meta["mime"]}, timeout=30)
+            ids = {"session_id": ack["session_id"], "token": ack["token"]}
+            for seq in range(6):
+                assert (await a.call("chunk", {**ids, "seq": seq, "data": recording.chunks[seq]}, timeout=30))["ok"]
+            os.kill(weed.pid, signal.SIGSTOP)  # the tail's upload hangs: the hand-over holds the lock
+            try:
+                resumed = asyncio.create_task(b.call("start", {"resume": ids}, timeout=60))
+                await wait_until(lambda: f"session {ids['session_id']}: handing over" in node0.log.read_text() or None,
+                                 "node0 handing the session over")  # fmt: skip
+                held = asyncio.create_task(a.call("chunk", {**ids, "seq": 6, "data": recording.chunks[6]}, timeout=60))
+                await wait_until(lambda: f"session {ids['session_id']} handed over" in node0.log.read_text() or None,
+                                 "node0 done handing over")  # fmt: skip
+            finally:
+                os.kill(weed.pid, signal.SIGCONT)
+            answer = await held
+            assert not answer["ok"] and answer["error"]["code"] == "busy", answer
+            answer = await resumed
+            assert answer["ok"], answer
+            for seq in range(answer["next_seq"], len(recording.chunks)):  # node1: from its next_seq on
+                sent = await b.call("chunk", {**ids, "seq": seq, "data": recording.chunks[seq]}, timeout=30)
+                assert sent["ok"], sent
+            assert (await b.call("stop", ids, timeout=60))["ok"]
+        finally:
+            await a.disconnect()
+            await b.disconnect()
+        status, raw, _ = await http_get(f"{node1.url}/api/sessions/{ids['session_id']}/raw.webm")
+        assert (status, raw) == (200, recording.stream)
+        history = cluster.history(ids["session_id"])
+        assert no_overlap(history) and [n for n, _, what, _ in history if what == "acquired"] == ["node0", "node1"], history
 
     try:
         run(scenario())

@@ -215,7 +215,7 @@ class SessionLifecycle:
                 log.info("session %s: its derived files are made again here (their node died)", session_id)
                 await asyncio.to_thread(self.store.derived_lost, session_id)
         unfinalized = await asyncio.to_thread(self.store.unfinalized)
-        to_fill = await asyncio.to_thread(self.store.sessions_to_fill)
+        to_fill = await asyncio.to_thread(self.store.sessions_to_fill) if self.settings.analysis else []
         for session_id in dict.fromkeys(unfinalized + to_fill):
             if session_id in self.finalizing or self.pipeline.fill_status(session_id) is not None:
                 continue

@@ -94,6 +94,7 @@ def node_hooks(ctx: ServerContext, cluster: Cluster, workers: Sequence[Any]) -> 
         if session is None:
             await cluster.release(session_id)
             return None
+        log.info("session %s: handing over (its tail to the store of record)", session_id)
         async with session.lock:  # no chunk of it in flight here
             durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
             drop(session_id)
