@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"  # the recordings and images the tests use, in the repo
@@ -48,6 +51,27 @@ def start_server(
         if match:
             return proc, match.group(1)
     raise RuntimeError("server did not start")
+
+
+async def send_paced(session: Any, chunks: list[bytes], deadline: float, latencies: list[float],
+                     errors: list[str]) -> None:  # fmt: skip
+    """Send ``chunks`` as MediaRecorder does, one every 250 ms (until ``deadline``), recording each
+    ack's latency in ms and each refusal's code; then stop the session."""
+    from ingest.client import CamingestError
+
+    next_due = time.monotonic()
+    for data in chunks:
+        if time.monotonic() >= deadline:
+            break
+        next_due += 0.25
+        sent = time.perf_counter()
+        try:
+            await session.send(data)
+        except CamingestError as exc:
+            errors.append(exc.code)
+        latencies.append((time.perf_counter() - sent) * 1000)
+        await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+    await session.stop()
 
 
 def percentile(values: list[float], q: float) -> float:

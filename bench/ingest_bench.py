@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, start_server
-from ingest.client import CamingestClient, CamingestError
+from bench.common import RECORDINGS, chunks_of, machine_notes, percentile, send_paced, start_server
+from ingest.client import CamingestClient
 from ingest.media.webm import WebMReader, build_unit
 
 
@@ -52,19 +52,7 @@ async def recorder(url: str, chunks: list[bytes], deadline: float, latencies: li
         await asyncio.sleep(random.random() * 0.25)  # spread the clients over the 250 ms slice
         while time.monotonic() < deadline:
             session = await client.start("video/webm;codecs=vp8,opus")
-            next_due = time.monotonic()
-            for data in chunks:
-                if time.monotonic() >= deadline:
-                    break
-                next_due += 0.25
-                sent = time.perf_counter()
-                try:
-                    await session.send(data)
-                except CamingestError as exc:
-                    errors.append(exc.code)
-                latencies.append((time.perf_counter() - sent) * 1000)
-                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-            await session.stop()
+            await send_paced(session, chunks, deadline, latencies, errors)
 
 
 async def acks(clients: int, seconds: float) -> dict:

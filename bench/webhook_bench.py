@@ -22,8 +22,8 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import chunks_of, machine_notes, percentile, start_server
-from ingest.client import CamingestClient, CamingestError
+from bench.common import chunks_of, machine_notes, percentile, send_paced, start_server
+from ingest.client import CamingestClient
 
 SECRET = "whsec-bench-0123456789abcdef0123456789"
 
@@ -58,19 +58,7 @@ async def recorder(url: str, chunks: list[bytes], per_session: int, deadline: fl
         while time.monotonic() < deadline:
             session = await client.start("video/webm;codecs=vp8")
             sessions += 1
-            next_due = time.monotonic()
-            for data in chunks[:per_session]:
-                if time.monotonic() >= deadline:
-                    break
-                next_due += 0.25
-                sent = time.perf_counter()
-                try:
-                    await session.send(data)
-                except CamingestError as exc:
-                    errors.append(exc.code)
-                latencies.append((time.perf_counter() - sent) * 1000)
-                await asyncio.sleep(max(0.0, next_due - time.monotonic()))
-            await session.stop()
+            await send_paced(session, chunks[:per_session], deadline, latencies, errors)
     return sessions
 
 
