@@ -273,7 +273,8 @@ def test_capacity_is_per_client(server_factory):
 
 
 async def non_reader(url: str, path: str, address: str) -> asyncio.StreamWriter:
-    """A viewer that sends its request and never reads (a receive buffer of 4 KiB)."""
+    """A viewer that sends its request, reads the answer's headers (it holds a slot now) and never
+    reads again (a receive buffer of 4 KiB)."""
     import socket
     from urllib.parse import urlsplit
 
@@ -283,9 +284,11 @@ async def non_reader(url: str, path: str, address: str) -> asyncio.StreamWriter:
     sock.bind((address, 0))
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
-    _, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
     await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")  # admitted: its slot is held (then it reads no more)
+    assert head.startswith(b"HTTP/1.1 200"), head
     return writer
 
 
