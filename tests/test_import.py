@@ -60,26 +60,38 @@ def test_upload_raw_and_multipart(server_factory, clip, cli_imported):
     server = server_factory()
     expected = ffprobe_frames(clip)
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[tuple[dict, list[dict]]]:
         raw = await post(f"{server.url}/api/sessions?filename=clip.mp4", clip.read_bytes(),
                          **{"Content-Type": "video/mp4"})  # fmt: skip
         form = aiohttp.FormData()
         form.add_field("file", clip.read_bytes(), filename="clip.mp4", content_type="video/mp4")
         multipart = await post(f"{server.url}/api/sessions", form)
-        details = []
+        filled = []
         for status, summary in (raw, multipart):
             assert status == 201, summary
             assert summary["state"] == "stopped" and summary["frames"] == expected
             assert summary["fill"]["state"] in ("queued", "filling")
-            details.append(await wait_filled(f"{server.url}/api/sessions/{summary['id']}"))
+            detail = await wait_filled(f"{server.url}/api/sessions/{summary['id']}")
             _, stored = await http_json(f"{server.url}/api/sessions/{summary['id']}/landmarks")
-            # the workers landmark it exactly as `camingest import` does
-            assert stored["frames"] == cli_imported
-        return details
+            filled.append((detail, stored["frames"]))
+        return filled
 
-    for detail in run(scenario()):
+    filled = run(scenario())
+    server.stop()
+    for detail, frames in filled:
         assert detail["skipped_frames"] == 0
-        assert detail["frames_with_faces"] == sum(1 for f in cli_imported if f["faces"])
+        assert [f["index"] for f in frames] == list(range(expected))
+        assert detail["frames_with_faces"] == sum(1 for f in frames if f["faces"])
+        # the workers landmark it exactly as `camingest reprocess` of that session does (each
+        # session sweeps on its own frames, a function of its id: `camingest import`'s session,
+        # another id, has the same frames with faces, not the same sweeps)
+        session_id = detail["id"]
+        again = subprocess.run([sys.executable, "-m", "ingest.cli", "reprocess", session_id, "--workers", "2",
+                                "--data", str(server.data)], capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        stored = (server.data / "sessions" / session_id / "landmarks.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in stored] == frames
+        assert abs(detail["frames_with_faces"] - sum(1 for f in cli_imported if f["faces"])) <= 0.02 * expected
     assert not list((server.data / "uploads").iterdir())
 
 

@@ -126,7 +126,9 @@ def jobs_of_blocks(
     step = max(settings.sweep_every, (max_frames // settings.sweep_every) * settings.sweep_every)
     extra = H264_MAX_REORDER if codec == "h264" else 0
     jobs = []
-    starts = settings.sweep_frames(total, step) if total else []
+    if not total:  # no video frame (an audio-only stream): nothing to analyse
+        return []
+    starts = settings.sweep_frames(total, step)
     for start, end in zip(starts, [*starts[1:], total], strict=True):
         first = bisect.bisect_right(before, start) - 1  # the block showing frame `start`
         while first > 0 and before[first - 1] == before[first]:
