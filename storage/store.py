@@ -881,18 +881,25 @@ class SessionStore:
             if old != target:
                 old.unlink(missing_ok=True)
 
-    def set_state(self, session_id: str, state: str, error: str | None = None, frames: int | None = None) -> None:
+    def set_state(
+        self, session_id: str, state: str, error: str | None = None, frames: int | None = None,
+        lease: Lease | None = None,
+    ) -> bool:  # fmt: skip
         """``frames``: the session's frame count corrected (a video that stopped decoding: the
-        frames that did)."""
+        frames that did). With ``lease`` (a node of a cluster) nothing changes unless the node
+        still holds it, as for a chunk's commit; False then (or if the session is gone)."""
         assert state in STATES
         stopped_at = utc_now(self.clock_offset_s) if state != "recording" else None
-        self.index.write(
+        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
+        owner = (lease.node, lease.epoch) if lease is not None else ()
+        changed = self.index.write(
             lambda c: c.execute(
                 "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?),"
-                " frames=COALESCE(?, frames) WHERE id=?",
-                (state, error, stopped_at, frames, session_id),
-            )
+                " frames=COALESCE(?, frames) WHERE id=?" + owned,
+                (state, error, stopped_at, frames, session_id, *owner),
+            ).rowcount
         )
+        return bool(changed)
 
     def end_session(self, session_id: str, ended_by: str, lease: Lease | None = None) -> bool:
         """Mark a recording session stopped, saying what ended it; False if it was not recording

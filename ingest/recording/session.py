@@ -19,6 +19,7 @@ from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError, UnauthorizedError
 from ingest.media.webm import Unit, WebMReader, build_unit
 from ingest.recording.ownership import Ownership
+from storage.leases import Lease, LeaseLostError
 from storage.records import ChunkRecord, merge_spans
 from storage.store import SessionStore, hash_token, sha256_hex
 
@@ -225,6 +226,18 @@ class SessionRegistry:
             if not lock.locked():
                 self._loading.pop(session_id, None)
         return session
+
+    def fence(self, session_id: str) -> Lease | None:
+        """What a change of the session here (a chunk's commit, its state) must be conditional
+        on: None on a single node (it owns everything), else this node's lease of it, checked
+        by the index inside the change; ``LeaseLostError`` (busy) if this node holds none (lost
+        at renewal, handed over): never an unconditional change on a cluster."""
+        if self.ownership is None:
+            return None
+        lease = self.ownership.lease(session_id)
+        if lease is None:
+            raise LeaseLostError(f"this node no longer owns session {session_id}: reconnect and resume it")
+        return lease
 
     def _load(self, session_id: str) -> LiveSession:
         row = self.store.get_row(session_id)

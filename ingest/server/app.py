@@ -166,7 +166,8 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
                 registry.mark_failed(session_id, message)
                 webhooks.session_event("session.failed", session_id, {"error": message})
 
-            live = LivePipeline(settings, store, metrics, emit, failed, refill_at_start=cluster is None)
+            live = LivePipeline(settings, store, metrics, emit, failed, refill_at_start=cluster is None,
+                                fence=registry.fence)  # fmt: skip
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
             tryon, images_waiting = live.tryon, live.tryon.waiting
         else:
