@@ -1050,11 +1050,18 @@ class SessionStore:
         ]
 
     def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
-        with open(self._local(session_id).stream, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
+        """Bytes of the raw stream: from the local copy, made from object storage first where it
+        is not here (``_local``). ``OSError`` naming the session if they are in neither (acked
+        by a node that never made them durable)."""
+        try:
+            with open(self._local(session_id).stream, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError:
+            data = b""
         if len(data) != length:
-            raise OSError(f"the stored stream of {session_id} is shorter than its index")
+            raise OSError(f"the stored stream of {session_id} is shorter than its index here (bytes {offset}-"
+                          f"{offset + length} of it are neither on this node nor in object storage)")  # fmt: skip
         return data
 
     def stream_writer(self, session_id: str) -> StreamWriter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ from ingest.recording.ownership import Ownership
 from storage.leases import Lease, LeaseLostError
 from storage.records import ChunkRecord, merge_spans
 from storage.store import SessionStore, hash_token, sha256_hex
+
+log = logging.getLogger("camingest.sessions")
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,14 @@ class SessionRegistry:
                         row = await asyncio.to_thread(self.store.get_row, session_id)
                         if row["state"] == "recording":  # hand-over, or take-over of a dead node's
                             await self.ownership.claim(session_id)
-                    session = await asyncio.to_thread(self._load, session_id)
+                    try:
+                        session = await asyncio.to_thread(self._load, session_id)
+                    except OSError as exc:  # its stored stream unreadable here: the operator's, said once
+                        if isinstance(exc, IngestError):
+                            raise
+                        log.error("session %s cannot be loaded on this node: %r", session_id, exc)
+                        raise IngestError(f"session {session_id} cannot be read on this node (its stored stream "
+                                          "is not whole here); the operator log says why") from None  # fmt: skip
                     if session.state == "recording":  # stopped/failed ones are answered, not kept
                         if len(self._live) >= self.settings.max_open_sessions:
                             raise CapacityError("too many open sessions (max_open_sessions); try again later")
@@ -242,6 +252,8 @@ class SessionRegistry:
     def _load(self, session_id: str) -> LiveSession:
         row = self.store.get_row(session_id)
         self.store.remember(row)
+        if row["state"] != "recording":  # answered, never fed: its stream is not read (maybe not here at all)
+            return LiveSession(self.store, row, self._reader())
         init = self.store.init_segment(session_id) or b""
         state, pending = self.store.reader_state(session_id)
         if state is not None:
