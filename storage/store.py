@@ -581,11 +581,18 @@ class SessionStore:
             while True:
                 row = self.get_row(session_id)
                 done = row["durable_seq"] >= row["next_seq"] - 1 and row["uploaded_gen"] >= row["changed_gen"]
-                if done or time.monotonic() >= deadline:
-                    return int(row["durable_seq"])
+                if done or time.monotonic() >= deadline or not self._holds(session_id):
+                    return int(row["durable_seq"])  # (a lease lost meanwhile: this node uploads nothing more)
                 time.sleep(0.05)
         finally:
             self.replicator.calm(session_id)
+
+    def _holds(self, session_id: str) -> bool:
+        """Whether this node holds the session's lease (always, for a store that is no cluster's node)."""
+        if self.node is None:
+            return True
+        holder = self.leases.holder(session_id)
+        return holder is not None and holder.node == self.node and holder.expires_in_s > 0
 
     def wait_durable(self, session_id: str, timeout_s: float) -> int:
         """Wait (at most ``timeout_s``) until every acknowledged chunk is in the store of record."""

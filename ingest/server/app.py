@@ -95,6 +95,9 @@ def node_hooks(ctx: ServerContext, cluster: Cluster, workers: Sequence[Any]) -> 
             await cluster.release(session_id)
             return None
         async with session.lock:  # no chunk of it in flight here
+            if cluster.lease(session_id) is None:  # lost meanwhile (dropped): nothing of it is ours to upload
+                drop(session_id)
+                return None
             durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
             drop(session_id)
             await cluster.release(session_id)
