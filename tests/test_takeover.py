@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ingest.client import CamingestClient, CamingestError
+from ingest.client import INTERNAL_RETRIES, CamingestClient, CamingestError
 from tests.client import Client, http_get, run, wait_until
 from tests.conftest import ServerProcess, free_port, load_recording
 
@@ -157,4 +157,46 @@ def test_a_stopped_or_failed_session_is_answered_by_a_node_without_its_folder(tm
         run(scenario())
     finally:
         node1.stop()
+        node0.stop()
+
+
+def test_a_session_a_node_cannot_load_is_refused_a_few_times_not_for_ever(tmp_path, postgres, s3, redis):
+    """A recording session whose index says chunks 0-2 are durable, while object storage holds
+    none of them (its node killed before it uploaded a byte; the index made to say so). The node
+    that takes it over cannot make its copy whole: every resume is refused with ``internal``
+    naming the session (one line in the operator log, no traceback), and the client tries it
+    again 3 times (INTERNAL_RETRIES) after the first, not for its whole ``retry_for``."""
+    recording = load_recording(RECORDING)
+    env = {"CAMINGEST_SEGMENT_S": "600"}  # nothing uploaded before the kill
+    node0 = start_node(tmp_path, "node0", postgres, s3, redis, **env)
+
+    async def scenario() -> None:
+        async with CamingestClient(node0.url, ack_timeout=30, retry_for=300) as client:
+            session = await client.start(recording.meta["mime"])
+            for data in recording.chunks[:3]:
+                await session.send(data)
+            node0.kill()
+            with psycopg.connect(postgres.dsn) as conn:
+                conn.execute("UPDATE sessions SET durable_seq = 2 WHERE id = %s", (session.session_id,))
+            # the same address, another node: the client reconnects to it and resumes there
+            node1 = ServerProcess(
+                tmp_path / "data-node1", "--redis", redis.url, "--index", postgres.dsn, "--store", s3.store_url,
+                "--s3-endpoint", s3.endpoint, "--node-id", "node1", "--workers", "1", port=node0.port,
+                env={**s3.env, "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600", **env},
+            ).start()  # fmt: skip
+            try:
+                with pytest.raises(CamingestError) as refused:
+                    await session.send(recording.chunks[3])
+            finally:
+                node1.stop()
+        assert refused.value.code == "internal", refused.value
+        assert refused.value.message == (f"session {session.session_id} cannot be read on this node (its stored "
+                                         "stream is not whole here); the operator log says why")  # fmt: skip
+        log1 = node1.log.read_text()
+        assert log1.count(f"session {session.session_id} cannot be loaded on this node") == 1 + INTERNAL_RETRIES
+        assert "Traceback" not in log1, log1[-3000:]
+
+    try:
+        run(scenario())
+    finally:
         node0.stop()

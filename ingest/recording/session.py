@@ -215,16 +215,16 @@ class SessionRegistry:
             async with lock:
                 session = self._live.get(session_id)
                 if session is None:
-                    if self.ownership is not None:
-                        row = await asyncio.to_thread(self.store.get_row, session_id)
-                        if row["state"] == "recording":  # hand-over, or take-over of a dead node's
-                            await self.ownership.claim(session_id)
                     try:
+                        if self.ownership is not None:
+                            row = await asyncio.to_thread(self.store.get_row, session_id)
+                            if row["state"] == "recording":  # hand-over, or take-over of a dead node's
+                                await self.ownership.claim(session_id)  # (its copy made whole here: adopt)
                         session = await asyncio.to_thread(self._load, session_id)
-                    except OSError as exc:  # its stored stream unreadable here: the operator's, said once
+                    except OSError as exc:  # its stored stream unreadable here: the operator's, one line
                         if isinstance(exc, IngestError):
                             raise
-                        log.error("session %s cannot be loaded on this node: %r", session_id, exc)
+                        log.error("session %s cannot be loaded on this node: %s", session_id, exc)
                         raise IngestError(f"session {session_id} cannot be read on this node (its stored stream "
                                           "is not whole here); the operator log says why") from None  # fmt: skip
                     if session.state == "recording":  # stopped/failed ones are answered, not kept
