@@ -44,6 +44,9 @@ from ingest.media.image_headers import image_type
 FILE_PIECE_BYTES = 256 * 1024
 # Refusals worth retrying as they are (after a pause): the server is busy, its disk full.
 RETRYABLE = frozenset({"busy", "storage_full", "timeout", "internal"})
+# ``internal`` is the server's own fault: tried again this many times in a row (a passing I/O
+# error), not for the whole ``retry_for`` (a session it cannot load would be asked for ever)
+INTERNAL_RETRIES = 3
 SERVER_EVENTS = ("landmarks", "landmarks_filled", "snapshot_landmarks", "session_error")
 WAITS = ("analysed",)  # what ``Session.stop(wait=...)`` can wait for
 # while waiting for complete landmarks, the summary is read again after an event or this long
@@ -386,6 +389,7 @@ class Session:
         client = self.client
         deadline = asyncio.get_running_loop().time() + client.retry_for
         pause = 0.25
+        internal = 0  # refusals ``internal`` in a row
         while True:
             try:
                 if self.resume_needed or not client.connected.is_set():
@@ -409,7 +413,8 @@ class Session:
             code, message = ack["error"]["code"], ack["error"]["message"]
             if code == "gap" and event == "chunk":
                 raise CamingestError(code, f"{message} (the server has chunks up to {ack.get('next_seq')})")
-            if code not in RETRYABLE or asyncio.get_running_loop().time() > deadline:
+            internal = internal + 1 if code == "internal" else 0
+            if code not in RETRYABLE or asyncio.get_running_loop().time() > deadline or internal > INTERNAL_RETRIES:
                 raise CamingestError(code, message)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)

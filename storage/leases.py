@@ -5,8 +5,11 @@ stop) until when, by the index's own clock (no two nodes' clocks compared). It i
 conditional statement (free, expired, or already ours), renewed every ``lease_s / 3`` and
 released on hand-over; its ``epoch`` grows at every change of owner. Every chunk commit of a
 clustered node checks, inside its transaction, that the node still holds the lease of that epoch
-(``commit_chunk``): a node cut off from the others (a network split) that lost its lease to
-another can never commit a chunk of that session, whatever it believes.
+(``commit_chunk``), and so does every change of the session's state (``end_session``,
+``set_state``: a decoding failure): a node cut off from the others (a network split) that lost
+its lease to another can never commit a chunk of that session nor fail or stop it, whatever it
+believes. A node holding no lease of the session at all is refused before it tries
+(``SessionRegistry.fence``: never an unconditional change on a cluster).
 """
 
 from __future__ import annotations

@@ -581,11 +581,18 @@ class SessionStore:
             while True:
                 row = self.get_row(session_id)
                 done = row["durable_seq"] >= row["next_seq"] - 1 and row["uploaded_gen"] >= row["changed_gen"]
-                if done or time.monotonic() >= deadline:
-                    return int(row["durable_seq"])
+                if done or time.monotonic() >= deadline or not self._holds(session_id):
+                    return int(row["durable_seq"])  # (a lease lost meanwhile: this node uploads nothing more)
                 time.sleep(0.05)
         finally:
             self.replicator.calm(session_id)
+
+    def _holds(self, session_id: str) -> bool:
+        """Whether this node holds the session's lease (always, for a store that is no cluster's node)."""
+        if self.node is None:
+            return True
+        holder = self.leases.holder(session_id)
+        return holder is not None and holder.node == self.node and holder.expires_in_s > 0
 
     def wait_durable(self, session_id: str, timeout_s: float) -> int:
         """Wait (at most ``timeout_s``) until every acknowledged chunk is in the store of record."""
@@ -881,18 +888,25 @@ class SessionStore:
             if old != target:
                 old.unlink(missing_ok=True)
 
-    def set_state(self, session_id: str, state: str, error: str | None = None, frames: int | None = None) -> None:
+    def set_state(
+        self, session_id: str, state: str, error: str | None = None, frames: int | None = None,
+        lease: Lease | None = None,
+    ) -> bool:  # fmt: skip
         """``frames``: the session's frame count corrected (a video that stopped decoding: the
-        frames that did)."""
+        frames that did). With ``lease`` (a node of a cluster) nothing changes unless the node
+        still holds it, as for a chunk's commit; False then (or if the session is gone)."""
         assert state in STATES
         stopped_at = utc_now(self.clock_offset_s) if state != "recording" else None
-        self.index.write(
+        owned = f" AND {lease_check_sql(self.index.dialect)}" if lease is not None else ""
+        owner = (lease.node, lease.epoch) if lease is not None else ()
+        changed = self.index.write(
             lambda c: c.execute(
                 "UPDATE sessions SET state=?, error=COALESCE(?, error), stopped_at=COALESCE(stopped_at, ?),"
-                " frames=COALESCE(?, frames) WHERE id=?",
-                (state, error, stopped_at, frames, session_id),
-            )
+                " frames=COALESCE(?, frames) WHERE id=?" + owned,
+                (state, error, stopped_at, frames, session_id, *owner),
+            ).rowcount
         )
+        return bool(changed)
 
     def end_session(self, session_id: str, ended_by: str, lease: Lease | None = None) -> bool:
         """Mark a recording session stopped, saying what ended it; False if it was not recording
@@ -1043,11 +1057,18 @@ class SessionStore:
         ]
 
     def read_stream(self, session_id: str, offset: int, length: int) -> bytes:
-        with open(self._local(session_id).stream, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
+        """Bytes of the raw stream: from the local copy, made from object storage first where it
+        is not here (``_local``). ``OSError`` naming the session if they are in neither (acked
+        by a node that never made them durable)."""
+        try:
+            with open(self._local(session_id).stream, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError:
+            data = b""
         if len(data) != length:
-            raise OSError(f"the stored stream of {session_id} is shorter than its index")
+            raise OSError(f"the stored stream of {session_id} is shorter than its index here (bytes {offset}-"
+                          f"{offset + length} of it are neither on this node nor in object storage)")  # fmt: skip
         return data
 
     def stream_writer(self, session_id: str) -> StreamWriter:

@@ -27,6 +27,7 @@ from ingest.batch.jobs import Job, session_jobs
 from ingest.exceptions import InvalidMediaError, UndecodableError
 from ingest.live.messages import JobFrames, RunJob, WorkerCrashedError
 from storage.landmarks import LandmarkCounts
+from storage.leases import Lease, LeaseLostError
 from storage.store import SessionStore, utc_now
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,11 @@ class Filler:
         settings: TrackerSettings,
         workers: Sequence[FillWorker],
         on_filled: Callable[[str, LandmarkCounts], Awaitable[None]],
+        fence: Callable[[str], Lease | None] = lambda _: None,
     ) -> None:
+        """``fence``: the lease a session's state change is conditional on (pipeline.py)."""
         self.store = store
+        self.fence = fence
         self.settings = settings
         self.workers = workers
         self.window = 2 * len(workers)
@@ -149,8 +153,13 @@ class Filler:
             except asyncio.CancelledError:
                 raise
             except UndecodableError as exc:  # the video itself: the session fails, as it does live
-                log.warning("session %s failed: %s", self.current, exc.message)
-                await asyncio.to_thread(self.store.set_state, self.current, "failed", exc.message, exc.frames)
+                try:  # (only while this node holds it: another node's state is that node's)
+                    lease = self.fence(self.current)
+                    if await asyncio.to_thread(self.store.set_state, self.current, "failed", exc.message,
+                                               exc.frames, lease):  # fmt: skip
+                        log.warning("session %s failed: %s", self.current, exc.message)
+                except LeaseLostError:
+                    log.info("session %s: its fill failed after this node lost it: %s", self.current, exc.message)
             except InvalidMediaError as exc:  # the stream itself: no point trying at every restart
                 log.warning("the landmarks of %s cannot be completed: %s", self.current, exc.message)
                 message = f"landmarks cannot be completed: {exc.message}"

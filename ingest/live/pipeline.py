@@ -57,6 +57,7 @@ from ingest.live.tryon_lane import TryOnLane
 from ingest.media.webm import build_unit
 from ingest.metrics import Metrics
 from storage.landmarks import LandmarkCounts, frame_result
+from storage.leases import Lease, LeaseLostError
 from storage.records import ChunkRecord
 from storage.store import SessionStore
 
@@ -148,15 +149,19 @@ class LivePipeline:
         emit: Emit,
         on_failed: Callable[[str, str], None],
         refill_at_start: bool = True,
+        fence: Callable[[str], Lease | None] = lambda _: None,
     ) -> None:
         """``refill_at_start``: fill the stopped sessions a restart left unfilled (a single node;
-        several take such work by lease, ingest/recording/lifecycle.py)."""
+        several take such work by lease, ingest/recording/lifecycle.py). ``fence``: the lease a
+        change of a session's state here is conditional on (None: a single node), raising
+        ``LeaseLostError`` where this node holds none: then it neither analyses nor fails it."""
         self.settings = settings
         self.tracker_settings = TrackerSettings.from_settings(settings)
         self.metrics = metrics
         self.store = store
         self.emit = emit
         self.on_failed = on_failed
+        self.fence = fence
         self._gallery: SetGallery | None = None  # the last one sent: a new worker gets it too
         self._gallery_lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
@@ -173,7 +178,7 @@ class LivePipeline:
         metrics.gauge("camingest_live_backlog_bytes", "Units held in memory waiting for analysis, all sessions "
                       "(max_live_backlog_bytes bounds it)", lambda: self.backlog_bytes)  # fmt: skip
         self._tasks = BackgroundTasks(log)
-        self.filler = Filler(store, self.tracker_settings, self.workers, self._filled)
+        self.filler = Filler(store, self.tracker_settings, self.workers, self._filled, fence)
         self.filler.start()
         if refill_at_start:
             self._tasks.spawn(self._refill_after_restart(), "refill after restart")
@@ -339,6 +344,8 @@ class LivePipeline:
             pipe = self.pipes.get(session_id)
             if pipe is None:
                 pipe = await asyncio.to_thread(self._prepare, session_id, seq, frames_before)
+                if pipe is not None and not self._owned(session_id):  # let go while it was prepared
+                    pipe = None
                 if pipe is not None:
                     pipe.worker.sessions += 1
                     self.pipes[session_id] = pipe
@@ -350,6 +357,8 @@ class LivePipeline:
         restart or a worker crash (then primed with the stored units before ``seq``, all of
         them if None, from a keyframe on). None for a session failed already (its video does
         not decode: a chunk acked just before it was found must not decode it again)."""
+        if not self._owned(session_id):  # another node's (this one lost it): not analysed here
+            return None
         if self.store.get_row(session_id)["state"] == "failed":
             return None
         self.store.start_landmarks_meta(session_id, {"mode": "live", **self.tracker_settings.for_session(session_id).describe()})
@@ -383,6 +392,13 @@ class LivePipeline:
         pipe.last_ms = last
         pipe.decoder_opts = {"first_index": start["frames_before"], "skip_until": done, "wait_key": True}
         return pipe
+
+    def _owned(self, session_id: str) -> bool:
+        try:
+            self.fence(session_id)
+        except LeaseLostError:
+            return False
+        return True
 
     def _stored_unit(self, pipe: SessionPipe, seq: int) -> bytes | None:
         """A stored chunk's unit, read back (blocking: a thread)."""
@@ -493,17 +509,30 @@ class LivePipeline:
         message = failure.message if failure.kind == "invalid_media" else f"the video cannot be decoded: {failure.message}"
         error = InvalidMediaError(message)
         session_id = pipe.session_id
-        logging.getLogger("camingest.sessions").warning("session %s failed: %s", session_id, error.message)
+        try:
+            lease = self.fence(session_id)
+        except LeaseLostError:  # another node records it now: its state is that node's to change
+            log.info("session %s: a decoding failure after this node lost it; nothing changed here (%s)",
+                     session_id, error.message)  # fmt: skip
+            if self._close_pipe(pipe):
+                pipe.worker.send(Drop(session_id))
+            return
         # until the index says failed, chunks still coming open no new pipe (it would decode the
         # stream again from its keyframe and fail twice), and a `stop` starts no fill
         self._failing.add(session_id)
         try:
             self._close_pipe(pipe)
             self.on_failed(session_id, error.message)
-            # failed with the frames that decoded: the session's count from now on
-            await asyncio.to_thread(self.store.set_state, session_id, "failed", error.message, failure.frames)
+            # failed with the frames that decoded: the session's count from now on (if still ours)
+            changed = await asyncio.to_thread(self.store.set_state, session_id, "failed", error.message,
+                                              failure.frames, lease)  # fmt: skip
         finally:
             self._failing.discard(session_id)
+        if not changed:
+            log.info("session %s: a decoding failure once it was another node's (or gone); nothing changed (%s)",
+                     session_id, error.message)  # fmt: skip
+            return
+        logging.getLogger("camingest.sessions").warning("session %s failed: %s", session_id, error.message)
         await self._emit_error(session_id, error)
 
     async def _emit_error(self, session_id: str, error: IngestError) -> None:

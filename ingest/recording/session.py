@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,11 @@ from ingest.config import Settings
 from ingest.exceptions import CapacityError, IngestError, UnauthorizedError
 from ingest.media.webm import Unit, WebMReader, build_unit
 from ingest.recording.ownership import Ownership
+from storage.leases import Lease, LeaseLostError
 from storage.records import ChunkRecord, merge_spans
 from storage.store import SessionStore, hash_token, sha256_hex
+
+log = logging.getLogger("camingest.sessions")
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,18 @@ class SessionRegistry:
             async with lock:
                 session = self._live.get(session_id)
                 if session is None:
-                    if self.ownership is not None:
-                        row = await asyncio.to_thread(self.store.get_row, session_id)
-                        if row["state"] == "recording":  # hand-over, or take-over of a dead node's
-                            await self.ownership.claim(session_id)
-                    session = await asyncio.to_thread(self._load, session_id)
+                    try:
+                        if self.ownership is not None:
+                            row = await asyncio.to_thread(self.store.get_row, session_id)
+                            if row["state"] == "recording":  # hand-over, or take-over of a dead node's
+                                await self.ownership.claim(session_id)  # (its copy made whole here: adopt)
+                        session = await asyncio.to_thread(self._load, session_id)
+                    except OSError as exc:  # its stored stream unreadable here: the operator's, one line
+                        if isinstance(exc, IngestError):
+                            raise
+                        log.error("session %s cannot be loaded on this node: %s", session_id, exc)
+                        raise IngestError(f"session {session_id} cannot be read on this node (its stored stream "
+                                          "is not whole here); the operator log says why") from None  # fmt: skip
                     if session.state == "recording":  # stopped/failed ones are answered, not kept
                         if len(self._live) >= self.settings.max_open_sessions:
                             raise CapacityError("too many open sessions (max_open_sessions); try again later")
@@ -226,9 +237,23 @@ class SessionRegistry:
                 self._loading.pop(session_id, None)
         return session
 
+    def fence(self, session_id: str) -> Lease | None:
+        """What a change of the session here (a chunk's commit, its state) must be conditional
+        on: None on a single node (it owns everything), else this node's lease of it, checked
+        by the index inside the change; ``LeaseLostError`` (busy) if this node holds none (lost
+        at renewal, handed over): never an unconditional change on a cluster."""
+        if self.ownership is None:
+            return None
+        lease = self.ownership.lease(session_id)
+        if lease is None:
+            raise LeaseLostError(f"this node no longer owns session {session_id}: reconnect and resume it")
+        return lease
+
     def _load(self, session_id: str) -> LiveSession:
         row = self.store.get_row(session_id)
         self.store.remember(row)
+        if row["state"] != "recording":  # answered, never fed: its stream is not read (maybe not here at all)
+            return LiveSession(self.store, row, self._reader())
         init = self.store.init_segment(session_id) or b""
         state, pending = self.store.reader_state(session_id)
         if state is not None:

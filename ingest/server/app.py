@@ -96,6 +96,9 @@ def node_hooks(ctx: ServerContext, cluster: Cluster, workers: Sequence[Any]) -> 
             return None
         log.info("session %s: handing over (its tail to the store of record)", session_id)
         async with session.lock:  # no chunk of it in flight here
+            if cluster.lease(session_id) is None:  # lost meanwhile (dropped): nothing of it is ours to upload
+                drop(session_id)
+                return None
             durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
             drop(session_id)
             await cluster.release(session_id)
@@ -167,7 +170,8 @@ def build_app(settings: Settings, holder: str | None = None) -> web.Application:
                 registry.mark_failed(session_id, message)
                 webhooks.session_event("session.failed", session_id, {"error": message})
 
-            live = LivePipeline(settings, store, metrics, emit, failed, refill_at_start=cluster is None)
+            live = LivePipeline(settings, store, metrics, emit, failed, refill_at_start=cluster is None,
+                                fence=registry.fence)  # fmt: skip
             pipeline, workers, snapshots_waiting, analyse = live, live.workers, live.snapshots.waiting, live.analyse_image
             tryon, images_waiting = live.tryon, live.tryon.waiting
         else:

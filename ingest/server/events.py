@@ -273,6 +273,11 @@ class IngestNamespace(socketio.AsyncNamespace):
                 raise SessionClosedError(f"session {session.id} is stopped")
             if session.state == "failed":
                 raise InvalidMediaError(f"session {session.id} failed: {session.error}")
+            if context.registry.loaded(session.id) is not session:
+                # let go while this chunk waited for its lock (its lease lost, handed over, reloaded
+                # after an error): this copy is not the session any more, nothing is done with it
+                raise CapacityError(f"session {session.id} left this node's hands while chunk {seq} waited; "
+                                    "resend it (after a resume)")  # fmt: skip
             if seq < session.next_seq:
                 row = await asyncio.to_thread(context.store.chunk_row, session.id, seq)
                 same = (
@@ -293,8 +298,8 @@ class IngestNamespace(socketio.AsyncNamespace):
                 async with context.write_slots:
                     loop = asyncio.get_running_loop()
                     staged = await loop.run_in_executor(context.io_pool, session.stage_chunk, seq, data, t_ms)
-                    ownership = context.registry.ownership
-                    lease = ownership.lease(session.id) if ownership is not None else None
+                    # on a cluster conditional on this node's lease, checked by the index in the commit
+                    lease = context.registry.fence(session.id)
                     await asyncio.wrap_future(context.store.commit_chunk(staged.record, lease))
             except BaseException as exc:
                 # Memory may be ahead of what was committed: drop it, reload from the store.

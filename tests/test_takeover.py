@@ -1,0 +1,202 @@
+"""Sessions that move between nodes at the worst moments (the failure of test_nodes'
+cut-off node, 2026-12-01, made small): two `camingest serve` nodes on loopback over real
+PostgreSQL, Redis and SeaweedFS, the clients pointed at one node or the other (no load balancer).
+
+- A node frozen past its lease, with chunks of its client still in its socket and another
+  node's hand-over request in its Redis channel, wakes up: it lost the lease, so it must change
+  nothing of the session (no chunk committed, no ``failed`` state, no decoding of it), and the
+  session goes on and ends whole on the node that took it.
+- A stopped or failed session is answered by a node that never had its folder, even where the
+  index acknowledged bytes that object storage never got (a node gone with them): ``resume``
+  says ``session_closed`` / ``invalid_media`` as on any node, never ``internal``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ingest.client import INTERNAL_RETRIES, CamingestClient, CamingestError
+from tests.client import Client, http_get, run, wait_until
+from tests.conftest import ServerProcess, free_port, load_recording
+
+pytestmark = pytest.mark.slow
+RECORDING = "webcam_vp8_opus_250ms"
+
+
+def start_node(tmp_path: Path, name: str, postgres: Any, s3: Any, redis: Any, **env: str) -> ServerProcess:
+    return ServerProcess(
+        tmp_path / f"data-{name}", "--redis", redis.url, "--index", postgres.dsn, "--store", s3.store_url,
+        "--s3-endpoint", s3.endpoint, "--node-id", name, "--workers", "1", port=free_port(),
+        env={**s3.env, "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600", **env},
+    ).start()  # fmt: skip
+
+
+def history(postgres: Any, session_id: str) -> list[tuple[str, int, str]]:
+    with psycopg.connect(postgres.dsn) as conn:
+        rows = conn.execute("SELECT node, epoch, what FROM lease_history WHERE session_id = %s ORDER BY at, epoch",
+                            (session_id,)).fetchall()  # fmt: skip
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def index_row(postgres: Any, session_id: str) -> dict[str, Any]:
+    with psycopg.connect(postgres.dsn) as conn:
+        row = conn.execute("SELECT state, error, next_seq, bytes, durable_seq FROM sessions WHERE id = %s",
+                           (session_id,)).fetchone()  # fmt: skip
+    assert row is not None
+    return dict(zip(("state", "error", "next_seq", "bytes", "durable_seq"), row, strict=True))
+
+
+def test_a_node_woken_after_losing_its_lease_changes_nothing_of_the_session(tmp_path, postgres, s3, redis):
+    """node0 records a session (chunk 0 acked, not yet in object storage), is frozen; its client
+    sends chunks 1-4 into the frozen node; the session is resumed on node1, which asks node0 for
+    it (no answer), takes it once node0's lease expired and forgets chunk 0 (not durable: resent).
+    node0 wakes with the hand-over request, the chunks and its lease renewal due at once: it
+    finds the lease lost and drops the session. Whatever the order, it commits none of those
+    chunks, never marks the session failed, never decodes it; the session ends on node1 (or
+    wherever it is then) byte for byte as sent, one owner at a time."""
+    recording = load_recording(RECORDING)
+    chunks = recording.chunks
+    # uploads only when hurried (a hand-over, a stop): chunk 0 is not durable when node0 freezes;
+    # a hand-over waits up to 4 s for its tail (node0, its lease lost, cannot upload: it waits)
+    env = {"CAMINGEST_SEGMENT_S": "600", "CAMINGEST_STOP_DURABLE_WAIT_S": "4"}
+    node0 = start_node(tmp_path, "node0", postgres, s3, redis, **env)
+    node1 = start_node(tmp_path, "node1", postgres, s3, redis, **env)
+
+    async def scenario() -> None:
+        async with Client(node0.url, ack_timeout=60) as a:
+            session = await a.start(recording.meta["mime"])
+            session_id = session["session_id"]
+            assert (await a.chunk(session, 0, chunks[0]))["ok"]
+            assert node0.proc is not None
+            os.kill(node0.proc.pid, signal.SIGSTOP)
+            stale: list[asyncio.Task[dict[str, Any]]] = []
+            try:
+                stale = [asyncio.create_task(a.chunk(session, seq, chunks[seq])) for seq in range(1, 5)]
+                async with CamingestClient(node1.url, ack_timeout=30, retry_for=120) as b:
+                    resumed = await b.resume(session_id, session["token"])
+                    assert resumed.next_seq == 0  # chunk 0 never reached object storage: resent
+                    assert [n for n, _, what in history(postgres, session_id) if what == "acquired"] == ["node0", "node1"]
+                    os.kill(node0.proc.pid, signal.SIGCONT)
+                    # node0 says it lost the session (at renewal, or at a refused commit)
+                    await wait_until(lambda: f"{session_id}: this node lost its lease" in node0.log.read_text()
+                                     or f"session {session_id}: chunk" in node0.log.read_text() or None,
+                                     "node0 saying it lost the session", 30)  # fmt: skip
+                    acks = await asyncio.wait_for(asyncio.gather(*stale), 60)  # every stale chunk answered
+                    print("node0's answers to the chunks sent while it was frozen:", acks)
+                    assert index_row(postgres, session_id)["state"] == "recording", index_row(postgres, session_id)
+                    for data in chunks[resumed.next_seq:]:
+                        await resumed.send(data)
+                    summary = await resumed.stop()
+            finally:
+                os.kill(node0.proc.pid, signal.SIGCONT)
+                for task in stale:
+                    task.cancel()
+        assert summary["state"] == "stopped", summary
+        assert "error" not in summary
+        status, raw, _ = await http_get(f"{node1.url}/api/sessions/{session_id}/raw.webm")
+        assert (status, raw == recording.stream) == (200, True)
+        log0 = node0.log.read_text()
+        assert f"session {session_id} failed" not in log0
+        assert "decoder failed" not in log0
+        acquired = [epoch for _, epoch, what in history(postgres, session_id) if what == "acquired"]
+        assert acquired == sorted(set(acquired)), history(postgres, session_id)
+
+    try:
+        run(scenario())
+    finally:
+        node0.stop()
+        node1.stop()
+
+
+def test_a_stopped_or_failed_session_is_answered_by_a_node_without_its_folder(tmp_path, postgres, s3, redis):
+    """Two sessions recorded on node0: one stopped, one failed (a chunk that is not WebM). node0
+    goes away; the index is made to say that their acknowledged chunks never reached object
+    storage (``durable_seq`` -1: the node died before uploading them). node1, which never had
+    their folders, answers their resumes with what they are (``session_closed``,
+    ``invalid_media`` naming the failure), never ``internal``, and says nothing is wrong in its log."""
+    recording = load_recording(RECORDING)
+    node0 = start_node(tmp_path, "node0", postgres, s3, redis)
+    node1 = start_node(tmp_path, "node1", postgres, s3, redis)
+
+    async def scenario() -> None:
+        async with Client(node0.url) as a:
+            stopped = await a.start(recording.meta["mime"])
+            await a.send_all(stopped, recording.chunks[:3])
+            assert (await a.stop(stopped))["ok"]
+            failed = await a.start(recording.meta["mime"])
+            await a.send_all(failed, recording.chunks[:3])
+            refused = await a.chunk(failed, 3, b"\x00not webm at all" * 8)
+            assert refused["error"]["code"] == "invalid_media", refused
+        node0.stop()
+        with psycopg.connect(postgres.dsn) as conn:
+            conn.execute("UPDATE sessions SET durable_seq = -1 WHERE id IN (%s, %s)",
+                         (stopped["session_id"], failed["session_id"]))  # fmt: skip
+        for sid in (stopped["session_id"], failed["session_id"]):
+            assert index_row(postgres, sid)["bytes"] > 0
+            assert not (tmp_path / "data-node1" / "sessions" / sid).exists()
+        async with CamingestClient(node1.url, ack_timeout=30, retry_for=60) as b:
+            with pytest.raises(CamingestError) as closed:
+                await b.resume(stopped["session_id"], stopped["token"])
+            assert (closed.value.code, closed.value.message) == (
+                "session_closed", f"session {stopped['session_id']} is stopped")
+            with pytest.raises(CamingestError) as broken:
+                await b.resume(failed["session_id"], failed["token"])
+            assert broken.value.code == "invalid_media", broken.value
+            assert broken.value.message.startswith(f"session {failed['session_id']} failed: "), broken.value
+        log1 = node1.log.read_text()
+        assert "internal error" not in log1 and "Traceback" not in log1, log1[-3000:]
+
+    try:
+        run(scenario())
+    finally:
+        node1.stop()
+        node0.stop()
+
+
+def test_a_session_a_node_cannot_load_is_refused_a_few_times_not_for_ever(tmp_path, postgres, s3, redis):
+    """A recording session whose index says chunks 0-2 are durable, while object storage holds
+    none of them (its node killed before it uploaded a byte; the index made to say so). The node
+    that takes it over cannot make its copy whole: every resume is refused with ``internal``
+    naming the session (one line in the operator log, no traceback), and the client tries it
+    again 3 times (INTERNAL_RETRIES) after the first, not for its whole ``retry_for``."""
+    recording = load_recording(RECORDING)
+    env = {"CAMINGEST_SEGMENT_S": "600"}  # nothing uploaded before the kill
+    node0 = start_node(tmp_path, "node0", postgres, s3, redis, **env)
+
+    async def scenario() -> None:
+        async with CamingestClient(node0.url, ack_timeout=30, retry_for=300) as client:
+            session = await client.start(recording.meta["mime"])
+            for data in recording.chunks[:3]:
+                await session.send(data)
+            node0.kill()
+            with psycopg.connect(postgres.dsn) as conn:
+                conn.execute("UPDATE sessions SET durable_seq = 2 WHERE id = %s", (session.session_id,))
+            # the same address, another node: the client reconnects to it and resumes there
+            node1 = ServerProcess(
+                tmp_path / "data-node1", "--redis", redis.url, "--index", postgres.dsn, "--store", s3.store_url,
+                "--s3-endpoint", s3.endpoint, "--node-id", "node1", "--workers", "1", port=node0.port,
+                env={**s3.env, "CAMINGEST_LEASE_S": "4", "CAMINGEST_SESSION_IDLE_S": "600", **env},
+            ).start()  # fmt: skip
+            try:
+                with pytest.raises(CamingestError) as refused:
+                    await session.send(recording.chunks[3])
+            finally:
+                node1.stop()
+        assert refused.value.code == "internal", refused.value
+        assert refused.value.message == (f"session {session.session_id} cannot be read on this node (its stored "
+                                         "stream is not whole here); the operator log says why")  # fmt: skip
+        log1 = node1.log.read_text()
+        assert log1.count(f"session {session.session_id} cannot be loaded on this node") == 1 + INTERNAL_RETRIES
+        assert "Traceback" not in log1, log1[-3000:]
+
+    try:
+        run(scenario())
+    finally:
+        node0.stop()
