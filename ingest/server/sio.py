@@ -494,8 +494,10 @@ class BoundedServer(socketio.AsyncServer):
 
     def _event_problem(self, namespace: str, data: Any) -> str | None:
         """Why an event is not one this server handles (None: it is)."""
-        if isinstance(data, RefusedEvent):
-            return None  # its JSON was refused: the namespace answers why (events.py, REFUSED_EVENT)
+        if isinstance(data, list) and data and data[0] == REFUSED_EVENT:
+            # refused while decoding (its JSON, or a reserved name: no client's event gets this
+            # name, see _BoundedPacket.decode); the namespace answers why (events.py)
+            return None
         if not isinstance(data, list) or not data:
             return "an event must be [name, payload]"
         name = data[0]
@@ -503,8 +505,6 @@ class BoundedServer(socketio.AsyncServer):
             return f"an event's name must be a string, got {type(name).__name__}"
         if name in RESERVED_EVENTS:
             return f"event {name[:100]!r} is reserved"
-        if len(data) > 2:
-            return f"event {name[:100]!r} carries {len(data) - 1} arguments; it takes one payload"
         handler = self.namespace_handlers.get(namespace)
         if name not in self.handlers.get(namespace, {}) and not (
             handler is not None and hasattr(handler, "on_" + name.replace("-", "_"))
