@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.client import Client, live_frames, record, run, wait_for_event, wait_for_summary, wait_until
-from tests.conftest import load_recording
+from tests.conftest import SAME_SWEEPS, load_recording
 from tests.test_batch import NO_SKIP, read_landmarks, record_live
 
 RECORDING = "webcam_vp8_kf1s_250ms"
@@ -26,7 +26,7 @@ def live_reference(tmp_path_factory, request) -> list[dict]:
 
     recording = load_recording(RECORDING)
     data = tmp_path_factory.mktemp("reference") / "data"
-    server = ServerProcess(data, env=NO_SKIP).start()
+    server = ServerProcess(data, env={**NO_SKIP, **SAME_SWEEPS}).start()
     try:
         session_id = record_live(server, recording)
     finally:
@@ -39,7 +39,7 @@ def test_skipped_frames_are_filled_after_stop(server_factory, tmp_path, live_ref
     recording = load_recording(RECORDING)
     frames = recording.expected["video_frames"]
     data = tmp_path / "data"
-    server = server_factory(data=data, env={"CAMINGEST_LIVE_QUEUE_UNITS": queue_units})
+    server = server_factory(data=data, env={"CAMINGEST_LIVE_QUEUE_UNITS": queue_units, **SAME_SWEEPS})
 
     async def scenario() -> tuple[Client, str, dict]:
         async with Client(server.url) as client:
@@ -72,7 +72,7 @@ def test_fill_resumes_after_a_crash(server_factory, tmp_path, live_reference):
     recording = load_recording(RECORDING)
     frames = recording.expected["video_frames"]
     data = tmp_path / "data"
-    server = server_factory(data=data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "0"})
+    server = server_factory(data=data, env={"CAMINGEST_LIVE_QUEUE_UNITS": "0", **SAME_SWEEPS})
 
     async def stopped_with_every_frame_skipped() -> str:
         async with Client(server.url) as client:
@@ -86,7 +86,7 @@ def test_fill_resumes_after_a_crash(server_factory, tmp_path, live_reference):
     session_id = run(stopped_with_every_frame_skipped())
     server.kill()  # milliseconds into a fill that takes several hundred
     assert "filled" not in server.log.read_text()
-    server = server_factory(data=data)  # a restart finds the stopped session with skipped frames
+    server = server_factory(data=data, env=SAME_SWEEPS)  # a restart finds the stopped session with skipped frames
     detail = run(wait_complete(f"{server.url}/api/sessions/{session_id}", frames))
     assert detail["state"] == "stopped"
     assert f"filled {frames} frames of {session_id}" in server.log.read_text()

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from tests.client import Client, http_json, live_frames, record, run, wait_for_summary, wait_until
-from tests.conftest import ServerProcess, load_recording
+from tests.conftest import SAME_SWEEPS, ServerProcess, load_recording
 from tests.overload import MB, Honest, honest_recorder, looped_stream, sampled
 from tests.test_batch import NO_SKIP, read_landmarks, record_live
 
@@ -23,7 +23,7 @@ def honest_reference(tmp_path_factory) -> list[dict]:
     """The honest recording's landmarks from live analysis that never skips (what the fill after
     stop reproduces exactly)."""
     data = tmp_path_factory.mktemp("reference") / "data"
-    server = ServerProcess(data, env=NO_SKIP).start()
+    server = ServerProcess(data, env={**NO_SKIP, **SAME_SWEEPS}).start()
     try:
         session_id = record_live(server, HONEST)
     finally:
@@ -52,7 +52,7 @@ def test_analysis_backlog_is_bounded_in_bytes(server_factory, tmp_path, honest_r
     after stop, are exactly those of a run without the flood. Before the bound: the server held
     every unit the worker had not reached (+181 MB here, +1.3 GB with 100 real-time recorders)."""
     limit = 4 * MB
-    server = server_factory(env={"CAMINGEST_WORKERS": "1", "CAMINGEST_MAX_LIVE_BACKLOG_BYTES": str(limit)})
+    server = server_factory(env={"CAMINGEST_WORKERS": "1", "CAMINGEST_MAX_LIVE_BACKLOG_BYTES": str(limit), **SAME_SWEEPS})
     flood_recording = load_recording("webcam_vp8_opus_250ms")
     stream = looped_stream(flood_recording, 12, tmp_path, 36 * 1024)
     total = flood_recording.expected["video_frames"] * 12
