@@ -275,6 +275,13 @@ class Settings:
     anchor_every: int = 5
     sweep_every: int = 300
     detect_upsample: int = 1
+    # Share of a live worker's time sweeps may take when they are due while other sessions' frames
+    # wait for it (many sessions starting or cutting to a new scene together): a sweep beyond it
+    # is put off to a later frame, a quick pass (half size) standing in, and the frames until a
+    # sweep on time are sent `provisional` and given their final result by the fill after stop
+    # (stored == batch). 0: no sweep live at all (quick passes; every frame filled after stop).
+    sweep_share: float = 0.3
+    sweep_burst_s: float = 0.1  # what the budget holds at most (~2 sweeps of 640x480 at once)
     # Identification against the gallery (ingest/analysis/identity.py): the largest descriptor distance
     # that names a face (dlib's documented 0.6), and how often (frames) a tracked face's
     # descriptor is computed again (~10-30 ms each; 90 = every 3 s at 30 fps).
@@ -295,6 +302,10 @@ class Settings:
             raise ValueError(f"workers is {self.workers}; allowed: 1 or more processes, or 0 for one per core")
         if self.landmark_engine not in ("numba", "dlib"):
             raise ValueError(f"landmark_engine is {self.landmark_engine!r}; allowed: numba, dlib")
+        if self.sweep_burst_s < 0:
+            raise ValueError(f"sweep_burst_s is {self.sweep_burst_s}; allowed: 0 or more seconds")
+        if not 0 <= self.sweep_share <= 1:
+            raise ValueError(f"sweep_share is {self.sweep_share}; allowed: 0 (no live sweeps) to 1 (a share of a worker's time)")
         if min(self.detect_every, self.anchor_every, self.sweep_every) < 1:
             raise ValueError("detect_every, anchor_every and sweep_every must be at least 1")
         if self.sweep_every % self.detect_every:

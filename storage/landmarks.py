@@ -20,6 +20,7 @@ from typing import Any
 # parsing its 68 x 2 coordinates (a one-hour session has ~100k lines)
 _INDEX = re.compile(rb'^\{"index":(\d+),')
 _SKIPPED = b'"skipped":true'
+_PROVISIONAL = b'"provisional":true'
 _WITH_FACE = b'"faces":[{'
 
 
@@ -29,6 +30,8 @@ class LandmarkCounts:
 
     frames: int = 0
     with_faces: int = 0
+    # frames without their final result: skipped live, or analysed provisionally (a sweep the
+    # worker had no time for was put off); the fill after stop gives both theirs
     skipped: int = 0
 
     @classmethod
@@ -40,7 +43,7 @@ class LandmarkCounts:
     def add(self, frames: Iterable[dict[str, Any]]) -> None:
         for frame in frames:
             self.frames += 1
-            self.skipped += bool(frame.get("skipped"))
+            self.skipped += bool(frame.get("skipped") or frame.get("provisional"))
             self.with_faces += bool(frame.get("faces"))
 
     def to_dict(self) -> dict[str, int]:
@@ -49,14 +52,19 @@ class LandmarkCounts:
 
     def add_line(self, line: bytes) -> None:
         self.frames += 1
-        self.skipped += _SKIPPED in line
+        self.skipped += _SKIPPED in line or _PROVISIONAL in line
         self.with_faces += _WITH_FACE in line
 
 
-def frame_result(index: int, pts_ms: float, faces: list[dict[str, Any]] | None) -> dict[str, Any]:
-    """One frame's result as stored and sent: its faces, or ``skipped`` (no time for it live)."""
+def frame_result(
+    index: int, pts_ms: float, faces: list[dict[str, Any]] | None, provisional: bool = False
+) -> dict[str, Any]:
+    """One frame's result as stored and sent: its faces, or ``skipped`` (no time for it live);
+    ``provisional``: faces found while the frame's sweep was put off (replaced after stop)."""
     if faces is None:
         return {"index": index, "pts_ms": round(pts_ms, 3), "skipped": True}
+    if provisional:
+        return {"index": index, "pts_ms": round(pts_ms, 3), "faces": faces, "provisional": True}
     return {"index": index, "pts_ms": round(pts_ms, 3), "faces": faces}
 
 
@@ -147,13 +155,13 @@ def _lines(path: Path) -> Generator[tuple[int, bytes], None, None]:
 
 
 def scan(path: Path, total: int) -> tuple[list[int], LandmarkCounts]:
-    """Indices in [0, total) with no stored result or a skipped one (ascending), and the
-    counters of the stored results."""
+    """Indices in [0, total) with no stored result or a skipped or provisional one (ascending),
+    and the counters of the stored results."""
     counts = LandmarkCounts()
     done = set()
     for index, line in _lines(path):
         counts.add_line(line)
-        if _SKIPPED not in line:
+        if _SKIPPED not in line and _PROVISIONAL not in line:
             done.add(index)
     return [i for i in range(total) if i not in done], counts
 

@@ -12,6 +12,7 @@ import functools
 import numpy as np
 import pytest
 
+from ingest.analysis.budget import SweepBudget, TimeBudget
 from ingest.analysis.detect import detect_faces
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
 from ingest.batch.jobs import landmark_runs, landmark_runs_encoded, plan_jobs, read_runs
@@ -106,3 +107,73 @@ def test_jobs_start_on_the_sessions_sweeps_and_equal_one_tracker(tmp_path):
             files[name] = (rewrite.commit(), target.read_bytes())
     assert files["encoded"] == files["frames"]
     assert files["encoded"][0] == LandmarkCounts.of(live)
+
+
+def test_a_sweep_the_budget_puts_off_gives_provisional_frames_until_a_sweep_on_time():
+    """A live worker's sweep budget (analysis/budget.py) empty on frame 0: a quick pass (half
+    size) finds the large face at once, the sweep is owed and done on the first frame the budget
+    allows, and every frame is provisional until the next sweep on time (frame 60 here), from
+    which on the results are those of the tracker that swept on time (batch's)."""
+    recording = load_recording("webcam_vp8_kf1s_250ms")  # 179 frames, one face of ~200 px
+    frames = list(decoded_frames(recording.chunks))
+    settings = TrackerSettings(detect_every=30, sweep_every=60)  # sweeps on 0, 60, 120
+    on_time = FaceTracker(settings)
+    batch = [frame_result(f.index, f.pts_ms, on_time.process(f.gray(), f.index)) for f in frames]
+    # a worker others wait for, with nothing in its budget
+    late = FaceTracker(settings, sweep_budget=SweepBudget(share=1.0, burst_s=0.0, waiting=lambda: True))
+    live = []
+    for f in frames:
+        if f.index == 10:
+            late.sweep_budget = None  # time again: the owed sweep is done on this frame
+        faces = late.process(f.gray(), f.index)
+        live.append(frame_result(f.index, f.pts_ms, faces, late.provisional))
+    assert late.quick_passes == 1 and late.sweeps == 3  # the owed one on frame 10, then 60 and 120 on time
+    assert [bool(r.get("provisional")) for r in live] == [True] * 60 + [False] * 119
+    assert all(live[i]["faces"] for i in range(10)), "the quick pass found the face on the first frame"
+    assert live[60:] == batch[60:]
+    assert LandmarkCounts.of(live).skipped == 60  # what the fill after stop replaces
+    stored = frame_lines(live[:2]).encode().splitlines()
+    assert stored[0].startswith(b'{"index":0,') and stored[0].endswith(b',"provisional":true}')
+
+
+def test_a_tracker_started_mid_stream_is_provisional_until_a_sweep_batch_shares():
+    """A live analyser started on frame 25 (its worker restarted, or the frames before were let
+    go): it sweeps there, where batch tracked through, so frames 25-59 are provisional (the fill
+    after stop gives them batch's results) and from the sweep on 60 they are batch's."""
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+    frames = list(decoded_frames(recording.chunks))
+    settings = TrackerSettings(detect_every=30, sweep_every=60)  # sweeps on 0, 60, 120
+    on_time = FaceTracker(settings)
+    batch = [frame_result(f.index, f.pts_ms, on_time.process(f.gray(), f.index)) for f in frames]
+    for frames_before in (0, 25):  # a new tracker on frame 25; one that saw 0-24 and was reset
+        tracker = FaceTracker(settings)
+        for f in frames[25 - frames_before : 25]:
+            tracker.process(f.gray(), f.index)
+        tracker.reset()  # what the worker does after a gap: the tracks are stale
+        live = [frame_result(f.index, f.pts_ms, tracker.process(f.gray(), f.index), tracker.provisional)
+                for f in frames[25:]]  # fmt: skip
+        assert [bool(r.get("provisional")) for r in live] == [True] * 35 + [False] * 119
+        assert live[35:] == batch[60:]
+        assert all(r["faces"] for r in live[:35])  # found at once all the same
+
+
+def test_a_sweep_is_put_off_only_while_others_wait_and_the_budget_is_spent():
+    budget = TimeBudget(share=1.0, burst_s=0.0)
+    assert not budget.available()
+    spent = TimeBudget(share=0.5, burst_s=0.1)
+    assert spent.available()
+    spent.spend(0.2)  # a sweep took more than there was: the next waits ~0.2 s
+    assert not spent.available()
+    others: list[bool] = [True]
+    sweeps = SweepBudget(share=0.5, burst_s=0.1, waiting=lambda: others[0])
+    assert sweeps.available()
+    sweeps.spend(0.2)  # others waited for it: charged
+    assert not sweeps.available()
+    others[0] = False  # nobody waits: putting it off would help nobody, and it is not charged
+    assert sweeps.available()
+    sweeps.spend(10.0)
+    others[0] = True
+    assert not sweeps.available()
+    assert sweeps.budget._tokens > -0.2  # the 10 s were not charged
+    off = SweepBudget(share=0.0, burst_s=0.1, waiting=lambda: False)
+    assert not off.available()  # live sweeps off

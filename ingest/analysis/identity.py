@@ -11,7 +11,6 @@ on LFW): the nearest gallery photo within ``identity_threshold`` names the face.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
@@ -89,26 +88,3 @@ class PushedGallery:
 
     def current(self) -> tuple[object, GalleryMatrix]:
         return self._generation, self._matrix
-
-
-class DescriptorBudget:
-    """How much of a live worker's time descriptors may take: a token bucket of CPU seconds
-    filled at ``share`` of wall time, holding at most ``burst_s``. A descriptor is computed
-    while the bucket is not empty; otherwise the track keeps the identity it has (a new track:
-    none yet) and is identified on a later frame. Twenty sessions starting together then delay
-    names by a few seconds instead of delaying everyone's landmarks. Batch jobs have no budget."""
-
-    def __init__(self, share: float, burst_s: float = 0.5) -> None:
-        self.share = share
-        self.burst_s = burst_s
-        self._tokens = burst_s
-        self._last = time.monotonic()
-
-    def available(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst_s, self._tokens + (now - self._last) * self.share)
-        self._last = now
-        return self._tokens > 0
-
-    def spend(self, seconds: float) -> None:
-        self._tokens -= seconds

@@ -30,9 +30,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ingest.analysis.budget import SweepBudget, TimeBudget
 from ingest.analysis.detect import PREDICTOR_FILE, WINDOW, Box, detect_boxes, detect_near, face_dict, iou, xywh
 from ingest.analysis.engine.predictor import Predictor, predictor
-from ingest.analysis.identity import DescriptorBudget, GallerySource, describe, nearest
+from ingest.analysis.identity import GallerySource, describe, nearest
 from ingest.config import Settings
 
 
@@ -59,8 +60,14 @@ class TrackerSettings:
     identify_every: int = 90
     identity_threshold: float = 0.6
     identify: bool = False
-    # share of a live worker's time descriptors may take (ingest/identity.DescriptorBudget)
+    # share of a live worker's time descriptors may take (analysis/budget.py)
     identify_share: float = 0.15
+    # share of a live worker's time sweeps may take on the frame they are due while other work
+    # waits for it (analysis/budget.py SweepBudget; beyond it a quick pass now, the sweep when
+    # there is time, the frames provisional until the next sweep on time: filled after stop;
+    # 0: no live sweeps). Batch: every sweep on time.
+    sweep_share: float = 0.3
+    sweep_burst_s: float = 0.1  # what the budget holds: ~2 sweeps at 640x480 at once
     descriptor_engine: str = "onnxruntime"  # engine/descriptor.py: onnxruntime, opencv, numpy or dlib
 
     def __post_init__(self) -> None:
@@ -102,6 +109,8 @@ class TrackerSettings:
             identify_every=settings.identify_every,
             identity_threshold=settings.identity_threshold,
             identify_share=settings.identify_share,
+            sweep_share=settings.sweep_share,
+            sweep_burst_s=settings.sweep_burst_s,
             descriptor_engine=settings.descriptor_engine,
             identify=True,
         )
@@ -179,13 +188,21 @@ class FaceTracker:
         settings: TrackerSettings | None = None,
         engine: Predictor | None = None,
         gallery: GallerySource | None = None,
-        budget: DescriptorBudget | None = None,
+        budget: TimeBudget | None = None,
+        sweep_budget: SweepBudget | None = None,
     ) -> None:
         """``gallery``: who faces are identified against (none: not identified); ``budget``: the
-        share of a live worker's time descriptors may take (batch: none, every due face)."""
+        share of a live worker's time descriptors may take (batch: none, every due face);
+        ``sweep_budget``: the share sweeps may take (batch: none, every sweep on time)."""
         self.settings = settings or TrackerSettings()
         self.engine = engine or predictor(self.settings.engine)
         self.budget = budget
+        self.sweep_budget = sweep_budget
+        # A sweep the budget put off: the frames since a quick pass stood in for it, up to the
+        # next sweep done on the frame it was due, are not what batch gives (its tracker swept
+        # on time) and are marked provisional; the fill after stop gives them their final result.
+        self._sweep_owed = False
+        self.provisional = False
         self.gallery = gallery
         self.descriptors = 0  # computed, for the benchmarks
         self._tracks: list[_Track] = []
@@ -195,13 +212,14 @@ class FaceTracker:
         self._frames = 0  # frames seen, for streams processed without indices
         self._thumb: np.ndarray | None = None
         self.sweeps = 0
+        self.quick_passes = 0  # sweeps put off by the budget
         self.refreshes = 0
         self.searches = 0  # crops searched around a face
 
     def reset(self) -> None:
         """Forget the faces: the next frame is not a continuation (frames were skipped)."""
         self._tracks, self._lost = [], []
-        self._thumb = None
+        self._thumb = None  # the next frame sweeps (a cut): due on it
 
     def _scene_cut(self, gray: np.ndarray) -> bool:
         # every 4th pixel first: a tenth of the cost of resizing the whole frame, same scores
@@ -254,9 +272,24 @@ class FaceTracker:
         image = np.ascontiguousarray(gray)
         self._frames += 1
         settings = self.settings
+        seen_before = self._thumb is not None
         cut = self._scene_cut(image)  # always: the next frame compares with this one
-        if cut or settings.sweeps_on(position):
-            self._sweep(image)
+        scheduled = settings.sweeps_on(position)
+        if cut or scheduled:
+            if self._may_sweep():
+                self._sweep(image)
+                self._sweep_owed = False
+                # a reset on time: what batch has from here, unless the "cut" is only that this
+                # tracker saw no frame before (a live worker restarted mid-stream, or frames let
+                # go): batch tracked through those, so these are not its results until a sweep
+                # it shares, and the fill after stop gives them theirs
+                self.provisional = not (seen_before or scheduled)
+            else:
+                self._quick_pass(image)
+            return
+        if self._sweep_owed and self._may_sweep():
+            self._sweep(image)  # late: still provisional until a sweep on time
+            self._sweep_owed = False
             return
         if self._tracks:
             self._track(image)
@@ -286,21 +319,41 @@ class FaceTracker:
         points = self._fit(image, unique)
         return [_Track(box, _offset(box, p), p) for box, p in zip(unique, points, strict=True)]
 
+    def _may_sweep(self) -> bool:
+        return self.sweep_budget is None or self.sweep_budget.available()
+
     def _sweep(self, image: np.ndarray) -> None:
         self.sweeps += 1
+        start = time.perf_counter()
         self._tracks, self._lost = [], []
         self._tracks = self._new_tracks(image, detect_boxes(image, self.settings.upsample))
+        if self.sweep_budget is not None:
+            self.sweep_budget.spend(time.perf_counter() - start)
+
+    def _quick_pass(self, image: np.ndarray) -> None:
+        """In place of a sweep the budget has no time for: the faces HOG finds on the half-size
+        frame (from ~160 px, ~4 ms at 640x480 against ~50 for a sweep) replace all tracks; the
+        sweep is owed (done on the first later frame the budget allows) and the frames are
+        provisional until a sweep on time."""
+        self.quick_passes += 1
+        self._sweep_owed = self.provisional = True
+        self._tracks, self._lost = [], []
+        self._tracks = self._new_tracks(image, self._half_size_boxes(image))
 
     def _refresh(self, image: np.ndarray) -> None:
         """New faces from ~160 px on the half-size frame; every tracked face is re-anchored (on
         a detection of the half-size frame, else in a crop around it)."""
         self.refreshes += 1
+        self._anchor(image, lambda t: True, self._half_size_boxes(image), search_lost=True)
+
+    @staticmethod
+    def _half_size_boxes(image: np.ndarray) -> list[Box]:
+        """Faces from ~160 px: HOG (upsample 0) on the frame at half size, in the frame's geometry."""
         height, width = image.shape
-        found: list[Box] = []
-        if min(height, width) >= 2 * WINDOW:
-            half = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-            found = [(2 * b[0], 2 * b[1], 2 * b[2] + 1, 2 * b[3] + 1) for b in detect_boxes(half, 0)]
-        self._anchor(image, lambda t: True, found, search_lost=True)
+        if min(height, width) < 2 * WINDOW:
+            return []
+        half = cv2.resize(image, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        return [(2 * b[0], 2 * b[1], 2 * b[2] + 1, 2 * b[3] + 1) for b in detect_boxes(half, 0)]
 
     def _anchor(self, image: np.ndarray, due: Callable[[_Track], bool], found: list[Box], search_lost: bool) -> None:
         """Re-anchor the ``due`` faces on a detection (from ``found``, else in a crop around

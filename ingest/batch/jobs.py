@@ -35,7 +35,7 @@ from storage.landmarks import EncodedFrames, frame_result
 from storage.store import SessionStore
 
 READ_PIECE = 1024 * 1024
-MAX_JOB_FRAMES_DEFAULT = 300
+MAX_JOB_FRAMES_DEFAULT = 600  # two sweep periods: each job start decodes from the keyframe before it
 REPORT_EVERY = 10  # frames between progress reports of a job (a bar moves per ~0.1 s of a worker)
 Progress = Callable[[int], None]
 
@@ -198,13 +198,14 @@ def _landmarked(job: Job, runs: Runs, progress: Progress | None) -> Iterator[dic
 
 
 def session_jobs(
-    store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None
-) -> list[Job]:
+    store: SessionStore, session_id: str, settings: TrackerSettings, progress: Progress | None = None,
+    max_frames: int = MAX_JOB_FRAMES_DEFAULT,
+) -> list[Job]:  # fmt: skip
     """The jobs of a stored session (its own sweep offset: the frames live analysis swept on),
     identified against the gallery as it is now; ``progress`` hears the bytes of its stream
     read while planning."""
     gallery = store.gallery.matrix() if settings.identify else None
-    return plan_jobs(store.stream_source(session_id), settings.for_session(session_id), gallery, progress=progress)
+    return plan_jobs(store.stream_source(session_id), settings.for_session(session_id), gallery, max_frames, progress)
 
 
 def finalize_session(store: SessionStore, session_id: str) -> dict[str, float | int]:

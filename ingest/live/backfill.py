@@ -62,7 +62,9 @@ def jobs_to_fill(store: SessionStore, session_id: str, settings: TrackerSettings
             store.reset_landmark_counts(session_id, counts)
         return []
     jobs, i = [], 0
-    for job in session_jobs(store, session_id, settings):
+    # one sweep period a job (the shortest that starts on sweeps): a fill redoes whole jobs, and
+    # skipped frames are often a few here and there
+    for job in session_jobs(store, session_id, settings, max_frames=settings.sweep_every):
         while i < len(need) and need[i] < job.start:
             i += 1
         if i < len(need) and need[i] < job.end:

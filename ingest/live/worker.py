@@ -12,9 +12,11 @@ import logging
 import multiprocessing.connection
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
-from ingest.analysis.identity import DescriptorBudget, PushedGallery
+from ingest.analysis.budget import SweepBudget, TimeBudget
+from ingest.analysis.identity import PushedGallery
 from ingest.analysis.process import prepare_analysis_process
 from ingest.analysis.stills import faces_in_snapshot
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
@@ -55,7 +57,8 @@ class SessionAnalyser:
         self.decoder = UnitDecoder(first_index, skip_until, wait_key)
         gallery = worker.gallery if worker.settings.identify else None
         # the session's own sweeps: those its fills and reprocessing also start their jobs on
-        self.tracker = FaceTracker(worker.settings.for_session(session_id), gallery=gallery, budget=worker.budget)
+        self.tracker = FaceTracker(worker.settings.for_session(session_id), gallery=gallery, budget=worker.budget,
+                                   sweep_budget=worker.sweep_budget)  # fmt: skip
 
     def unit(self, unit: bytes, analyse: bool) -> list[dict[str, Any]]:
         return self._results(self.decoder.decode(unit), analyse)
@@ -67,22 +70,29 @@ class SessionAnalyser:
         if not analyse:
             self.tracker.reset()  # tracks from before a gap would be stale
         out = []
+        tracker = self.tracker
         for frame in frames:
-            faces = self.tracker.process(frame.gray(), frame.index, rgb=frame.rgb) if analyse else None
-            out.append(frame_result(frame.index, frame.pts_ms, faces))
+            faces = tracker.process(frame.gray(), frame.index, rgb=frame.rgb) if analyse else None
+            out.append(frame_result(frame.index, frame.pts_ms, faces, tracker.provisional))
         return out
 
 
 class Worker:
     """What one worker process holds: its sessions' analysers, the gallery its server sent, the
-    budget its sessions' descriptors share."""
+    budgets its sessions' descriptors and sweeps share."""
 
-    def __init__(self, settings: TrackerSettings, snapshot_upsample: int) -> None:
+    def __init__(
+        self, settings: TrackerSettings, snapshot_upsample: int, waiting: Callable[[], bool] = lambda: False
+    ) -> None:
+        """``waiting``: whether requests wait for the worker (its pipe holds some)."""
         self.settings = settings
         self.snapshot_upsample = snapshot_upsample
         self.sessions: dict[str, SessionAnalyser] = {}
         self.gallery = PushedGallery()
-        self.budget = DescriptorBudget(settings.identify_share)
+        self.budget = TimeBudget(settings.identify_share)
+        # sweeps due on many sessions' frames at once (a start or a scene cut together): those
+        # beyond it are put off (analysis/tracker.py), not queued in front of everyone's frames
+        self.sweep_budget = SweepBudget(settings.sweep_share, settings.sweep_burst_s, waiting)
 
     def handle(self, request: Request) -> Reply | None:
         """The one reply to ``request`` (None for Drop, SetGallery): a failure is reported, the
@@ -148,7 +158,7 @@ def worker_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent()  # also while it prepares or computes, when it reads no pipe (kill -9 of the server)
     prepare_analysis_process(tracker_settings.engine, tracker_settings.descriptor_engine)
-    worker = Worker(tracker_settings, snapshot_upsample)
+    worker = Worker(tracker_settings, snapshot_upsample, waiting=conn.poll)
     while True:
         try:
             request: Request = conn.recv()
