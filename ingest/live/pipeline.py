@@ -271,11 +271,11 @@ class LivePipeline:
         """Queue a unit, or send its frames skipped if the session is waiting for a keyframe; a
         backlog over the bounds is let go."""
         if pipe.to_keyframe:
-            self._to_keyframe(pipe, waiting)
-            return
-        self._queue(pipe, waiting)
-        if len(pipe.pending) > self.backlog_units or pipe.pending_bytes > self.settings.live_backlog_bytes:
-            self._let_go(pipe)
+            self._to_keyframe(pipe, waiting)  # its keyframe unit is queued: the bound of all sessions holds it too
+        else:
+            self._queue(pipe, waiting)
+            if len(pipe.pending) > self.backlog_units or pipe.pending_bytes > self.settings.live_backlog_bytes:
+                self._let_go(pipe)
         while self.backlog_bytes > self.settings.max_live_backlog_bytes:  # all sessions: the largest backlog goes
             self._let_go(max(self.pipes.values(), key=lambda p: p.pending_bytes), keep_tail=False)
 
@@ -588,6 +588,11 @@ class LivePipeline:
         self.filler.request(session_id)
 
     def fill_status(self, session_id: str) -> dict[str, Any] | None:
+        pipe = self.pipes.get(session_id)
+        if pipe is not None and pipe.finishing:
+            # stopped, its live results still coming (the flush asks for the fill when it ends):
+            # work still to come, as a queued fill is; the finalize may end before it
+            return {"state": "queued"}
         return self.filler.status(session_id)
 
     async def _refill_after_restart(self) -> None:
