@@ -101,6 +101,14 @@ class SqliteDatabase:
 _PLACEHOLDER = re.compile(r"\?")
 
 
+# A transaction left open this long is ended by PostgreSQL itself (its session terminated): a node
+# frozen or cut off between a statement and its COMMIT (SIGSTOP, a partition) would otherwise hold
+# its row locks (a lease, a session row) until TCP gives up, hours later, and the node taking its
+# sessions over would wait on them. The index's transactions last milliseconds; the woken node's
+# COMMIT then fails as the index being away does (nothing of it is stored).
+IDLE_IN_TRANSACTION_S = 2
+
+
 class _PostgresConnection:
     dialect = "postgresql"
 
@@ -112,7 +120,8 @@ class _PostgresConnection:
         try:
             # autocommit: the index issues BEGIN / SAVEPOINT / COMMIT itself, as it does on SQLite
             self._conn = psycopg.connect(
-                dsn, autocommit=True, row_factory=dict_row, connect_timeout=max(1, round(connect_timeout_s))
+                dsn, autocommit=True, row_factory=dict_row, connect_timeout=max(1, round(connect_timeout_s)),
+                options=f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_S * 1000}",
             )
         except psycopg.OperationalError as exc:
             raise StoreUnavailableError(f"the index (PostgreSQL) cannot be reached: {_first_line(exc)}") from exc
@@ -125,8 +134,9 @@ class _PostgresConnection:
             raise
         except psycopg.errors.DiskFull as exc:
             raise IndexWriteError(errno.ENOSPC, f"the index could not write: {_first_line(exc)}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            # the server restarted or the network failed: nothing of this statement is stored
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.IdleInTransactionSessionTimeout) as exc:
+            # the server restarted, the network failed, or this transaction sat longer than
+            # IDLE_IN_TRANSACTION_S (this node was frozen): nothing of it is stored
             raise StoreUnavailableError(f"the index (PostgreSQL) is not available: {_first_line(exc)}") from exc
         return _PostgresResult(cursor)
 

@@ -571,9 +571,12 @@ class SessionStore:
 
     def hand_over_data(self, session_id: str, timeout_s: float) -> int:
         """Everything of a recording session this node holds into object storage (its tail, its
-        landmarks so far), waiting at most ``timeout_s``; its durable_seq then."""
+        landmarks so far), waiting at most ``timeout_s``; its durable_seq then. ``LeaseLostError``
+        if this node's lease ran out (the index says so) before it started."""
         if self.replicator is None:
             return self.get_row(session_id)["next_seq"] - 1
+        if not self._holds(session_id):  # (a node woken after its lease ran out: nothing of it is ours)
+            raise LeaseLostError(f"this node no longer owns session {session_id}: it has nothing to hand over")
         self.index.write(lambda c: c.execute("UPDATE sessions SET changed_gen=changed_gen+1 WHERE id=?", (session_id,)))
         self.replicator.hurry(session_id)
         deadline = time.monotonic() + timeout_s

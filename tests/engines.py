@@ -78,6 +78,12 @@ def free_port() -> int:
     take it while the engine is down."""
     low, high = _ephemeral_range()
     first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535) if high < 64000 else (low, high)
+    # tests run in several processes (pytest-xdist): each its own slice of the range, so that a
+    # port given by one is never given by another while its engine is down
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", "gw0"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (last - first + 1) // max(1, workers)
+    first += int(worker.removeprefix("gw") or 0) * size
+    last = first + size - 1
     rng = random.Random()
     for _ in range(200):
         port = rng.randint(first, last)

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from ingest.client import INTERNAL_RETRIES, CamingestClient, CamingestError
-from tests.client import Client, http_get, run, wait_until
+from tests.client import Client, http_get, http_json, run, wait_until
 from tests.conftest import ServerProcess, free_port, load_recording
 
 pytestmark = pytest.mark.slow
@@ -51,6 +51,32 @@ def index_row(postgres: Any, session_id: str) -> dict[str, Any]:
                            (session_id,)).fetchone()  # fmt: skip
     assert row is not None
     return dict(zip(("state", "error", "next_seq", "bytes", "durable_seq"), row, strict=True))
+
+
+def test_a_connection_frozen_inside_a_transaction_blocks_nobody_for_long(postgres):
+    """A node frozen between a statement and its COMMIT (CI froze one inside its lease renewal:
+    the node taking its session over waited on the row lock until it woke, 25 s later): the
+    index's connections end such a transaction after IDLE_IN_TRANSACTION_S, another writer goes
+    on, and the frozen one's COMMIT fails as an unavailable index (nothing of it stored)."""
+    from storage.database import PostgresDatabase
+    from storage.errors import StoreUnavailableError
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS frozen_lock")
+        admin.execute("CREATE TABLE frozen_lock (id int PRIMARY KEY, holder text)")
+        admin.execute("INSERT INTO frozen_lock VALUES (1, 'nobody')")
+    frozen = PostgresDatabase(postgres.dsn).connect()
+    frozen.execute("BEGIN")
+    frozen.execute("UPDATE frozen_lock SET holder = 'node0' WHERE id = 1")  # the row locked, then no COMMIT
+    with psycopg.connect(postgres.dsn, autocommit=True) as other:
+        other.execute("SET statement_timeout = '30s'")  # fails loudly rather than hanging the suite
+        assert other.execute("UPDATE frozen_lock SET holder = 'node1' WHERE id = 1").rowcount == 1
+        assert other.execute("SELECT holder FROM frozen_lock").fetchone() == ("node1",)
+        (ended,) = other.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'").fetchone()
+    assert ended == 0  # the frozen transaction was ended by the server, not committed:
+    with pytest.raises(StoreUnavailableError, match=r"^the index \(PostgreSQL\) is not available: "):
+        frozen.execute("COMMIT")
+    frozen.close()
 
 
 def test_a_node_woken_after_losing_its_lease_changes_nothing_of_the_session(tmp_path, postgres, s3, redis):
@@ -200,3 +226,34 @@ def test_a_session_a_node_cannot_load_is_refused_a_few_times_not_for_ever(tmp_pa
         run(scenario())
     finally:
         node0.stop()
+
+
+def test_health_answers_while_redis_is_away_and_lists_the_peers_again_after(tmp_path, postgres, s3, redis):
+    """CI, 2026-12-02: right after Redis came back, /api/health answered 500 (a pooled connection
+    from before the restart raised ``ConnectionError`` out of the peer scan). Health is what an
+    operator reads in exactly that moment: it answers 200 all along, says the registry is
+    unreachable while Redis is away, and lists the peers again once it is back."""
+    node = start_node(tmp_path, "node0", postgres, s3, redis)
+    answers: list[tuple[int, Any]] = []
+
+    async def listed() -> bool:
+        answers.append(await http_json(node.url + "/api/health"))
+        status, health = answers[-1]
+        return bool(status == 200 and health.get("peers") == ["node0"] and health.get("registry") == "ok")
+
+    async def scenario() -> None:
+        await wait_until(listed, "node0 in its own registry", seen=lambda: answers[-1])
+        await asyncio.to_thread(redis.stop)
+        status, away = await http_json(node.url + "/api/health")
+        assert (status, away["ok"], away["peers"], away["registry"]) == (200, True, None, "unreachable"), away
+        await asyncio.to_thread(redis.start)
+        answers.clear()
+        await wait_until(listed, "node0 listed again after Redis came back", seen=lambda: answers[-1])
+        # every answer after the restart was 200 (the one that failed in CI came first)
+        assert {status for status, _ in answers} == {200}, answers
+        assert "internal error" not in node.log.read_text()
+
+    try:
+        run(scenario())
+    finally:
+        node.stop()

@@ -25,6 +25,6 @@ class Ownership(Protocol):
         """A commit found the lease gone: forget it here."""
         ...
 
-    async def peers(self) -> list[dict[str, Any]]:
-        """The nodes alive, this one included."""
+    async def peers(self) -> list[dict[str, Any]] | None:
+        """The nodes alive, this one included; None while the registry cannot be read."""
         ...

@@ -47,6 +47,7 @@ from ingest.server.routes import add_routes
 from ingest.server.session_routes import delete_session_data
 from ingest.server.sio import make_socketio
 from ingest.server.webhooks import Webhooks
+from storage.leases import LeaseLostError
 
 log = logging.getLogger("camingest")
 NAMESPACE = web.AppKey("namespace", IngestNamespace)
@@ -99,7 +100,11 @@ def node_hooks(ctx: ServerContext, cluster: Cluster, workers: Sequence[Any]) -> 
             if cluster.lease(session_id) is None:  # lost meanwhile (dropped): nothing of it is ours to upload
                 drop(session_id)
                 return None
-            durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
+            try:
+                durable = await asyncio.to_thread(ctx.store.hand_over_data, session_id, ctx.settings.stop_durable_wait_s)
+            except LeaseLostError:  # its lease ran out before the request was read (this node was frozen)
+                cluster.lease_ran_out(session_id)
+                return None
             drop(session_id)
             await cluster.release(session_id)
         log.info("session %s handed over (durable through seq %d)", session_id, durable)

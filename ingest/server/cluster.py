@@ -101,13 +101,20 @@ class Cluster:
         await self.redis.aclose()
 
     # -- the registry -----------------------------------------------------------------------------
-    async def peers(self) -> list[dict[str, Any]]:
-        """Every node alive (this one included), by id."""
+    async def peers(self) -> list[dict[str, Any]] | None:
+        """Every node alive (this one included), by id; None while Redis cannot be read (down,
+        or a pooled connection from before its restart failing once: the heartbeat logs it)."""
+        from redis.exceptions import RedisError
+
         nodes = []
-        async for key in self.redis.scan_iter(KEY + "*"):
-            raw = await self.redis.get(key)
-            if raw:
-                nodes.append(json.loads(raw))
+        try:
+            async for key in self.redis.scan_iter(KEY + "*"):
+                raw = await self.redis.get(key)
+                if raw:
+                    nodes.append(json.loads(raw))
+        except (RedisError, OSError) as exc:
+            log.debug("the node registry could not be read: %s", exc)
+            return None
         return sorted(nodes, key=lambda n: n["id"])
 
     async def alive(self, node: str) -> bool:
@@ -197,6 +204,15 @@ class Cluster:
     def lease(self, session_id: str) -> Lease | None:
         return self.leases.get(session_id)
 
+    def lease_ran_out(self, session_id: str) -> None:
+        """The index says this node's lease of the session ran out (found at renewal, or by a
+        hand-over request read late): said once, and the session dropped here."""
+        assert self.hooks is not None
+        log.warning("session %s: this node lost its lease (it could not renew it in time: another node "
+                    "owns it now); dropped here, nothing more is committed for it", session_id)  # fmt: skip
+        self.lost(session_id)
+        self.hooks.drop(session_id)
+
     def lost(self, session_id: str) -> None:
         self.leases.pop(session_id, None)
         self._claimed_at.pop(session_id, None)
@@ -275,10 +291,7 @@ class Cluster:
                     await self.release(session_id)  # done with it: fill and finalize over
                 lost = await asyncio.to_thread(self.store.leases.renew, self.node, list(self.leases), self.lease_s)
                 for session_id in lost:
-                    log.warning("session %s: this node lost its lease (it could not renew it in time: another node "
-                                "owns it now); dropped here, nothing more is committed for it", session_id)  # fmt: skip
-                    self.lost(session_id)
-                    self.hooks.drop(session_id)
+                    self.lease_ran_out(session_id)
             except IngestError as exc:  # the index away: leases expire; commits are refused meanwhile
                 log.warning("lease renewal failed: %s", exc.message)
             except Exception:

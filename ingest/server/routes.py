@@ -61,7 +61,11 @@ async def health(request: web.Request) -> web.StreamResponse:
     }
     if ownership is not None:
         answer["node"] = ownership.node
-        answer["peers"] = [peer["id"] for peer in await ownership.peers()]
+        peers = await ownership.peers()
+        # Redis away: the node goes on recording (nothing on the ack path waits for it), so it is
+        # still ok; what it cannot know is who else is alive
+        answer["peers"] = [peer["id"] for peer in peers] if peers is not None else None
+        answer["registry"] = "ok" if peers is not None else "unreachable"
     return json_response(answer)
 
 
