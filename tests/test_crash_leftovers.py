@@ -214,6 +214,51 @@ def test_an_export_killed_mid_way_is_encoded_again_after_the_restart(server_fact
     assert f"recovery: {session_id}: encoding its export none.mp4 again (a restart interrupted it)" in log
 
 
+def test_an_interrupted_export_is_listed_from_the_first_moment_of_its_restart(server_factory, tmp_path):
+    """Between taking an interrupted export off its queue and recording it as running (start()
+    reads the store first), a listing of the session's exports must still show it: CI saw an
+    empty list there. ExportJobs on a real store, listed in the same step as resume()."""
+    from ingest.server.export_jobs import ExportJobs
+    from storage.store import SessionStore
+
+    data = tmp_path / "data"
+    server = server_factory("--no-analysis", data=data)
+    recording = load_recording("webcam_vp8_kf1s_250ms")
+
+    async def upload() -> str:
+        async with aiohttp.ClientSession() as http, http.post(f"{server.url}/api/sessions?filename=a.webm",
+                                                              data=recording.stream) as response:  # fmt: skip
+            assert response.status == 201, await response.text()
+            return (await response.json())["id"]
+
+    session_id = run(upload())
+    assert server.stop() == 0
+    store = SessionStore(data)
+    store.open(recover=False)
+    store.want_export(session_id, "none.mp4")  # what an export interrupted by a crash leaves
+    jobs = ExportJobs(store)
+
+    async def resume_and_list() -> tuple[list[dict], dict]:
+        await jobs.resume()
+        first = jobs.list(session_id)  # no await between: the restart's task has not run yet
+
+        async def done() -> dict | None:
+            (job,) = await asyncio.to_thread(jobs.list, session_id)
+            assert job["state"] != "failed", job
+            return job if job["state"] == "done" else None
+
+        return first, await wait_until(done, "the export encoded again", 120)
+
+    try:
+        first, last = run(resume_and_list())
+    finally:
+        jobs.close()
+        store.close()
+    assert [(j["overlay"], j["format"], j["state"]) for j in first] == [("none", "mp4", "running")]
+    assert last["url"] == f"/api/sessions/{session_id}/exports/none.mp4"
+    assert ffprobe_frames(data / "sessions" / session_id / "exports" / "none.mp4") == recording.expected["video_frames"]
+
+
 def test_a_gallery_write_killed_between_photos_and_rows_leaves_no_photo(server_factory, tmp_path, photos):  # noqa: F811
     """The photos are kept before their rows are committed; the kill comes in between: another
     process (a backup, say) holds the index's write lock, so the server's commit waits."""

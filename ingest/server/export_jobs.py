@@ -87,6 +87,9 @@ class ExportJobs:
         self.on_done: Callable[[ExportJob], None] | None = None  # an export finished (the webhooks)
         # exports a crash interrupted, waiting to be encoded again (listed as running)
         self._interrupted: collections.deque[tuple[str, str, str]] = collections.deque()
+        # the interrupted export being started: listed as running until start() records it (it
+        # awaits the store first, and a page listing the exports then must not see it vanish)
+        self._resuming: tuple[str, str, str] | None = None
         self._tasks = BackgroundTasks(log)
         self._closing = False
         self._stopped_waiters: list[asyncio.Event] = []  # DELETEs waiting for the encoding to stop
@@ -103,7 +106,8 @@ class ExportJobs:
         for (sid, overlay, fmt), job in list(self._last.items()):
             if sid == session_id and (job.state != "done" or (overlay, fmt) not in found):
                 found[(overlay, fmt)] = job.describe()
-        for sid, overlay, fmt in list(self._interrupted):
+        waiting = list(self._interrupted) + ([self._resuming] if self._resuming else [])
+        for sid, overlay, fmt in waiting:
             if sid == session_id:
                 found[(overlay, fmt)] = ExportJob(sid, overlay, fmt, frames_total=0).describe()
         return list(found.values())
@@ -190,21 +194,24 @@ class ExportJobs:
         self._start_interrupted()
 
     def _start_interrupted(self) -> None:
-        if self._running is not None or self._closing or not self._interrupted:
+        if self._running is not None or self._resuming is not None or self._closing or not self._interrupted:
             return
-        session_id, overlay, fmt = self._interrupted.popleft()
+        session_id, overlay, fmt = self._resuming = self._interrupted.popleft()
         self._tasks.spawn(self._resume_one(session_id, overlay, fmt), f"export {overlay}.{fmt} of {session_id} again")
 
     async def _resume_one(self, session_id: str, overlay: str, fmt: str) -> None:
         try:
             await self.start(session_id, overlay, fmt)
-        except IngestError as exc:  # deleted meanwhile, or another export started first
-            if isinstance(exc, CapacityError):
-                self._interrupted.appendleft((session_id, overlay, fmt))
-                return
+        except CapacityError:  # another export started first: this one waits for it to end
+            self._interrupted.appendleft((session_id, overlay, fmt))
+        except IngestError as exc:  # deleted meanwhile
             log.warning("recovery: export %s.%s of %s not encoded again: %s", overlay, fmt, session_id, exc.message)
             await asyncio.to_thread(self.store.export_ended, session_id, f"{overlay}.{fmt}")
-            self._start_interrupted()
+        else:
+            return
+        finally:  # started (it is in _last now), put back, or given up
+            self._resuming = None
+        self._start_interrupted()
 
     async def cancel(self, session_id: str, overlay: str, fmt: str) -> dict[str, Any]:
         """``DELETE`` on an export: its encoding cancelled (answered once it stopped), or its
