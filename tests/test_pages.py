@@ -201,6 +201,69 @@ def test_pages_record_and_play_with_a_token_over_https(server_factory, face_came
             browser.close()
 
 
+def test_the_player_keeps_playing_when_the_open_session_is_filled(server_factory, browser, tmp_path):
+    """The page opens the selected session again once its landmarks are filled (to draw them);
+    the video being watched must go on from where it was, not restart paused at 0 (CI saw the
+    player stuck at 0 s: a session's fill ended while it played)."""
+    import subprocess
+
+    source, long = tmp_path / "in.webm", tmp_path / "long.webm"
+    source.write_bytes(load_recording("webcam_vp8_kf1s_250ms").stream)
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "15", "-i", str(source), "-an", "-c", "copy", str(long)],
+                   check=True)  # 16 x 179 frames: its fill lasts seconds  # fmt: skip
+    server = server_factory()
+    request = urllib.request.Request(f"{server.url}/api/sessions?filename=long.webm", data=long.read_bytes(), method="POST")
+    with urllib.request.urlopen(request) as response:
+        session_id = json.loads(response.read())["id"]
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(f"{server.url}/sessions?id={session_id}")
+    wait_until(page, f"() => window.camingestSessions.selected === '{session_id}' && window.camingestSessions.fill !== null")
+    opened = page.evaluate("() => window.camingestSessions.opened")
+    page.evaluate("() => { const p = document.getElementById('player'); p.muted = true; return p.play(); }")
+    wait_until(page, f"() => window.camingestSessions.opened > {opened} && window.camingestSessions.fill === null", 240_000)
+    player = page.evaluate("() => { const p = document.getElementById('player'); return {paused: p.paused, t: p.currentTime}; }")
+    assert player["paused"] is False, player
+    wait_until(page, f"() => document.getElementById('player').currentTime > {player['t']}")  # still moving on
+
+
+def test_the_recorder_page_says_when_object_storage_is_behind(browser, postgres, s3, tmp_path):
+    """SeaweedFS stopped while the page records: acks go on, durable_seq stalls, and the page says
+    that the server's storage is behind and how much it keeps to resend; with storage back the
+    warning goes and the session ends with every chunk durable."""
+    import re
+
+    from tests.test_object_store import engine_server
+
+    server = engine_server(tmp_path, postgres, s3, "--no-analysis")
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(server.url + "/")
+        wait_for_selector(page, "[data-testid=connection][data-state=connected]")
+        page.get_by_test_id("record").click()
+        wait_until(page, "() => window.camingest.ackedChunks >= 4 && window.camingest.durableSeq >= 0")
+        assert state(page)["storage"] == "ok" and page.get_by_test_id("storage").is_hidden()
+        s3.stop()
+        acked = state(page)["ackedChunks"]
+        wait_until(page, "() => window.camingest.storage === 'behind'", 90_000)
+        s = state(page)
+        assert s["ackedChunks"] > acked and s["unreplicatedChunks"] > 0 and s["unreplicatedDropped"] == 0, s
+        text = page.get_by_test_id("storage").inner_text()
+        assert re.fullmatch(r"The server's storage is behind: the last \d+\.\d s \(\d+ chunks\) are on the server's disk "
+                            r"and kept in this page until storage has them\. ?", text), text  # fmt: skip
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "recorder-storage-behind.png"))
+        s3.start()
+        wait_until(page, "() => window.camingest.storage === 'ok'", 90_000)
+        assert page.get_by_test_id("storage").is_hidden()
+        page.get_by_test_id("stop").click()
+        wait_until(page, "() => window.camingest.state === 'stopped'")
+        s = state(page)
+        summary = get_json(f"{server.url}/api/sessions/{s['sessionId']}")
+        assert summary["chunks"] == s["ackedChunks"] and summary["durable_seq"] == summary["chunks"] - 1, summary
+    finally:
+        server.stop()
+
+
 def test_sessions_page_on_a_phone(server_factory, browser, clip):
     """390x844: tapping a card brings its detail into view and puts ?id= in the address (back and
     forward work); the id is shown; imports show their file name; downloads carry the id; with

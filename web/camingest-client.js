@@ -186,6 +186,12 @@ export class Recording extends EventTarget {
   get ackedChunks() { return this.sender.ackedChunks; }
   get pendingChunks() { return this.sender.pending; }
   get bytesSent() { return this.sender.bytesSent; }
+  /** Highest seq the server's store of record has (v1.2 `durable_seq`; -1: none yet). */
+  get durableSeq() { return this.sender.durableSeq; }
+  /** Acknowledged chunks this page still keeps because the store of record does not have them yet. */
+  get unreplicatedChunks() { return this.sender.unreplicated; }
+  /** Acknowledged chunks let go (the queue was full) before the store of record had them. */
+  get unreplicatedDropped() { return this.sender.unreplicatedDropped; }
   get mimeType() { return this.recorder.mimeType; }
 
   async _start() {

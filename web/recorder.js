@@ -18,9 +18,14 @@ const ui = {
   keyframe: $("keyframe"), audio: $("audio"), autosnap: $("autosnap"), preview: $("preview"),
   overlay: $("overlay"), placeholder: $("placeholder"), message: $("message"), conn: $("conn"), gallery: $("gallery"),
   banner: $("banner"), bannerText: $("banner-text"), cancelStop: $("cancel-stop"), overlayStatus: $("overlay-status"),
+  storage: $("storage"),
 };
 const STALE_MS = 1000; // landmarks older than this are not drawn over the live picture
 const LATE_MS = 1000; // landmarks this far behind the picture are said to be late, on the picture
+// durable_seq not moving for this long while chunks are acknowledged: the server's object storage
+// is behind (uploads retried); said on the page, which keeps those chunks to resend meanwhile. On
+// object storage durable_seq normally moves once a segment (5 s) is uploaded.
+const STORAGE_STALL_MS = 12000;
 const STOP_WAIT_S = 300; // Stop during an outage waits this long for the server
 
 let connection = "offline"; // connected | reconnecting | offline (PROTOCOL.md page hooks)
@@ -33,7 +38,9 @@ const state = (window.camingest = {
   sessionId: null, ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0,
   chunksRecorded: 0, analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], state: "idle", error: null,
   lagMs: null, overlay: { state: "idle", text: "" },
+  durableSeq: -1, unreplicatedChunks: 0, unreplicatedDropped: 0, storage: "ok", // ok | behind
 });
+let durableMovedAt = 0; // performance.now() when durable_seq last moved (or nothing waited for it)
 
 let stream = null, recording = null, autoTimer = null;
 let frames = []; // landmark frames of this recording, in index order
@@ -91,7 +98,26 @@ function render() {
   // how far the newest landmarks trail the picture: now, in the recording's time, minus their frame's
   state.lagMs = recording && last ? Math.max(0, Math.round(now - recording.startedAt - last.pts_ms)) : null;
   $("s-lag").textContent = state.lagMs == null ? "—" : `${state.lagMs} ms`;
+  renderStorage(now);
   renderOverlayStatus(now);
+}
+
+/** Whether the server's store of record keeps up: the chunks this page still holds for it, and a
+ * warning while durable_seq has not moved for STORAGE_STALL_MS (nothing is lost: the server has
+ * them on its disk and this page can resend them), or once some were let go unconfirmed. */
+function renderStorage(now) {
+  const n = state.unreplicatedChunks;
+  const seconds = ((n * (recording?.timesliceMs ?? 250)) / 1000).toFixed(1);
+  if (!n) durableMovedAt = now;
+  const behind = Boolean(recording) && n > 0 && now - durableMovedAt > STORAGE_STALL_MS;
+  state.storage = behind ? "behind" : "ok";
+  $("s-unreplicated").textContent = n ? `${n} (${seconds} s)` : "0";
+  const dropped = state.unreplicatedDropped;
+  ui.storage.hidden = !behind && !dropped;
+  ui.storage.textContent = (behind ? `The server's storage is behind: the last ${seconds} s ` +
+    `(${n} chunk${n === 1 ? "" : "s"}) are on the server's disk and kept in this page until storage has them. ` : "")
+    + (dropped ? `${dropped} chunk${dropped === 1 ? " was" : "s were"} let go by this page before storage confirmed ` +
+      `${dropped === 1 ? "it" : "them"} (its memory was full); the server still has them on its disk.` : "");
 }
 
 /** What the overlay is worth, said on the picture itself: analysis starting, how far behind, stalled. */
@@ -100,7 +126,7 @@ function renderOverlayStatus(now = performance.now()) {
   if (recording && state.state === "recording") {
     if (!state.analysedFrames && !state.skippedFrames) {
       const sent = state.ackedChunks;
-      status = { state: "warming", text: sent ? `Starting analysis: no landmarks yet (${sent} chunk${sent === 1 ? "" : "s"} stored)`
+      status = { state: "warming", text: sent ? `Starting analysis: no landmarks yet (${sent} chunk${sent === 1 ? "" : "s"} received)`
         : "Starting analysis: waiting for the first chunk" };
     } else if (now - lastLandmarkAt > STALE_MS) {
       status = { state: "stale", text: connection === "connected" ? "Landmarks paused: analysis is catching up" : "Landmarks paused: no connection" };
@@ -203,7 +229,8 @@ async function record() {
 
   frames = [];
   Object.assign(state, { ackedChunks: 0, landmarkFrames: 0, pendingChunks: 0, bytesSent: 0, chunksRecorded: 0,
-    analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], error: null });
+    analysedFrames: 0, skippedFrames: 0, filledFrames: 0, snapshots: [], error: null, durableSeq: -1,
+    unreplicatedChunks: 0, unreplicatedDropped: 0, storage: "ok" });
   ui.gallery.replaceChildren();
   try {
     recording = await client.record(stream, { mimeType: options.mimeType, keyframeIntervalMs: options.videoKeyFrameIntervalDuration,
@@ -216,8 +243,10 @@ async function record() {
   }
   state.sessionId = recording.sessionId;
   recording.addEventListener("progress", () => {
+    if (recording.durableSeq !== state.durableSeq) durableMovedAt = performance.now();
     Object.assign(state, { ackedChunks: recording.ackedChunks, pendingChunks: recording.pendingChunks,
-      bytesSent: recording.bytesSent, chunksRecorded: recording.chunksRecorded });
+      bytesSent: recording.bytesSent, chunksRecorded: recording.chunksRecorded, durableSeq: recording.durableSeq,
+      unreplicatedChunks: recording.unreplicatedChunks, unreplicatedDropped: recording.unreplicatedDropped });
     render();
   });
   recording.addEventListener("error", (e) => {

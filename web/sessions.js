@@ -16,7 +16,7 @@ const ui = { upload: $("upload"), file: $("upload-file"), uploadButton: $("uploa
   timelineWrap: $("timeline-wrap"), failedReason: $("failed-reason"), playhead: $("playhead") };
 let selected = null, frames = [], allFrames = [];
 window.camingestSessions = { selected: null, frames: 0, listed: [], upload: { state: "idle" }, export: { state: "idle" },
-  nextCursor: null, query: "" };
+  nextCursor: null, query: "", opened: 0, fill: null };
 let refresh = null;
 
 const UNREACHABLE = "The server cannot be reached. Is camingest running? Try again in a moment.";
@@ -193,7 +193,12 @@ async function open(id) {
   ui.failedReason.textContent = failed ? `This session failed while recording: ${selected.error ?? "no reason was recorded"}. ` +
     "It has no frames: there is nothing to play or export." : "";
   ui.frame.hidden = ui.timelineWrap.hidden = ui.exportForm.hidden = failed;
-  if (failed) ui.player.removeAttribute("src"); else ui.player.src = `${base}/recording.webm`;
+  // the same session opened again in the same state (its landmarks were filled meanwhile) keeps
+  // playing where it was; one that was recording when loaded has a longer file now
+  const src = `${base}/recording.webm`;
+  if (failed) ui.player.removeAttribute("src");
+  else if (ui.player.getAttribute("src") !== src || ui.player.dataset.state !== selected.state) ui.player.src = src;
+  ui.player.dataset.state = selected.state;
   const data = await api(`${base}/landmarks`);
   allFrames = data.frames;
   frames = data.frames.filter((f) => f.faces);
@@ -234,6 +239,7 @@ async function open(id) {
   followExport(id, ui.exportOverlay.value, ui.exportFormat.value); // one made before, or running
   ui.del.disabled = selected.state === "recording";
   ui.del.title = ui.del.disabled ? "A recording in progress cannot be deleted" : "";
+  Object.assign(window.camingestSessions, { opened: window.camingestSessions.opened + 1, fill: selected.fill?.state ?? null });
 }
 
 function paint() {
