@@ -1,6 +1,6 @@
 """What the async tests share: a test client speaking PROTOCOL.md (python-socketio's
 AsyncClient), the one poller (``wait_until``) and the waits built on it, ``record`` (a fixture
-recording sent as a browser would) and small HTTP helpers."""
+recording sent as a browser would), ``export_mp4`` and small HTTP helpers."""
 
 from __future__ import annotations
 
@@ -84,6 +84,21 @@ async def wait_until(
             state = seen() if seen is not None else value
             raise AssertionError(f"{what}: still not so after {timeout:g} s; last seen: {state!r}")
         await asyncio.sleep(interval)
+
+
+async def export_mp4(url: str, session_id: str) -> None:
+    """Ask for the session's MP4 export without overlay (202: accepted) and wait until its list
+    of exports has one done."""
+    exports = f"{url}/api/sessions/{session_id}/exports"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(exports, json={"overlay": "none", "format": "mp4"}) as r:
+            assert r.status == 202
+
+        async def exported() -> bool:
+            async with http.get(exports) as r:
+                return any(e["state"] == "done" for e in (await r.json())["exports"])
+
+        await wait_until(exported, "the export")
 
 
 async def wait_for_summary(

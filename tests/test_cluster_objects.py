@@ -20,7 +20,7 @@ import pytest
 from storage.errors import IndexWriteError
 from storage.objects import SEGMENT_RE, SegmentMap, StoreLocation, segment_chain
 from tests.client import Client, http_json, record, run
-from tests.conftest import ROOT, load_recording
+from tests.conftest import ROOT, SAME_SWEEPS, load_recording
 from tests.engines import PostgresDatabase, S3Bucket
 from tests.test_batch import read_landmarks
 
@@ -104,12 +104,18 @@ def open_store(engines, data: Path):
     return store
 
 
+# every session of a fixture in one job whatever its id (its sweep offset): the jobs' reads are counted
+SWEEP_EVERY = int(SAME_SWEEPS["CAMINGEST_SWEEP_EVERY"])
+
+
 def cli(engines, *args: str, data: Path):
+    import os
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "ingest.cli", *args, "--data", str(data), *store_flags(engines)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, **SAME_SWEEPS})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +236,7 @@ def test_cluster_jobs_carry_ranges_and_the_client_reads_only_init_segments(engin
 
     _, address = objects_cluster
     data, ids, reference = recorded
-    settings = TrackerSettings.from_settings(Settings(data_dir=data))
+    settings = TrackerSettings.from_settings(Settings(data_dir=data, sweep_every=SWEEP_EVERY))
     server_store = open_store(engines, data)  # where the streams are whole
     try:
         planned_there = {sid: [what(job) for job in session_jobs(server_store, sid, settings)] for sid in ids}
@@ -299,7 +305,7 @@ def test_a_lost_segment_fails_its_session_by_key_and_a_job_not_all_durable_goes_
     store = open_store(engines, data)  # the server's folder: every stream is whole here
     saved: tuple[str, bytes] | None = None
     try:
-        with ClusterReprocessor(store, TrackerSettings.from_settings(Settings(data_dir=data)), address) as rp:
+        with ClusterReprocessor(store, TrackerSettings.from_settings(Settings(data_dir=data, sweep_every=SWEEP_EVERY)), address) as rp:
             plan = [(sid, rp.jobs(sid)) for sid in ids]
             jobs = dict(plan)
             assert [rp.object_input(job) is None for job in jobs[short]] == [True]

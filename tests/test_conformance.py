@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-import itertools
 import json
 import os
 import random
@@ -46,14 +45,13 @@ from storage.store import SessionStore
 from tests import ebml_writer as w
 from tests.client import Client, http_get, http_json, wait_for_summary, wait_until
 from tests.conftest import ROOT, ServerProcess
+from tests.fixtures.conformance.check_corpus import cuttings, vint  # the script's walk and cuttings
 
 CORPUS = ROOT / "tests" / "fixtures" / "conformance"
 EXPECTED = {n: e for n, e in json.loads((CORPUS / "expected.json").read_text()).items() if not n.startswith("_")}
 LIVE_FILES = sorted(n for n in EXPECTED if not n.endswith(".mp4"))
 VALID_FILES = sorted(n for n, e in EXPECTED.items() if e["valid"] and e["decodes"])
 CUTTINGS = ("200-300kB", "1-4kB", "clusters")
-CLUSTER, TOP_LEVEL_IDS = 0x1F43B675, {0x1F43B675, 0x114D9B74, 0x1549A966, 0x1654AE6B, 0x1C53BB6B, 0x1254C367,
-                                      0x1043A770, 0x1941A469}  # fmt: skip
 LIMIT_TEXT = "the limit (max_frame_pixels) is 9,437,184"
 UNKNOWN_CODEC = (
     "the video track's codec 'V_CAMINGEST/UNKNOWN' is not one camingest decodes; it reads VP8, VP9, AV1 and H.264 "
@@ -64,58 +62,6 @@ UNDECODABLE = "the video does not decode: frame 3 at 0.134 s is damaged (vp8)"
 
 
 # -- the streams ------------------------------------------------------------------------------------------
-def _vint(data: bytes, pos: int, is_id: bool) -> tuple[int, int]:
-    length = 9 - data[pos].bit_length()
-    raw = int.from_bytes(data[pos : pos + length], "big")
-    if is_id:
-        return raw, length
-    value = raw & ((1 << (7 * length)) - 1)
-    return (-1 if value == (1 << (7 * length)) - 1 else value), length
-
-
-def cluster_starts(data: bytes) -> list[int]:
-    """Where the Segment's Clusters start (walked here, independently of ingest.media.webm)."""
-    starts, pos = [], 0
-    _, n = _vint(data, pos, True)
-    size, m = _vint(data, pos + n, False)
-    pos += n + m + size  # the EBML header
-    _, n = _vint(data, pos, True)
-    _, m = _vint(data, pos + n, False)
-    pos += n + m  # into the Segment
-    while pos < len(data):
-        element_id, n = _vint(data, pos, True)
-        size, m = _vint(data, pos + n, False)
-        if element_id == CLUSTER:
-            starts.append(pos)
-        if size >= 0:
-            pos += n + m + size
-            continue
-        pos += n + m  # an unknown-size Cluster: to the next Segment-level element
-        while pos < len(data):
-            child, n = _vint(data, pos, True)
-            if child in TOP_LEVEL_IDS:
-                break
-            size, m = _vint(data, pos + n, False)
-            pos += n + m + size
-    return starts
-
-
-def cuttings(name: str, data: bytes) -> dict[str, list[bytes]]:
-    rng = random.Random(name)  # the seed is the file's name: every run cuts the same
-
-    def random_pieces(low: int, high: int) -> list[bytes]:
-        pieces, pos = [], 0
-        while pos < len(data):
-            size = rng.randint(low, high)
-            pieces.append(data[pos : pos + size])
-            pos += size
-        return pieces
-
-    bounds = [0, *cluster_starts(data), len(data)]
-    by_cluster = [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-    return {"200-300kB": random_pieces(200_000, 300_000), "1-4kB": random_pieces(1000, 4000), "clusters": by_cluster}
-
-
 def mime_of(name: str) -> str:
     return "video/webm" if name.endswith(".webm") else "video/x-matroska"
 
@@ -214,6 +160,10 @@ async def send_live(url: str, name: str, cutting: str, pieces: list[bytes]) -> L
         assert stopped["ok"], stopped
         base = f"{url}/api/sessions/{live.id}"
         live.summary = await wait_for_summary(base, settled, f"{name} ({cutting}) settles")
+        if live.summary["state"] == "failed" and live.refused is None:  # failed while decoding, every chunk acked:
+            # the index says failed before the server emits session_error (so that the page it
+            # reaches reads the failure): the summary can be read first (CI saw no event yet)
+            await wait_until(lambda: client.events.get("session_error"), f"{name} ({cutting}): session_error", 60)
         live.events = {k: list(v) for k, v in client.events.items() if v}
     _, live.raw, _ = await http_get(base + "/raw.webm")
     _, live.recording, _ = await http_get(base + "/recording.webm")
@@ -400,8 +350,8 @@ def test_unknown_codec_is_refused_naming_its_codec_id(run):
 
 
 def block_end(data: bytes, offset: int) -> int:
-    _, n = _vint(data, offset, True)
-    size, m = _vint(data, offset + n, False)
+    _, n = vint(data, offset, True)
+    size, m = vint(data, offset + n, False)
     return offset + n + m + size
 
 

@@ -5,13 +5,14 @@ webhooks; ``camingest prune --older-than`` does the same once (``--dry-run`` onl
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 
 import aiohttp
 
-from tests.client import Client, record, run, wait_until
+from tests.client import Client, export_mp4, record, run, wait_until
 from tests.conftest import IMAGES, ROOT, load_recording
 from tests.webhooks import SECRET, Receiver, metrics, webhook_args
 
@@ -40,16 +41,14 @@ async def recorded_sessions(url: str, count: int, extras: bool = True) -> list[s
             ids.append(session["session_id"])
     if not extras:
         return ids
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/sessions/{ids[0]}/exports", json={"overlay": "none", "format": "mp4"}) as r:
-            assert r.status == 202
-
-        async def exported() -> bool:
-            async with http.get(f"{url}/api/sessions/{ids[0]}/exports") as r:
-                return any(e["state"] == "done" for e in (await r.json())["exports"])
-
-        await wait_until(exported, "the export")
+    await export_mp4(url, ids[0])
     return ids
+
+
+def deletions(receiver: Receiver) -> dict[str, str]:
+    """Session id -> reason of each ``session.deleted`` the receiver took (after dedupe)."""
+    return {r.body["session"]["id"]: r.body["reason"] for r in receiver.unique().values()
+            if r.event == "session.deleted"}  # fmt: skip
 
 
 async def status_of(url: str, session_id: str) -> int:
@@ -75,10 +74,7 @@ def test_retention_deletes_old_sessions_keeps_held_and_young_ones(server_factory
         server = server_factory("--no-analysis", *webhook_args(receiver), data=data, env={
             **LATER, "CAMINGEST_RETENTION_DAYS": "30", "CAMINGEST_RETENTION_CHECK_S": "0.5"})  # fmt: skip
         url = server.url
-
-        def deleted() -> dict[str, str]:
-            return {r.body["session"]["id"]: r.body["reason"] for r in receiver.unique().values()
-                    if r.event == "session.deleted"}  # fmt: skip
+        deleted = functools.partial(deletions, receiver)
 
         await wait_until(lambda: deleted() == {old: "retention", old2: "retention"}, "the two old sessions deleted",
                          seen=deleted)  # fmt: skip
@@ -167,10 +163,7 @@ def test_retention_and_prune_on_postgresql(server_factory, tmp_path, postgres):
 
         server = server_factory("--no-analysis", *index, *webhook_args(receiver), data=data, env={
             **LATER, "CAMINGEST_RETENTION_DAYS": "30", "CAMINGEST_RETENTION_CHECK_S": "0.5"})  # fmt: skip
-
-        def deleted() -> dict[str, str]:
-            return {r.body["session"]["id"]: r.body["reason"] for r in receiver.unique().values()
-                    if r.event == "session.deleted"}  # fmt: skip
+        deleted = functools.partial(deletions, receiver)
 
         await wait_until(lambda: deleted() == {old: "retention"}, "the old session deleted", seen=deleted)
         passes = (await metrics(server.url))["camingest_retention_passes_total"]

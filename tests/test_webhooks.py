@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 
-from tests.client import Client, record, run, wait_for_summary, wait_until
+from tests.client import Client, export_mp4, record, run, wait_for_summary, wait_until
 from tests.conftest import IMAGES, load_recording
 from tests.webhooks import Receiver, metrics, webhook_args
 
@@ -43,15 +43,8 @@ def test_deliveries_survive_500s_and_an_outage_once_each_in_order_signed(server_
         # while it is down: landmarks complete, an export, the deletion
         summary = await wait_for_summary(f"{url}/api/sessions/{sid}", lambda s: s["analysed_frames"] == s["frames"]
                                          and s["skipped_frames"] == 0 and "fill" not in s, "landmarks complete")  # fmt: skip
+        await export_mp4(url, sid)
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/api/sessions/{sid}/exports", json={"overlay": "none", "format": "mp4"}) as r:
-                assert r.status == 202
-
-            async def export_done() -> bool:
-                async with http.get(f"{url}/api/sessions/{sid}/exports") as r:
-                    return any(e["state"] == "done" for e in (await r.json())["exports"])
-
-            await wait_until(export_done, "the export")
             # every event so far is in the outbox (the receiver took none) before the deletion
             await wait_until(async_depth(url, 5), "5 deliveries in the outbox")
             async with http.delete(f"{url}/api/sessions/{sid}") as r:
