@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,42 @@ async def send_paced(session: Any, chunks: list[bytes], deadline: float, latenci
         latencies.append((time.perf_counter() - sent) * 1000)
         await asyncio.sleep(max(0.0, next_due - time.monotonic()))
     await session.stop()
+
+
+@dataclass
+class LandmarkTally:
+    """What live clients' ``landmarks`` events said, frame by frame (one tally may serve several
+    clients): frames analysed and skipped, the analysed ones that were provisional, frames with a
+    named face; the lag of each analysed frame (``lags``, ms from its capture to the event) and
+    its capture time (``at``, s from the start), and the lag of each skipped one."""
+
+    analysed: int = 0
+    skipped: int = 0
+    provisional: int = 0
+    named: int = 0
+    lags: list[float] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)
+    skipped_lags: list[float] = field(default_factory=list)
+
+    def listen(self, sio: Any, started: Callable[[], float]) -> None:
+        """Count the ``landmarks`` events of ``sio`` (a python-socketio AsyncClient); ``started()``
+        is the monotonic time at which the client's current recording started (its frames'
+        ``pts_ms`` count from there)."""
+
+        @sio.on("landmarks")
+        async def on_landmarks(data: dict[str, Any]) -> None:
+            now = time.monotonic()
+            for frame in data["frames"]:
+                lag = (now - started()) * 1000 - frame["pts_ms"]
+                self.named += any((face.get("identity") or {}).get("name") for face in frame.get("faces") or [])
+                if frame.get("skipped"):
+                    self.skipped += 1
+                    self.skipped_lags.append(lag)
+                    continue
+                self.analysed += 1
+                self.provisional += bool(frame.get("provisional"))
+                self.lags.append(lag)
+                self.at.append(frame["pts_ms"] / 1000)
 
 
 def percentile(values: list[float], q: float) -> float:

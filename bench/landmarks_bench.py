@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import socketio
 
-from bench.common import IMAGES, RECORDINGS, chunks_of, machine_notes, percentile, start_server
+from bench.common import IMAGES, RECORDINGS, LandmarkTally, chunks_of, machine_notes, percentile, start_server
 from ingest.analysis.detect import detect_boxes, detector
 from ingest.analysis.engine.predictor import predictor
 from ingest.analysis.tracker import FaceTracker, TrackerSettings
@@ -109,19 +109,12 @@ def engine(rounds: int) -> dict:
     return out
 
 
-async def live_client(url: str, name: str, lags: list[float], counts: dict) -> None:
+async def live_client(url: str, name: str, tally: LandmarkTally) -> None:
     chunks = chunks_of(name)
     times = json.loads((RECORDINGS / name / "meta.json").read_text())["times"]
     sio = socketio.AsyncClient(reconnection=False)
     t0 = 0.0
-
-    @sio.on("landmarks")
-    async def on_landmarks(data: dict) -> None:
-        now = time.monotonic()
-        for frame in data["frames"]:
-            counts["skipped" if frame.get("skipped") else "analysed"] += 1
-            counts["named"] += any((face.get("identity") or {}).get("name") for face in frame.get("faces") or [])
-            lags.append((now - t0) * 1000 - frame["pts_ms"])
+    tally.listen(sio, lambda: t0)
 
     await sio.connect(url, transports=["websocket"])
     ack = await sio.call("start", {"mime": "video/webm;codecs=vp8"})
@@ -144,14 +137,15 @@ async def live(sessions: int, workers: int, engine: str = "numba", identify: boo
         proc, url = start_server(Path(data), "--workers", str(workers), env={"CAMINGEST_LANDMARK_ENGINE": engine})
         await asyncio.sleep(3)  # workers load the predictor
         try:
-            lags: list[float] = []
-            counts = {"analysed": 0, "skipped": 0, "named": 0}
-            await asyncio.gather(*(live_client(url, name, lags, counts) for _ in range(sessions)))
+            tally = LandmarkTally()
+            await asyncio.gather(*(live_client(url, name, tally) for _ in range(sessions)))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
     expected = json.loads((RECORDINGS / name / "expected.json").read_text())["video_frames"] * sessions
-    return {"sessions": sessions, "workers": workers, "engine": engine, "identify": identify, "frames": expected, **counts,
+    lags = tally.lags + tally.skipped_lags  # every frame's, skipped ones too
+    return {"sessions": sessions, "workers": workers, "engine": engine, "identify": identify, "frames": expected,
+            "analysed": tally.analysed, "skipped": tally.skipped, "named": tally.named,
             "lag_p50_ms": percentile(lags, 50), "lag_p95_ms": percentile(lags, 95), "lag_max_ms": max(lags)}  # fmt: skip
 
 

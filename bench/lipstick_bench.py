@@ -34,7 +34,7 @@ import socketio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import FIXTURES, IMAGES, RECORDINGS, chunks_of, machine_notes, percentile, start_server
+from bench.common import FIXTURES, IMAGES, RECORDINGS, LandmarkTally, chunks_of, machine_notes, percentile, start_server
 from ingest.media.image_headers import probe_image
 
 FPS = 6
@@ -102,20 +102,13 @@ async def page(url: str, frames: list[str], deadline: float, stats: dict) -> Non
     await sio.disconnect()
 
 
-async def recorder(url: str, deadline: float, stats: dict) -> None:
+async def recorder(url: str, deadline: float, tally: LandmarkTally) -> None:
     """A live recording at the fixture's own pace, again and again until the deadline."""
     chunks = chunks_of(LIVE)
     times = json.loads((RECORDINGS / LIVE / "meta.json").read_text())["times"]
     sio = socketio.AsyncClient(reconnection=False)
     t0 = 0.0
-
-    @sio.on("landmarks")
-    async def on_landmarks(data: dict) -> None:
-        now = time.monotonic()
-        for frame in data["frames"]:
-            stats["skipped" if frame.get("skipped") else "analysed"] += 1
-            if not frame.get("skipped"):
-                stats["lags"].append((now - t0) * 1000 - frame["pts_ms"])
+    tally.listen(sio, lambda: t0)
 
     await sio.connect(url, transports=["websocket"])
     await asyncio.sleep(random.random() * 0.25)
@@ -150,7 +143,7 @@ async def configuration(pages: int, live: int, seconds: float, frames: list[str]
             await asyncio.wait_for(answered.wait(), 60)
             await warm.disconnect()
             tryon = {"sent": 0, "answered": 0, "latencies": [], "errors": [], "unanswered_at_end": 0}
-            rec = {"analysed": 0, "skipped": 0, "lags": []}
+            rec = LandmarkTally()
             deadline = time.monotonic() + seconds
             await asyncio.gather(*(page(url, frames, deadline, tryon) for _ in range(pages)),
                                  *(recorder(url, deadline, rec) for _ in range(live)))  # fmt: skip
@@ -158,14 +151,14 @@ async def configuration(pages: int, live: int, seconds: float, frames: list[str]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-    lat, lags = tryon["latencies"], rec["lags"]
+    lat, lags = tryon["latencies"], rec.lags
     return {
         "pages": pages, "live": live, "seconds": seconds,
         "sent": tryon["sent"], "answered": tryon["answered"], "dropped": tryon["sent"] - tryon["answered"],
         "server_dropped": dropped, "errors": len(tryon["errors"]),
         "answers_per_page_s": round(tryon["answered"] / pages / seconds, 2) if pages else None,
         "p50_ms": round(percentile(lat, 50), 1) if lat else None, "p95_ms": round(percentile(lat, 95), 1) if lat else None,
-        "live_frames": rec["analysed"] + rec["skipped"], "live_skipped": rec["skipped"],
+        "live_frames": rec.analysed + rec.skipped, "live_skipped": rec.skipped,
         "live_lag_p50_ms": round(percentile(lags, 50)) if lags else None,
         "live_lag_p95_ms": round(percentile(lags, 95)) if lags else None,
     }  # fmt: skip
