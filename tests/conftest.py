@@ -18,8 +18,9 @@ import pytest
 
 from tests.blocking_server import reports_in
 
-# real PostgreSQL, Redis, SeaweedFS and nginx as fixtures (tests/engines.py)
-pytest_plugins = ["tests.engines"]
+# real PostgreSQL, Redis, SeaweedFS and nginx as fixtures (tests/engines.py); the time each test
+# file takes, printed at the end (tests/file_times.py)
+pytest_plugins = ["tests.engines", "tests.file_times"]
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"  # what each holds and how it was made: tests/fixtures/README.md
