@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-import warnings
 from pathlib import Path
 
 import pytest
@@ -77,22 +76,8 @@ def test_the_node_tutorials_page_works_unchanged(server_factory, browser, tmp_pa
     server = server_factory("--pages", str(pages))
     page = browser.new_page()
     page.goto(f"{server.url}/pages/tutorial.html")
-    try:
-        wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
-    except AssertionError:
-        # Seen twice in ~20 runs, only on a loaded machine: the page's first `video` blob (the
-        # one with the WebM header) never reaches the server, so every later blob is refused
-        # ("the first video blob is not WebM"). The classic client has no acks and cannot
-        # resend; the server logs the bytes it got. One more page, visibly, not silently.
-        if "the first video blob is not WebM" not in server.log.read_text():
-            raise
-        warnings.warn("the tutorial page's first blob was lost in transit; retried with a new page", stacklevel=1)
-        page.close()
-        server.stop()
-        server = server_factory("--pages", str(pages), data=tmp_path / "data-retry")
-        page = browser.new_page()
-        page.goto(f"{server.url}/pages/tutorial.html")
-        wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
+    # (on a busy machine the page's first blob can be the header's first byte: classic.py holds it)
+    wait_until(page, "() => window.sent >= 8 && window.facesSeen >= 10")
     page.evaluate("() => window.stopRecording()")
     wait_until(page, "() => window.stopped === true")
     sent = page.evaluate("() => window.sent")

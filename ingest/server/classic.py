@@ -2,7 +2,8 @@
 Node tutorials' servers emit ``video`` blobs and ``image`` snapshots without acks.
 
 The first ``video`` of a connection opens a session for it (``meta.client = "classic"``, mime
-read from the blob); each later one is its next chunk, in arrival order; ``image`` is a snapshot
+read from the blob; first blobs cut inside the EBML header are held until it can be read); each
+later one is its next chunk, in arrival order; ``image`` is a snapshot
 of that session; the session ends when the connection closes. Each connection's events are
 handled in arrival order under its own lock (python-socketio runs every event in a task of its
 own), through the acked protocol's own handlers.
@@ -37,11 +38,23 @@ class Namespace(Protocol):
     async def emit(self, event: str, data: Any = None, to: str | None = None) -> None: ...
 
 
-def sniff_container(blob: bytes) -> str:
-    """The mime of a classic client's first blob (it sends none)."""
-    if not blob.startswith(EBML_MAGIC):
+# The EBML header's DocType ("webm" or "matroska") lies within a stream's first bytes: a classic
+# session's first chunk is held until it has them (or the DocType) to tell which one it is.
+SNIFF_BYTES = 64
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The mime of a classic client's first bytes (it sends none); None while they are a cut of
+    the EBML header too short to tell: Chromium's MediaRecorder on a busy machine delivers its
+    first blob as the header's first 1 or 2 bytes, the rest in the next one."""
+    if not head.startswith(EBML_MAGIC[: len(head)]):
         raise UnsupportedError("the first video blob is not WebM/Matroska (the classic client's MediaRecorder)")
-    return "video/x-matroska" if b"matroska" in blob[:64] else "video/webm"
+    start = head[:SNIFF_BYTES]
+    if b"matroska" in start:
+        return "video/x-matroska"
+    if b"webm" in start or len(head) >= SNIFF_BYTES:
+        return "video/webm"
+    return None
 
 
 class ClassicClients:
@@ -56,14 +69,25 @@ class ClassicClients:
 
     async def video(self, sid: str, data: object) -> None:
         """A MediaRecorder blob: the first opens a session for this connection, each later one
-        is its next chunk, in arrival order."""
+        is its next chunk, in arrival order. Blobs too short to tell the container (a cut inside
+        the EBML header) wait for the next one; each is still its own chunk."""
         ns = self.namespace
         async with self._lock(sid):
             classic = await ns.get_session(sid)
+            blobs: list[tuple[bytes, Any]] = []  # the chunks to store now: (data, timeMillis)
+            mime = None
             try:
                 payload = require_dict(data)
-                blob = require_bytes(payload, self.max_chunk_bytes, "video blob")
-                mime = None if "session" in classic else sniff_container(blob)
+                blobs.append((require_bytes(payload, self.max_chunk_bytes, "video blob"), payload.get("timeMillis")))
+                if "session" not in classic:  # the stream's first bytes, held until they tell its container
+                    blobs = classic.pop("held", []) + blobs
+                    mime = sniff_container(b"".join(blob for blob, _ in blobs))
+                    if mime is None:  # fewer than SNIFF_BYTES in all
+                        if len(blobs) >= SNIFF_BYTES:  # (empty ones: as bounded in number)
+                            raise UnsupportedError(f"the first {len(blobs)} video blobs hold no WebM/Matroska header "
+                                                   "(the classic client's MediaRecorder)")  # fmt: skip
+                        classic["held"] = blobs
+                        return await ns.save_session(sid, classic)
             except IngestError as exc:
                 if isinstance(data, dict) and isinstance(data.get("data"), bytes):  # for the operator
                     log.info("classic client %s: refused blob of %d bytes starting %s", sid, len(data["data"]),
@@ -75,13 +99,14 @@ class ClassicClients:
                     return await self._refused(sid, classic, ack["error"])
                 classic["session"] = {"session_id": ack["session_id"], "token": ack["token"]}
                 classic["seq"] = 0
-            chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
-            if isinstance(payload.get("timeMillis"), int | float):
-                chunk["t_ms"] = float(payload["timeMillis"])
-            ack = await ns.answer(ns.chunk, sid, chunk)
-            if not ack["ok"]:
-                return await self._refused(sid, classic, ack["error"])
-            classic["seq"] += 1
+            for blob, time_ms in blobs:
+                chunk = {**classic["session"], "seq": classic["seq"], "data": blob}
+                if isinstance(time_ms, int | float):
+                    chunk["t_ms"] = float(time_ms)
+                ack = await ns.answer(ns.chunk, sid, chunk)
+                if not ack["ok"]:
+                    return await self._refused(sid, classic, ack["error"])
+                classic["seq"] += 1
             await ns.save_session(sid, classic)
 
     async def _refused(self, sid: str, classic: dict[str, Any], error: dict[str, str]) -> None:
