@@ -52,6 +52,18 @@ def test_classic_video_events_record_a_session(server_factory):
     run(scenario())
 
 
+async def emitted(url: str, blobs: list[bytes]) -> tuple[socketio.AsyncClient, list[dict]]:
+    """A classic client connected to ``url`` that emitted ``blobs`` as ``video`` events (as the
+    tutorial page does, without acks), and the ``session_error`` events it receives."""
+    sio = socketio.AsyncClient(reconnection=False)
+    errors: list[dict] = []
+    sio.on("session_error", errors.append)
+    await sio.connect(url, transports=["websocket"])
+    for blob in blobs:
+        await sio.emit("video", {"data": blob})
+    return sio, errors
+
+
 def test_a_first_blob_cut_inside_the_ebml_header_opens_the_session(server_factory):
     """Chromium's MediaRecorder on a busy machine (CI, 2026-12-02, the tutorial page) delivered
     its first blob as the EBML header's first 1 or 2 bytes and the rest in the next: every blob
@@ -63,12 +75,7 @@ def test_a_first_blob_cut_inside_the_ebml_header_opens_the_session(server_factor
     frames = RECORDING.expected["video_frames"]
 
     async def scenario() -> None:
-        sio = socketio.AsyncClient(reconnection=False)
-        errors: list[dict] = []
-        sio.on("session_error", errors.append)
-        await sio.connect(server.url, transports=["websocket"])
-        for blob in blobs:
-            await sio.emit("video", {"data": blob})
+        sio, errors = await emitted(server.url, blobs)
 
         async def listed() -> list[dict]:
             return (await http_json(f"{server.url}/api/sessions"))[1]["sessions"]
@@ -93,12 +100,7 @@ def test_a_first_blob_that_is_not_webm_is_refused_after_the_bytes_that_tell(serv
     server = server_factory("--no-analysis")
 
     async def refusals(blobs: list[bytes]) -> list[dict]:
-        sio = socketio.AsyncClient(reconnection=False)
-        errors: list[dict] = []
-        sio.on("session_error", errors.append)
-        await sio.connect(server.url, transports=["websocket"])
-        for blob in blobs:
-            await sio.emit("video", {"data": blob})
+        sio, errors = await emitted(server.url, blobs)
         await wait_until(lambda: errors, "a session_error")
         await sio.disconnect()
         return errors
