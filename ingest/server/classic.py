@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from ingest.exceptions import BadRequestError, IngestError, UnsupportedError
 from ingest.media.image_headers import image_type
+from ingest.media.webm import EBML_MAGIC
 from ingest.server.payloads import Ack, require_bytes, require_dict
 
 log = logging.getLogger(__name__)
-EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[Ack]]
 
