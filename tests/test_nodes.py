@@ -235,7 +235,7 @@ def test_a_node_cut_off_past_its_lease_commits_nothing_more(tmp_path, postgres, 
                          f"{name} saying it lost {len(theirs)} leases")  # fmt: skip
         results = await asyncio.gather(*tasks)
         _, health = await http_json(victim.url + "/api/health")
-        assert health["sessions_recording"] == 0  # it dropped them
+        assert health["sessions_recording"] == 0, {sid: cluster.history(sid) for sid, _, _ in results}  # dropped
         for session_id, sent, summary in results:
             status, raw, _ = await http_get(f"{cluster.lb.url}/api/sessions/{session_id}/raw.webm")
             assert (status, raw, summary["state"]) == (200, sent, "stopped")
@@ -513,6 +513,71 @@ def test_a_chunk_held_at_the_lock_during_a_hand_over_is_not_committed_by_the_old
         assert (status, raw) == (200, recording.stream)
         history = cluster.history(ids["session_id"])
         assert no_overlap(history) and [n for n, _, what, _ in history if what == "acquired"] == ["node0", "node1"], history
+
+    try:
+        run(scenario())
+    finally:
+        cluster.stop()
+
+
+def test_a_session_handed_on_while_a_node_adopts_it_is_not_kept_there(tmp_path, postgres, s3, redis, nginx):
+    """Node1 takes a session from node0 (a resume) and, while it reads the session back from
+    object storage (held here by a frozen SeaweedFS), node2 takes it from node1 (another resume):
+    node1 had not loaded it yet, so its hand-over released the lease with nothing to drop. Once
+    the read is done node1 must not keep the session (it did: it counted it as recording, with no
+    lease, for good, CI 2026-12-02); its resume is refused (``busy``), node2 records the session
+    and its stored stream is the recording, one owner at a time."""
+    cluster = Cluster(tmp_path, postgres, s3, redis, nginx, env={"CAMINGEST_STOP_DURABLE_WAIT_S": "2"})
+    recording = load_recording("webcam_vp8_opus_250ms")
+    weed = s3.server.proc
+    assert weed is not None
+
+    async def scenario() -> None:
+        node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+        clients = [socketio.AsyncClient(reconnection=False) for _ in range(3)]
+        for client, node in zip(clients, cluster.nodes.values(), strict=True):
+            await client.connect(node.url, transports=["websocket"])
+        a, b, c = clients
+        try:
+            ack = await a.call("start", {"mime": recording.meta["mime"]}, timeout=30)
+            sid = ack["session_id"]
+            ids = {"session_id": sid, "token": ack["token"]}
+            for seq in range(6):
+                assert (await a.call("chunk", {**ids, "seq": seq, "data": recording.chunks[seq]}, timeout=30))["ok"]
+
+            async def durable() -> bool:
+                return (await a.call("status", ids, timeout=30))["durable_seq"] == 5
+
+            await wait_until(durable, "chunks 0-5 in object storage")
+            os.kill(weed.pid, signal.SIGSTOP)  # node1's read of the session from object storage hangs
+            try:
+                by_b = asyncio.create_task(b.call("start", {"resume": ids}, timeout=60))
+                await wait_until(lambda: cluster.owner(sid) == "node1" or None, "node1 holding the lease",
+                                 seen=lambda: cluster.history(sid))  # fmt: skip
+                by_c = asyncio.create_task(c.call("start", {"resume": ids}, timeout=60))
+                await wait_until(lambda: cluster.owner(sid) == "node2" or None, "node2 holding the lease",
+                                 seen=lambda: cluster.history(sid))  # fmt: skip
+            finally:
+                os.kill(weed.pid, signal.SIGCONT)
+            answer = await by_b
+            assert answer == {"ok": False, "error": {
+                "code": "busy", "message": f"session {sid} is recorded by another node now; resume it there"}}
+            answer = await by_c
+            assert answer["ok"] and answer["next_seq"] == 6, answer
+            _, health = await http_json(node1.url + "/api/health")
+            assert health["sessions_recording"] == 0
+            for seq in range(6, len(recording.chunks)):
+                sent = await c.call("chunk", {**ids, "seq": seq, "data": recording.chunks[seq]}, timeout=30)
+                assert sent["ok"], sent
+            assert (await c.call("stop", ids, timeout=60))["ok"]
+        finally:
+            for client in clients:
+                await client.disconnect()
+        status, raw, _ = await http_get(f"{node2.url}/api/sessions/{sid}/raw.webm")
+        assert (status, raw) == (200, recording.stream)
+        history = cluster.history(sid)
+        acquired = [n for n, _, what, _ in history if what == "acquired"]
+        assert no_overlap(history) and acquired == ["node0", "node1", "node2"], history
 
     try:
         run(scenario())
