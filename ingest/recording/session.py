@@ -228,12 +228,10 @@ class SessionRegistry:
                         raise IngestError(f"session {session_id} cannot be read on this node (its stored stream "
                                           "is not whole here); the operator log says why") from None  # fmt: skip
                     if session.state == "recording":  # stopped/failed ones are answered, not kept
-                        if self.ownership is not None and self.ownership.lease(session_id) is None:
-                            # handed over again (or its lease lost) while it was adopted and loaded:
-                            # the hand-over's drop found nothing here to drop, so nothing may be kept
-                            # now (it would count as recording here, with no lease, for good)
-                            raise LeaseLostError(f"session {session_id} is recorded by another node now; "
-                                                 "resume it there")  # fmt: skip
+                        # handed over again (or its lease lost) while it was adopted and loaded:
+                        # the hand-over's drop found nothing here to drop, so nothing may be kept
+                        # now (it would count as recording here, with no lease, for good)
+                        self.check_owned(session_id)
                         if len(self._live) >= self.settings.max_open_sessions:
                             raise CapacityError("too many open sessions (max_open_sessions); try again later")
                         self._live[session_id] = session
@@ -242,6 +240,12 @@ class SessionRegistry:
             if not lock.locked():
                 self._loading.pop(session_id, None)
         return session
+
+    def check_owned(self, session_id: str) -> None:
+        """``LeaseLostError`` (busy) if this node is one of several and holds no lease of the
+        session (handed over, or lost): the client resumes where it is recorded now."""
+        if self.ownership is not None and self.ownership.lease(session_id) is None:
+            raise LeaseLostError(f"session {session_id} is recorded by another node now; resume it there")
 
     def fence(self, session_id: str) -> Lease | None:
         """What a change of the session here (a chunk's commit, its state) must be conditional

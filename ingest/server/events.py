@@ -265,10 +265,8 @@ class IngestNamespace(socketio.AsyncNamespace):
         session = await self._session(sid, payload)
         context = self.context
         async with session.lock:
-            ownership = context.registry.ownership
-            if ownership is not None and ownership.lease(session.id) is None:
-                # handed over (or its lease lost) while this chunk waited for the lock: not ours to commit
-                raise LeaseLostError(f"session {session.id} is recorded by another node now; resume it there")
+            # handed over (or its lease lost) while this chunk waited for the lock: not ours to commit
+            context.registry.check_owned(session.id)
             if session.state == "stopped":
                 raise SessionClosedError(f"session {session.id} is stopped")
             if session.state == "failed":
